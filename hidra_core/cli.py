@@ -1,0 +1,144 @@
+"""The ``hidra`` command line; the only place where logging is configured."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import textwrap
+from typing import Any, Sequence
+
+from hidra_core._version import __version__
+from hidra_core.errors import HidraError
+from hidra_core.plugins import PluginHost
+
+__all__ = ["main"]
+
+log = logging.getLogger(__name__)
+
+_EPILOGS = {
+    "up": """
+        example:
+          hidra up                                  # ./hidra-data/source -> ./hidra-data/target
+          hidra up --source /ramdisk/det1 --target /gpfs/beamtime/raw --set receiver.files.fsync=false
+        Every file closed or moved into the source tree (any depth) appears byte-identical and atomically
+        in the target tree. Ctrl-C (or SIGTERM) drains in-flight files and stops both processes.""",
+    "sender": """
+        example:
+          hidra sender --config sender.yaml
+          hidra sender --set sender.storage.data=tcp://storage01:50100 \\
+                       --set sender.storage.confirmations=tcp://storage01:50053 \\
+                       --set sender.storage.remove_source=after_confirmation""",
+    "receiver": """
+        example:
+          hidra receiver --config receiver.yaml
+          hidra receiver --set receiver.target=/gpfs/raw --set receiver.data=tcp://0.0.0.0:50100 \\
+                         --set receiver.confirmations=tcp://0.0.0.0:50053""",
+    "plugins": """
+        example:
+          hidra plugins          # every installed plugin, its distribution and version, and load errors""",
+    "config": """
+        examples:
+          hidra config check sender.yaml --set sender.chunksize=4194304
+          hidra config show --config sender.yaml   # the effective config, defaults filled in
+          hidra config reference > docs/config-reference.md""",
+}
+
+
+def _common(parser: argparse.ArgumentParser, config_required: bool = False) -> None:
+    parser.add_argument("--config", "-c", metavar="FILE", required=config_required,
+                        help="instance config (YAML); without it the embedded defaults are used")
+    parser.add_argument("--set", "-s", dest="overrides", metavar="SECTION.KEY=VALUE", action="append", default=[],
+                        help="override one config key (value parsed as YAML); repeatable")
+
+
+def _sub(subs: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    return subs.add_parser(name, help=help_text, description=help_text,
+                           epilog=textwrap.dedent(_EPILOGS.get(name, "")),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build_parser(host: PluginHost) -> argparse.ArgumentParser:
+    from hidra_core import commands
+
+    parser = argparse.ArgumentParser(
+        prog="hidra", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="HiDRA moves detector data from where it is produced to storage and online analysis.",
+        epilog=textwrap.dedent("""
+            quick start:
+              hidra up                      # watch ./hidra-data/source, store into ./hidra-data/target
+              hidra <command> --help        # every command has an example"""))
+    parser.add_argument("--version", action="version", version=f"hidra-core {__version__}")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="default: log_level of the config (INFO)")
+    host.add_options(parser)
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    up = _sub(subs, "up", "run a sender and a storage receiver on loopback (the embedded default)")
+    up.add_argument("--source", metavar="DIR", help="directory tree to watch (default ./hidra-data/source)")
+    up.add_argument("--target", metavar="DIR", help="directory to store into (default ./hidra-data/target)")
+    _common(up)
+    up.set_defaults(func=commands.up)
+
+    for name, func, text in (("sender", commands.sender, "run a sender: event source -> storage target"),
+                             ("receiver", commands.receiver, "run a storage receiver")):
+        p = _sub(subs, name, text)
+        _common(p)
+        p.set_defaults(func=func)
+
+    plugins = _sub(subs, "plugins", "list installed plugins, their distributions and load errors")
+    plugins.set_defaults(func=commands.plugins)
+
+    config = _sub(subs, "config", "validate, show or document configuration")
+    csubs = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    check = csubs.add_parser("check", help="validate FILE, including every configured driver's options")
+    check.add_argument("file", metavar="FILE")
+    check.add_argument("--set", "-s", dest="overrides", metavar="SECTION.KEY=VALUE", action="append", default=[])
+    check.set_defaults(func=commands.config_check)
+    show = csubs.add_parser("show", help="print the effective configuration as YAML")
+    _common(show)
+    show.set_defaults(func=commands.config_show)
+    ref = csubs.add_parser("reference", help="print the configuration reference (Markdown) from the models")
+    ref.set_defaults(func=commands.config_reference)
+
+    host.register_commands(subs)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+def _disabled_from_argv(argv: Sequence[str]) -> list[str]:
+    """``plugins.disabled`` of a ``--config`` file, read before the parser exists (hooks extend it)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", "-c")
+    known, _ = pre.parse_known_args(argv)
+    if not known.config or not os.path.isfile(known.config):
+        return []
+    import yaml
+
+    try:
+        raw = yaml.safe_load(open(known.config).read()) or {}
+        return list((raw.get("plugins") or {}).get("disabled") or [])
+    except Exception:  # the real load reports the problem with file, section and key
+        return []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    host = PluginHost()
+    host.load_entry_points(_disabled_from_argv(argv))
+    parser = build_parser(host)
+    args = parser.parse_args(argv)
+    args.host = host
+    _configure_logging(args.log_level or "INFO")
+    try:
+        return int(args.func(args) or 0)
+    except HidraError as exc:
+        print(f"hidra: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"hidra: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,131 @@
+"""What each ``hidra`` subcommand does; ``cli.py`` builds the parser and handles errors."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import yaml
+
+from hidra_core.config import DriverChoice, InstanceConfig, load_config
+from hidra_core.drivers import discover, load_driver_class
+from hidra_core.kernel import create_driver
+
+__all__ = ["config_check", "config_reference", "config_show", "plugins", "receiver", "sender", "up"]
+
+log = logging.getLogger(__name__)
+
+
+def _load(args: argparse.Namespace, extra: list[str] | None = None) -> InstanceConfig:
+    config = load_config(args.config, [*args.overrides, *(extra or [])])
+    if not getattr(args, "log_level", None):
+        logging.getLogger().setLevel(config.log_level)
+    return config
+
+
+def sender(args: argparse.Namespace) -> int:
+    from hidra_core.sender import Sender
+
+    return Sender(_load(args), args.host, source_name=args.config or "<defaults>").run()
+
+
+def receiver(args: argparse.Namespace) -> int:
+    from hidra_core.receiver import Receiver
+
+    return Receiver(_load(args), args.host, source_name=args.config or "<defaults>").run()
+
+
+def up(args: argparse.Namespace) -> int:
+    """Start a receiver and a sender as child processes and supervise them."""
+    config = _load(args)
+    source_type = config.sender.source.type
+    source = args.source or config.sender.source.options.get("path") or "hidra-data/source"
+    target = args.target or config.receiver.target
+    extra = [f"sender.source.{source_type}.path={source}", f"receiver.target={target}"]
+    for directory in (source, target):
+        os.makedirs(directory, exist_ok=True)
+    load_config(args.config, [*args.overrides, *extra])  # fail here, not in a child, if the result is invalid
+    top = ["--log-level", args.log_level] if args.log_level else []
+    rest = ["--config", args.config] if args.config else []
+    for assignment in [*args.overrides, *extra]:
+        rest += ["--set", assignment]
+    children = {role: subprocess.Popen([sys.executable, "-m", "hidra_core", *top, role, *rest])
+                for role in ("receiver", "sender")}
+    log.info("hidra up: %s -> %s (Ctrl-C stops)", os.path.abspath(source), os.path.abspath(target))
+    return _supervise(children)
+
+
+def _supervise(children: dict[str, subprocess.Popen]) -> int:
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = 0
+    while any(c.poll() is None for c in children.values()):
+        for role, child in children.items():
+            if child.poll() is not None and not stopping:
+                log.error("the %s exited with status %s; stopping", role, child.returncode)
+                code = child.returncode or 1
+                forward(signal.SIGTERM, None)
+        time.sleep(0.1)
+    return code or max((c.returncode or 0) for c in children.values())
+
+
+def plugins(args: argparse.Namespace) -> int:
+    rows = [("GROUP", "NAME", "DISTRIBUTION", "VERSION", "STATUS")]
+    for s in [*discover(), *args.host.statuses]:
+        rows.append((s.group, s.name, s.distribution, s.version, "ok" if s.loaded else f"FAILED: {s.error}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+    return 0
+
+
+def check_drivers(config: InstanceConfig, source: str) -> None:
+    """Load every configured driver and validate its options, without opening anything."""
+    s, r = config.sender, config.receiver
+    cls = load_driver_class("event source", s.source.type)
+    from hidra_core.config import validate_section
+
+    validate_section(cls.config_class, s.source.options, source, f"sender.source.{s.source.type}")
+    fetch = s.fetcher or DriverChoice(type=cls.default_fetcher)
+    validate_section(load_driver_class("fetcher", fetch.type).config_class, fetch.options, source,
+                     f"sender.fetcher.{fetch.type}")
+    for name in r.writers:
+        validate_section(load_driver_class("writer", name).config_class, r.writer_options(name), source,
+                         f"receiver.{name}")
+    for section, transports, endpoints in (
+            ("sender", s.transports, (s.storage.data, s.storage.confirmations)),
+            ("receiver", r.transports, (r.data, r.confirmations, r.status))):
+        for scheme in {e.partition("://")[0] for e in endpoints} | set(transports):
+            create_driver("transport", scheme, transports.get(scheme, {}), source, f"{section}.transports.{scheme}")
+
+
+def config_check(args: argparse.Namespace) -> int:
+    config = load_config(args.file, args.overrides)
+    check_drivers(config, args.file)
+    print(f"{args.file}: OK")
+    return 0
+
+
+def config_show(args: argparse.Namespace) -> int:
+    print(yaml.safe_dump(_load(args).model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def config_reference(args: argparse.Namespace) -> int:
+    from hidra_core.reference import render
+
+    print(render(), end="")
+    return 0

@@ -1,0 +1,202 @@
+"""One YAML file per instance, validated by frozen pydantic models; errors name file, section and key.
+
+Each driver declares its own ``config_class``; its options live in a section named after the driver, next to
+the key that chooses it (``source: {type: inotify, inotify: {path: /data}}``), and the driver gets only that
+section. ``{"$env": NAME}`` and ``{"$file": path}`` values are resolved before validation.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hidra_core.errors import ConfigError
+
+__all__ = [
+    "DriverChoice", "InstanceConfig", "LedgerConfig", "PluginsConfig", "ReceiverConfig", "SenderConfig",
+    "StorageTarget", "apply_override", "load_config", "validate_section",
+]
+
+MiB = 2**20
+DEFAULT_SOURCE = "inotify"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DriverChoice(BaseModel):
+    """``type`` names the driver; an optional key of the same name holds that driver's options."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    type: str = Field(description="entry-point name of the driver")
+
+    @model_validator(mode="after")
+    def _only_own_section(self) -> DriverChoice:
+        for key, value in (self.model_extra or {}).items():
+            if key != self.type:
+                raise ValueError(f"unknown key {key!r}: only '{self.type}' (options of the chosen driver) is allowed")
+            if not isinstance(value, dict):
+                raise ValueError(f"'{key}' must be a mapping of driver options")
+        return self
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict((self.model_extra or {}).get(self.type) or {})
+
+
+class StorageTarget(_Section):
+    """The fixed, priority-0 storage receiver: gets every file, and only its confirmation allows removal."""
+
+    data: str = Field("tcp://127.0.0.1:50100", description="receiver's data endpoint (the sender connects)")
+    confirmations: str = Field("tcp://127.0.0.1:50053",
+                               description="receiver's confirmation PUB endpoint (the sender subscribes)")
+    remove_source: Literal["never", "after_confirmation"] = Field(
+        "never", description="remove the source file once the receiver confirmed a durable, matching copy")
+    confirmation_timeout_s: float = Field(
+        60.0, gt=0, description="re-send a file not confirmed this long after it was sent")
+    max_attempts: int = Field(5, ge=1, description="sends of one file before it is reported as unconfirmed")
+    accept_legacy_confirmations: bool = Field(
+        False, description="treat confirmations without a checksum (HiDRA 4.x receivers) as proof of storage")
+    hwm: int = Field(4, ge=1, description="chunks queued towards the receiver before sends block (back-pressure)")
+
+
+class LedgerConfig(_Section):
+    path: str = Field("hidra-data/state/sender-ledger.sqlite",
+                      description="SQLite file with each file's state; one per sender instance")
+
+
+class SenderConfig(_Section):
+    source: DriverChoice = Field(default_factory=lambda: DriverChoice(type=DEFAULT_SOURCE),
+                                 description="event source driver (entry point in hidra.event_sources)")
+    fetcher: Optional[DriverChoice] = Field(
+        None, description="fetcher driver (hidra.fetchers); default: the one the source names")
+    storage: StorageTarget = Field(default_factory=StorageTarget)
+    chunksize: int = Field(10 * MiB, gt=0, description="bytes per data message")
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    compat_version: str = Field("4.4.3", pattern=r"^4\.\d+\.\d+$",
+                                description="HiDRA 4.x version announced on the wire (never the package version)")
+    drain_timeout_s: float = Field(10.0, ge=0, description="on SIGTERM, wait this long for open confirmations")
+    com_port: int = Field(50000, ge=0, le=65535, description="signal port for analysis clients (4.x com port)")
+    request_port: int = Field(50001, ge=0, le=65535, description="request port for QUERY_NEXT clients")
+    transports: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="options per transport driver, keyed by URL scheme (tcp, ipc, ...)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_source_type(cls, data: Any) -> Any:
+        # NOTE: lets `--set sender.source.inotify.path=/x` work without also naming the default type.
+        if isinstance(data, dict) and isinstance(data.get("source"), dict) and "type" not in data["source"]:
+            data = {**data, "source": {"type": DEFAULT_SOURCE, **data["source"]}}
+        return data
+
+
+class ReceiverConfig(BaseModel):
+    """The storage receiver. Options of each writer go in a key named after it (``files: {fsync: false}``)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    target: str = Field("hidra-data/target", description="root directory every file is written below (must exist)")
+    data: str = Field("tcp://127.0.0.1:50100", description="data endpoint to bind (PULL)")
+    confirmations: str = Field("tcp://127.0.0.1:50053", description="confirmation endpoint to bind (PUB)")
+    status: str = Field("tcp://127.0.0.1:50050", description="4.x STATUS_CHECK endpoint to bind (REP)")
+    writers: list[str] = Field(default_factory=lambda: ["files"], min_length=1,
+                               description="writer drivers (hidra.writers), in the order they are called")
+    hwm: int = Field(16, ge=1, description="chunks buffered on the data socket")
+    commit_batch: int = Field(256, ge=1, description="most files made durable together in one commit")
+    transports: dict[str, dict[str, Any]] = Field(default_factory=dict,
+                                                  description="options per transport driver, keyed by URL scheme")
+
+    @model_validator(mode="after")
+    def _writer_sections(self) -> ReceiverConfig:
+        for key, value in (self.model_extra or {}).items():
+            if key not in self.writers:
+                raise ValueError(f"unknown key {key!r} (writer options are only allowed for {self.writers})")
+            if not isinstance(value, dict):
+                raise ValueError(f"'{key}' must be a mapping of writer options")
+        return self
+
+    def writer_options(self, name: str) -> dict[str, Any]:
+        return dict((self.model_extra or {}).get(name) or {})
+
+
+class PluginsConfig(_Section):
+    disabled: list[str] = Field(default_factory=list, description="hook plugins (group 'hidra') not to load")
+
+
+class InstanceConfig(_Section):
+    sender: SenderConfig = Field(default_factory=SenderConfig)
+    receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
+    plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+def _resolve_secrets(value: Any, where: str) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"$env"}:
+            name = value["$env"]
+            if name not in os.environ:
+                raise ConfigError(where, [f"environment variable {name!r} is not set"])
+            return os.environ[name]
+        if set(value) == {"$file"}:
+            return Path(value["$file"]).read_text().strip()
+        return {k: _resolve_secrets(v, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_secrets(v, where) for v in value]
+    return value
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply ``section.key=value`` (value parsed as YAML) to the raw config mapping in place."""
+    path, sep, text = assignment.partition("=")
+    keys = [k for k in path.strip().split(".") if k]
+    if not sep or not keys:
+        raise ConfigError("--set", [f"{assignment!r}: expected section.key=value"])
+    node = raw
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError("--set", [f"{assignment!r}: {key!r} is not a section"])
+        node = child
+    node[keys[-1]] = yaml.safe_load(text) if text.strip() else ""
+
+
+def _problems(exc: ValidationError, prefix: str) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in (*([prefix] if prefix else []), *err["loc"]))
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        got = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err.get('input')!r})"
+        lines.append(f"{loc or '<top>'}: {msg}{got}")
+    return lines
+
+
+def validate_section(model: type[BaseModel], data: Mapping[str, Any], source: str, section: str) -> Any:
+    """Validate one section with ``model``; ``ConfigError`` names ``source`` and each ``section.key``."""
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(source, _problems(exc, section)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: Iterable[str] = ()) -> InstanceConfig:
+    """Read, override and validate an instance config; with no file, the embedded defaults."""
+    source = str(path) if path else "<defaults>"
+    raw: Any = {}
+    if path:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(source, [f"cannot read: {exc.strerror}"]) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
+        if not isinstance(raw, dict):
+            raise ConfigError(source, ["the top level must be a mapping"])
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    raw = _resolve_secrets(raw, source)
+    return validate_section(InstanceConfig, raw, source, "")

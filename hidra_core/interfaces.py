@@ -1,0 +1,154 @@
+"""The abstract base classes every driver implements; stevedore picks the implementation by name."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # pragma: no cover
+    import zmq
+
+    from hidra_core.types import FileEvent
+
+__all__ = ["EmptyConfig", "EventSource", "Fetcher", "FileStat", "Transport", "Writer", "WriteTarget"]
+
+
+class EmptyConfig(BaseModel):
+    """Config of a driver that takes no options: any key is refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """What a fetcher knows about a file before its first chunk: size and times (epoch seconds)."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+class EventSource(ABC):
+    """Turns the outside world into ``FileEvent`` s. One instance per sender, polled by one thread.
+
+    ``open`` and ``poll`` run in the source's own thread, which owns any socket the source creates.
+    The first polls after ``open`` must report files that already existed (the start-up scan).
+    """
+
+    config_class: ClassVar[type[BaseModel]] = EmptyConfig
+    #: fetcher used when the config does not name one
+    default_fetcher: ClassVar[str] = "file"
+
+    def __init__(self, config: BaseModel) -> None:
+        self.config = config
+
+    @property
+    def root(self) -> str | None:
+        """The directory or URL events are relative to, if the source has one (used to guard the ledger)."""
+        return None
+
+    @abstractmethod
+    def open(self, context: zmq.Context) -> None:
+        """Prepare (watches, sockets) in the polling thread."""
+
+    @abstractmethod
+    def poll(self, timeout_ms: int) -> list[FileEvent]:
+        """Return the events that are ready, waiting at most ``timeout_ms`` for the first one."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release everything ``open`` acquired. Called from the polling thread."""
+
+
+class Fetcher(ABC):
+    """Produces the bytes of an event in chunks, and removes the source when the kernel says it is safe."""
+
+    config_class: ClassVar[type[BaseModel]] = EmptyConfig
+
+    def __init__(self, config: BaseModel) -> None:
+        self.config = config
+
+    @abstractmethod
+    def stat(self, event: FileEvent) -> FileStat | None:
+        """Size and times of the event's data, or ``None`` if it has vanished."""
+
+    @abstractmethod
+    def chunks(self, event: FileEvent, stat: FileStat, chunksize: int) -> Iterator[Any]:
+        """Yield buffers of exactly ``chunksize`` bytes except the last (one empty buffer for an empty file).
+
+        Buffers should be zero-copy views (``mmap``, ``memoryview``) for large chunks; the kernel hands them to
+        ZeroMQ without copying and never reuses them. Raise ``OSError`` if the data changed size meanwhile.
+        """
+
+    @abstractmethod
+    def remove(self, event: FileEvent) -> None:
+        """Delete the source. Only called after the storage target confirmed a durable, matching copy."""
+
+
+class Transport(ABC):
+    """Opens ZeroMQ sockets for endpoints of the URL schemes it is registered under."""
+
+    config_class: ClassVar[type[BaseModel]] = EmptyConfig
+
+    def __init__(self, config: BaseModel) -> None:
+        self.config = config
+
+    @abstractmethod
+    def open_socket(self, context: zmq.Context, socket_type: int, endpoint: str, *, bind: bool,
+                    hwm: int) -> zmq.Socket:
+        """Create, configure (linger, HWM, keepalive) and bind or connect a socket, in the calling thread."""
+
+    @staticmethod
+    def endpoint_of(socket: zmq.Socket) -> str:
+        """The endpoint a bound socket really listens on (port 0 resolved)."""
+        return socket.getsockopt_string(__import__("zmq").LAST_ENDPOINT)
+
+
+@dataclass(frozen=True)
+class WriteTarget:
+    """Where a received file goes: validated components below the receiver's root."""
+
+    root: str
+    relative_parts: tuple[str, ...]
+    filename: str
+    metadata: Mapping[str, Any]
+
+    @property
+    def relative_name(self) -> str:
+        return "/".join((*self.relative_parts, self.filename))
+
+
+class Writer(ABC):
+    """Persists what a receiver gets. The receiver validates names; writers never see unsafe paths.
+
+    ``open``/``write``/``close`` run in the receiving thread; ``commit`` runs in the commit thread with a batch
+    of closed files and must make all of them durable and visible under their final names before returning.
+    """
+
+    config_class: ClassVar[type[BaseModel]] = EmptyConfig
+
+    def __init__(self, config: BaseModel, *, target: str) -> None:
+        self.config = config
+        self.target = target
+
+    @abstractmethod
+    def open(self, item: WriteTarget) -> Any:
+        """Start a file; return a handle passed to the other methods."""
+
+    @abstractmethod
+    def write(self, handle: Any, data: Any) -> None:
+        """Append one chunk (a buffer) to the file."""
+
+    @abstractmethod
+    def close(self, handle: Any) -> None:
+        """All chunks were written; the file is complete but not yet durable or visible."""
+
+    @abstractmethod
+    def commit(self, handles: Sequence[Any]) -> None:
+        """Make every closed file in ``handles`` durable and visible under its final name."""
+
+    @abstractmethod
+    def abort(self, handle: Any) -> None:
+        """Forget a file: remove whatever was written for it. Must not raise for a missing temp file."""

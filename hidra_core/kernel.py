@@ -1,0 +1,76 @@
+"""What the sender and the receiver share: building drivers from config sections, and opening endpoints."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any, Mapping
+
+import zmq
+
+from hidra_core.config import validate_section
+from hidra_core.drivers import build_driver, load_driver_class
+
+__all__ = ["Endpoints", "StopFlag", "create_driver"]
+
+log = logging.getLogger(__name__)
+
+
+def create_driver(role: str, name: str, options: Mapping[str, Any], source: str, section: str,
+                  **kwargs: Any) -> Any:
+    """Load the ``name`` driver of ``role``, validate ``options`` against its config model, instantiate it."""
+    cls = load_driver_class(role, name)
+    config = validate_section(cls.config_class, options, source, section)
+    return build_driver(role, name, config, **kwargs)
+
+
+class Endpoints:
+    """Opens sockets through the transport driver registered for each endpoint's URL scheme."""
+
+    def __init__(self, context: zmq.Context, options: Mapping[str, Mapping[str, Any]], source: str,
+                 section: str) -> None:
+        self.context = context
+        self._options = options
+        self._source = source
+        self._section = section
+        self._drivers: dict[str, Any] = {}
+
+    def driver(self, endpoint: str) -> Any:
+        scheme = endpoint.partition("://")[0]
+        if scheme not in self._drivers:
+            self._drivers[scheme] = create_driver("transport", scheme, self._options.get(scheme, {}),
+                                                  self._source, f"{self._section}.transports.{scheme}")
+        return self._drivers[scheme]
+
+    def open(self, socket_type: int, endpoint: str, *, bind: bool, hwm: int) -> zmq.Socket:
+        return self.driver(endpoint).open_socket(self.context, socket_type, endpoint, bind=bind, hwm=hwm)
+
+    @staticmethod
+    def bound(sock: zmq.Socket) -> str:
+        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT (or by ``set()`` from tests and embedding code); loops poll it."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda signum, _frame: self._on_signal(signum))
+
+    def _on_signal(self, signum: int) -> None:
+        log.info("received %s: draining and stopping", signal.Signals(signum).name)
+        self._event.set()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds, waking early when stopped; True if stopped."""
+        return self._event.wait(timeout)

@@ -1,0 +1,126 @@
+"""The sender's on-disk ledger: one row per file with its state, so a restart resumes instead of losing work.
+
+States move ``seen -> sent -> confirmed -> removed``; ``unconfirmed`` marks files that used up their attempts
+(kept at the source and reported). SQLite in WAL mode: a committed transaction survives a SIGKILL of the
+process. The ledger is owned by one thread (the sender's router loop).
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from hidra_core.types import FileEvent
+
+__all__ = ["CONFIRMED", "Ledger", "LedgerRow", "REMOVED", "SEEN", "SENT", "STATE_NAMES", "UNCONFIRMED"]
+
+SEEN, SENT, CONFIRMED, REMOVED, UNCONFIRMED = 0, 1, 2, 3, 4
+STATE_NAMES = {SEEN: "seen", SENT: "sent", CONFIRMED: "confirmed", REMOVED: "removed", UNCONFIRMED: "unconfirmed"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    file_id TEXT PRIMARY KEY,
+    source_path TEXT NOT NULL,
+    relative_path TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    size INTEGER,
+    mtime_ns INTEGER,
+    checksum TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_state ON files (state);
+"""
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    file_id: str
+    state: int
+    size: int | None
+    mtime_ns: int | None
+    checksum: str | None
+    attempts: int
+
+
+class LedgerMismatch(RuntimeError):
+    """The ledger file belongs to another source."""
+
+
+class Ledger:
+    def __init__(self, path: str, source_root: str | None) -> None:
+        self.path = path
+        if path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NOTE: synchronous=NORMAL keeps committed rows across a process crash (SIGKILL); after a power
+        # loss the last rows may be lost, which the start-up rescan of the source tree makes good.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._check_root(source_root)
+        self._db.execute("BEGIN")
+
+    def _check_root(self, source_root: str | None) -> None:
+        if source_root is None:
+            return
+        row = self._db.execute("SELECT value FROM meta WHERE key='source_root'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('source_root', ?)", (source_root,))
+        elif row[0] != source_root:
+            raise LedgerMismatch(f"ledger {self.path} belongs to source {row[0]!r}, not {source_root!r}; "
+                                 "give each sender its own sender.ledger.path")
+
+    def commit(self) -> None:
+        """Make every change since the last commit durable against a process crash."""
+        self._db.execute("COMMIT")
+        self._db.execute("BEGIN")
+
+    def close(self) -> None:
+        self._db.execute("COMMIT")
+        self._db.close()
+
+    def record_seen(self, events: Iterable[FileEvent]) -> None:
+        now = time.time()
+        self._db.executemany(
+            "INSERT OR IGNORE INTO files (file_id, source_path, relative_path, filename, state, updated)"
+            " VALUES (?, ?, ?, ?, 0, ?)",
+            [(e.file_id, e.source_path, e.relative_path, e.filename, now) for e in events])
+
+    def get(self, file_id: str) -> LedgerRow | None:
+        row = self._db.execute("SELECT file_id, state, size, mtime_ns, checksum, attempts FROM files"
+                               " WHERE file_id=?", (file_id,)).fetchone()
+        return LedgerRow(*row) if row else None
+
+    def mark_sent(self, event: FileEvent, size: int, mtime_ns: int, checksum: str) -> None:
+        self._db.execute(
+            "INSERT INTO files (file_id, source_path, relative_path, filename, state, size, mtime_ns, checksum,"
+            " attempts, updated) VALUES (?, ?, ?, ?, 1, ?, ?, ?, 1, ?) ON CONFLICT(file_id) DO UPDATE SET"
+            " state=1, size=excluded.size, mtime_ns=excluded.mtime_ns, checksum=excluded.checksum,"
+            " attempts=attempts+1, updated=excluded.updated",
+            (event.file_id, event.source_path, event.relative_path, event.filename, size, mtime_ns, checksum,
+             time.time()))
+
+    def set_state(self, file_id: str, state: int) -> None:
+        self._db.execute("UPDATE files SET state=?, updated=? WHERE file_id=?", (state, time.time(), file_id))
+
+    def forget(self, file_id: str) -> None:
+        self._db.execute("DELETE FROM files WHERE file_id=?", (file_id,))
+
+    def pending(self, include_confirmed: bool) -> Iterator[tuple[FileEvent, LedgerRow]]:
+        """Files a previous run did not finish: seen, sent or unconfirmed, and (when sources are removed)
+        confirmed but not yet removed."""
+        states = "0, 1, 2, 4" if include_confirmed else "0, 1, 4"
+        rows = self._db.execute(
+            "SELECT source_path, relative_path, filename, file_id, state, size, mtime_ns, checksum, attempts"
+            f" FROM files WHERE state IN ({states}) ORDER BY rowid").fetchall()
+        for source_path, rel, name, *rest in rows:
+            yield FileEvent(source_path, rel, name), LedgerRow(*rest)
+
+    def counts(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall()
+        return {STATE_NAMES[state]: n for state, n in rows}

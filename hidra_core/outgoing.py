@@ -1,0 +1,85 @@
+"""One file on its way out: metadata, chunking and checksums, driven chunk by chunk by the sender loop."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from hidra_core.checksum import DEFAULT_ALGORITHM, new_hasher
+from hidra_core.interfaces import FileStat
+from hidra_core.protocol import HTYPE, encode_metadata
+from hidra_core.types import FileEvent
+
+__all__ = ["InFlight", "Outgoing", "ZERO_COPY_MIN"]
+
+# NOTE: below this size ZeroMQ copying the payload is cheaper than tracking a zero-copy frame.
+ZERO_COPY_MIN = 64 * 1024
+
+
+@dataclass
+class InFlight:
+    """A file completely handed to the transport, waiting for the storage target's confirmation."""
+
+    event: FileEvent
+    stat: FileStat
+    checksum: str
+    chunk_count: int
+    sent_at: float
+    confirmed: set[int] = field(default_factory=set)
+    proof: bool = False  # a confirmation carried a matching file checksum
+
+
+class Outgoing:
+    """Produces the wire messages ``[metadata, payload]`` of one file, one chunk per ``next_message``."""
+
+    def __init__(self, event: FileEvent, stat: FileStat, chunks: Iterator[Any], chunksize: int,
+                 base: dict[str, Any]) -> None:
+        self.event = event
+        self.stat = stat
+        self.chunk_count = max(1, math.ceil(stat.size / chunksize))
+        self._chunks = chunks
+        self._number = 0
+        self._file_hash = new_hasher(DEFAULT_ALGORITHM) if self.chunk_count > 1 else None
+        self.checksum = ""
+        self._meta = {
+            **base,
+            "htype": HTYPE,
+            "filename": event.filename,
+            "relative_path": event.relative_path,
+            "source_path": event.source_path,
+            "filesize": stat.size,
+            "file_mod_time": stat.mtime_ns / 1e9,
+            "file_create_time": stat.ctime_ns / 1e9,
+            "chunksize": chunksize,
+            "chunk_count": self.chunk_count,
+            "checksum_algorithm": DEFAULT_ALGORITHM,
+        }
+
+    @property
+    def done(self) -> bool:
+        return self._number >= self.chunk_count
+
+    def next_message(self) -> tuple[bytes, Any]:
+        """The next chunk's encoded metadata and its payload buffer (never copied here)."""
+        payload = next(self._chunks)
+        number = self._number
+        last = number == self.chunk_count - 1
+        digest = new_hasher(DEFAULT_ALGORITHM)
+        digest.update(payload)
+        chunk_sum = digest.hexdigest()
+        meta = self._meta
+        meta["chunk_number"] = number
+        meta["last_chunk"] = last
+        meta["chunk_checksum"] = chunk_sum
+        if self._file_hash is not None:
+            self._file_hash.update(payload)
+        if last:
+            self.checksum = self._file_hash.hexdigest() if self._file_hash is not None else chunk_sum
+            meta["file_checksum"] = self.checksum
+        self._number += 1
+        return encode_metadata(meta), payload
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,66 @@
+"""Receiving-side path safety (hidra4-protocol.md §9 D5): nothing is ever created outside the root."""
+from __future__ import annotations
+
+import os
+import stat
+
+from hidra_core.errors import PathRefused
+
+__all__ = ["SafeTree", "split_checked"]
+
+_BAD_CHARS = frozenset(chr(c) for c in range(32)) | {"\x7f", "\\"}
+
+
+def _check_component(part: str, what: str) -> None:
+    if part in ("", ".", ".."):
+        raise PathRefused(f"{what} has an empty, '.' or '..' component")
+    bad = _BAD_CHARS.intersection(part)
+    if bad:
+        raise PathRefused(f"{what} contains forbidden characters {sorted(bad)!r}")
+
+
+def split_checked(relative_path: str, filename: str) -> tuple[tuple[str, ...], str]:
+    """Validate wire names and return ``(directory components, filename)``; ``PathRefused`` says why not."""
+    if relative_path.startswith("/"):
+        raise PathRefused(f"relative_path {relative_path!r} is absolute")
+    parts = tuple(relative_path.split("/")) if relative_path else ()
+    for part in parts:
+        _check_component(part, f"relative_path {relative_path!r}")
+    if "/" in filename:
+        raise PathRefused(f"filename {filename!r} is not a single path component")
+    _check_component(filename, f"filename {filename!r}")
+    return parts, filename
+
+
+class SafeTree:
+    """Creates directories below ``root`` and refuses any that would resolve outside it (symlinks included)."""
+
+    def __init__(self, root: str) -> None:
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"target root {root!r} does not exist or is not a directory")
+        self.root = os.path.realpath(root)
+        self._known: set[tuple[str, ...]] = set()
+
+    def directory(self, parts: tuple[str, ...]) -> str:
+        """Absolute path of ``root/parts``, created if needed; ``PathRefused`` if it leaves the root."""
+        path = os.path.join(self.root, *parts)
+        if parts in self._known and os.path.isdir(path):
+            return path
+        current = self.root
+        for part in parts:
+            current = os.path.join(current, part)
+            try:
+                os.mkdir(current)
+            except FileExistsError:
+                pass
+            st = os.lstat(current)
+            if stat.S_ISLNK(st.st_mode):
+                real = os.path.realpath(current)
+                if not (real == self.root or real.startswith(self.root + os.sep)) or not os.path.isdir(real):
+                    raise PathRefused(f"{'/'.join(parts)!r} leads out of the target root through a symlink")
+            elif not stat.S_ISDIR(st.st_mode):
+                raise PathRefused(f"{'/'.join(parts)!r}: {current!r} exists and is not a directory")
+        if len(self._known) > 100_000:  # bound memory on trees with very many directories
+            self._known.clear()
+        self._known.add(parts)
+        return path

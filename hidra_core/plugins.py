@@ -1,0 +1,147 @@
+"""The pluggy host: loads every ``hidra`` entry point in isolation and calls hooks through typed methods."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+import pluggy
+
+from hidra_core import hookspecs
+from hidra_core.markers import PROJECT
+from hidra_core.types import PluginStatus
+
+if TYPE_CHECKING:  # pragma: no cover
+    import argparse
+
+    from hidra_core.types import FileEvent
+
+__all__ = ["PluginHost", "entry_points_of", "is_selected"]
+
+log = logging.getLogger(__name__)
+
+# Keys the wire protocol owns: enrichment hooks may add keys but never change these.
+_PROTECTED_KEYS = frozenset({
+    "filename", "relative_path", "source_path", "filesize", "file_mod_time", "file_create_time", "chunksize",
+    "chunk_number", "chunk_count", "last_chunk", "checksum_algorithm", "chunk_checksum", "file_checksum",
+    "confirmation_required", "version", "htype",
+})
+
+
+def entry_points_of(group: str) -> list[Any]:
+    """Installed entry points of ``group`` (``importlib.metadata``), in a stable order."""
+    from importlib.metadata import entry_points
+
+    return sorted(entry_points(group=group), key=lambda ep: (ep.name, _dist_name(ep)))
+
+
+def _dist_name(ep: Any) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.metadata["Name"] if dist is not None else "?"
+
+
+def _dist_version(ep: Any) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.version if dist is not None else "?"
+
+
+def is_selected(name: str, disabled: Iterable[str] = ()) -> bool:
+    """Whether a ``hidra`` hook plugin may load: not in ``plugins.disabled`` and allowed by ``HIDRA_LOAD_PLUGINS``."""
+    if name in set(disabled):
+        return False
+    allow = os.environ.get("HIDRA_LOAD_PLUGINS")
+    if allow is None:
+        return True
+    return name in {n.strip() for n in allow.split(",") if n.strip()}
+
+
+class PluginHost:
+    """Owns one ``pluggy.PluginManager``; built per process (or per test), never a module global."""
+
+    def __init__(self) -> None:
+        self.manager = pluggy.PluginManager(PROJECT)
+        self.manager.add_hookspecs(hookspecs)
+        self.statuses: list[PluginStatus] = []
+
+    def load_entry_points(self, disabled: Iterable[str] = ()) -> list[PluginStatus]:
+        """Import and register every selected ``hidra`` entry point; one failure never stops the others."""
+        strict = os.environ.get("HIDRA_STRICT_PLUGINS") == "1"
+        for ep in entry_points_of(PROJECT):
+            if not is_selected(ep.name, disabled):
+                log.debug("hook plugin %s not selected", ep.name)
+                continue
+            error = self._load_one(ep, strict)
+            status = PluginStatus(PROJECT, ep.name, _dist_name(ep), _dist_version(ep), ep.value, not error, error)
+            self.statuses.append(status)
+            if error:
+                log.warning("hook plugin %s from %s failed to load: %s", ep.name, status.distribution, error)
+                self.on_plugin_error({"plugin": ep.name, "hook": "", "error": error})
+        return self.statuses
+
+    def _load_one(self, ep: Any, strict: bool) -> str:
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # NOTE: a broken third-party plugin must not stop the others
+            if strict:
+                raise
+            log.debug("loading %s failed", ep.name, exc_info=True)
+            return f"import failed: {type(exc).__name__}: {exc}"
+        if self.manager.get_plugin(ep.name) is not None:
+            return f"another plugin already registered the name {ep.name!r}"
+        try:
+            self.manager.register(plugin, name=ep.name)
+        except pluggy.PluginValidationError as exc:
+            if exc.plugin is not None and self.manager.is_registered(exc.plugin):
+                self.manager.unregister(exc.plugin)
+            if strict:
+                raise
+            return f"invalid hook implementation: {exc}"
+        return ""
+
+    def register(self, plugin: object, name: str | None = None) -> None:
+        """Register an in-process plugin object (tests, embedding applications)."""
+        self.manager.register(plugin, name=name)
+
+    # Typed hook calls. Start-up hooks fail fast; run-time hooks are isolated per implementation.
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        self.manager.hook.hidra_add_options(parser=parser)
+
+    def register_commands(self, subparsers: Any) -> None:
+        self.manager.hook.hidra_register_commands(subparsers=subparsers)
+
+    def startup(self, kernel: Any) -> None:
+        self.manager.hook.hidra_startup(kernel=kernel)
+
+    def shutdown(self, kernel: Any) -> None:
+        self._call_isolated("hidra_shutdown", kernel=kernel)
+
+    def enrich_metadata(self, event: FileEvent, metadata: Mapping[str, Any]) -> dict[str, Any]:
+        """Merged extra keys from every implementation; protocol keys are never overridden."""
+        extra: dict[str, Any] = {}
+        for result in self._call_isolated("hidra_enrich_metadata", event=event, metadata=metadata):
+            if result:
+                extra.update({k: v for k, v in result.items() if k not in _PROTECTED_KEYS})
+        return extra
+
+    def on_plugin_error(self, report: Mapping[str, Any]) -> None:
+        for impl in self.manager.hook.hidra_on_plugin_error.get_hookimpls():
+            try:
+                impl.function(report=report)
+            except Exception:  # an observer that fails must not hide the original error
+                log.exception("error observer %s raised", impl.plugin_name)
+
+    @property
+    def has_enrichers(self) -> bool:
+        return bool(self.manager.hook.hidra_enrich_metadata.get_hookimpls())
+
+    def _call_isolated(self, hook_name: str, **kwargs: Any) -> list[Any]:
+        results = []
+        for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
+            wanted = {k: kwargs[k] for k in impl.argnames}
+            try:
+                results.append(impl.function(**wanted))
+            except Exception as exc:
+                log.exception("hook %s of plugin %s raised", hook_name, impl.plugin_name)
+                self.on_plugin_error({"plugin": impl.plugin_name, "hook": hook_name, "error": repr(exc)})
+        return results

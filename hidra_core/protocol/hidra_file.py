@@ -1,0 +1,87 @@
+"""Codec for data messages: ``[json(metadata), payload]``, native ``hidra-file-1.0`` or legacy 4.x.
+
+The native form is a superset of the 4.x metadata (hidra4-protocol.md §6.4): every legacy key keeps its meaning
+and ``htype``, ``chunk_count``, ``last_chunk``, ``checksum_algorithm``, ``chunk_checksum`` and (last chunk only)
+``file_checksum`` are added.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from hidra_core.errors import ProtocolError
+
+__all__ = ["ALIVE_TEST", "HTYPE", "DataMessage", "decode_data", "encode_metadata", "is_alive_test"]
+
+HTYPE = "hidra-file-1.0"
+ALIVE_TEST = b"ALIVE_TEST"
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def encode_metadata(metadata: Mapping[str, Any]) -> bytes:
+    return _dumps(metadata).encode()
+
+
+def is_alive_test(frames: Sequence[Any]) -> bool:
+    return len(frames) == 1 and bytes(frames[0]) == ALIVE_TEST
+
+
+@dataclass(frozen=True)
+class DataMessage:
+    """One decoded data chunk. ``payload`` is the frame's buffer, not a copy."""
+
+    metadata: dict[str, Any]
+    payload: Any
+    relative_path: str
+    filename: str
+    filesize: int
+    chunksize: int
+    chunk_number: int
+    is_last: bool
+    native: bool
+
+    @property
+    def file_id(self) -> str:
+        rel = self.relative_path[1:] if self.relative_path.startswith("/") else self.relative_path
+        return f"{rel}/{self.filename}" if rel else self.filename
+
+
+def _int_field(meta: Mapping[str, Any], key: str, minimum: int) -> int:
+    value = meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ProtocolError(f"field {key!r} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def decode_data(frames: Sequence[Any]) -> DataMessage:
+    """Decode ``[json(metadata), payload]``; ``ProtocolError`` says what is wrong with it."""
+    if len(frames) != 2:
+        raise ProtocolError(f"a data message has 2 frames, got {len(frames)}")
+    try:
+        meta = json.loads(bytes(frames[0]))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"metadata frame is not JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ProtocolError("metadata frame is not a JSON object")
+    htype = meta.get("htype")
+    if htype is not None and htype != HTYPE:
+        raise ProtocolError(f"unknown htype {htype!r}")
+    filename = meta.get("filename")
+    if not isinstance(filename, str):
+        raise ProtocolError(f"field 'filename' must be a string, got {filename!r}")
+    relative_path = meta.get("relative_path") or ""
+    if not isinstance(relative_path, str):
+        raise ProtocolError(f"field 'relative_path' must be a string, got {relative_path!r}")
+    filesize = _int_field(meta, "filesize", 0)
+    chunksize = _int_field(meta, "chunksize", 1)
+    chunk_number = _int_field(meta, "chunk_number", 0)
+    payload = frames[1]
+    size = len(payload.buffer) if hasattr(payload, "buffer") else len(payload)
+    last = meta.get("last_chunk")
+    if isinstance(last, bool):
+        is_last = last
+    else:  # 4.x rule (§6.2): a short chunk, or the exact-multiple case
+        is_last = size < chunksize or (filesize % chunksize == 0 and filesize // chunksize == chunk_number + 1)
+    return DataMessage(meta, payload, relative_path, filename, filesize, chunksize, chunk_number, is_last,
+                       htype == HTYPE)

@@ -1,0 +1,220 @@
+"""The storage receiver: reassembles chunks into files through its writers, commits them durably in groups,
+and only then confirms them (hidra4-protocol.md §7, §9 D2 and D5).
+
+The receiving loop (calling thread) owns the data PULL and status REP sockets and the partial files; the commit
+thread owns the confirmation PUB socket, makes batches of complete files durable and publishes their
+confirmations and the liveness beacon. Commits overlap with receiving.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from hidra_core.checksum import ALGORITHMS, new_hasher
+from hidra_core.config import InstanceConfig
+from hidra_core.errors import PathRefused, ProtocolError
+from hidra_core.interfaces import WriteTarget
+from hidra_core.kernel import Endpoints, StopFlag, create_driver
+from hidra_core.paths import split_checked
+from hidra_core.plugins import PluginHost
+from hidra_core.protocol import decode_data, is_alive_test
+from hidra_core.receiver_commit import CommitItem, CommitThread
+from hidra_core.receiver_status import StatusBoard
+
+__all__ = ["Receiver"]
+
+log = logging.getLogger(__name__)
+
+_PARTIAL_TIMEOUT_S = 300.0
+
+
+@dataclass
+class _Partial:
+    target: WriteTarget
+    handles: list[Any]
+    hasher: Any
+    algorithm: str | None
+    next_chunk: int = 0
+    size: int = 0
+    touched: float = field(default_factory=time.monotonic)
+
+
+class Receiver:
+    role = "receiver"
+
+    def __init__(self, config: InstanceConfig, host: PluginHost, *, source_name: str = "<defaults>") -> None:
+        self.instance_config = config
+        self.config = cfg = config.receiver
+        self.host = host
+        self.stop = StopFlag()
+        if not os.path.isdir(cfg.target):
+            from hidra_core.errors import ConfigError
+
+            raise ConfigError(source_name, [f"receiver.target: directory {cfg.target!r} does not exist"])
+        self.writers = [create_driver("writer", name, cfg.writer_options(name), source_name, f"receiver.{name}",
+                                      target=cfg.target) for name in cfg.writers]
+        self.context = zmq.Context()
+        self.endpoints = Endpoints(self.context, cfg.transports, source_name, "receiver")
+        for endpoint in (cfg.data, cfg.confirmations, cfg.status):
+            self.endpoints.driver(endpoint)
+        self.instance = uuid.uuid4().hex
+        self.status = StatusBoard()
+        self.stats = {"stored": 0, "bytes": 0, "refused": 0, "malformed": 0, "failed": 0, "alive_tests": 0}
+        self._partials: dict[str, _Partial] = {}
+        self._commits: queue.Queue[CommitItem | None] = queue.Queue()
+
+    def run(self) -> int:
+        self.stop.install()
+        self.host.startup(self)
+        committer = CommitThread(self)
+        try:
+            self.data = self.endpoints.open(zmq.PULL, self.config.data, bind=True, hwm=self.config.hwm)
+            self.status_socket = self.endpoints.open(zmq.REP, self.config.status, bind=True, hwm=100)
+            committer.start()
+            confirmations = committer.wait_bound()
+            if confirmations is None:
+                return 1
+            log.info("hidra receiver ready: data %s, confirmations %s, status %s, target %s",
+                     Endpoints.bound(self.data), confirmations, Endpoints.bound(self.status_socket),
+                     os.path.abspath(self.config.target))
+            self._loop()
+            return 0
+        finally:
+            self._commits.put(None)
+            committer.join()
+            self._close()
+
+    def _close(self) -> None:
+        for partial in self._partials.values():
+            self._abort(partial)
+        for name in ("data", "status_socket"):
+            sock = getattr(self, name, None)
+            if sock is not None:
+                sock.close(linger=0)
+        self.context.term()
+        log.info("hidra receiver stopped: %s", self.stats)
+        self.host.shutdown(self)
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.data, zmq.POLLIN)
+        poller.register(self.status_socket, zmq.POLLIN)
+        next_expiry = time.monotonic() + 1.0
+        while not self.stop.is_set():
+            ready = dict(poller.poll(100))
+            if self.data in ready:
+                self._take_data()
+            if self.status_socket in ready:
+                self.status_socket.send_multipart(self.status.answer(self.status_socket.recv_multipart()))
+            if time.monotonic() >= next_expiry:
+                self._expire_partials()
+                next_expiry = time.monotonic() + 1.0
+
+    def _take_data(self) -> None:
+        for _ in range(1000):  # then serve the status socket and the stop flag again
+            try:
+                frames = self.data.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            if is_alive_test(frames):
+                self.stats["alive_tests"] += 1
+                continue
+            try:
+                self._chunk(frames)
+            except PathRefused as exc:
+                self._refuse("refused", f"path refused: {exc}")
+            except ProtocolError as exc:
+                self._refuse("malformed", f"malformed message dropped: {exc}")
+            except OSError as exc:
+                self.stats["failed"] += 1
+                self.status.error(exc)
+                log.error("writing failed: %s", exc)
+
+    def _refuse(self, counter: str, text: str) -> None:
+        self.stats[counter] += 1
+        self.status.error(ProtocolError(text))
+        log.error("%s (%d so far)", text, self.stats[counter])
+
+    def _chunk(self, frames: list[Any]) -> None:
+        msg = decode_data(frames)
+        parts, filename = split_checked(msg.relative_path, msg.filename)
+        fid = msg.file_id
+        payload = msg.payload.buffer
+        partial = self._partials.get(fid)
+        if msg.chunk_number == 0:
+            if partial is not None:  # a re-sent file restarts (4.x rule)
+                self._abort(self._partials.pop(fid))
+            partial = self._open(WriteTarget(self.config.target, parts, filename, msg.metadata))
+            self._partials[fid] = partial
+        elif partial is None or msg.chunk_number != partial.next_chunk:
+            if partial is not None and msg.chunk_number == partial.next_chunk - 1:
+                return  # a repeated chunk is ignored (4.x rule)
+            if partial is not None:
+                self._abort(self._partials.pop(fid))
+            raise ProtocolError(f"{fid}: chunk {msg.chunk_number} arrived out of order; file dropped")
+        try:
+            for writer, handle in zip(self.writers, partial.handles):
+                writer.write(handle, payload)
+        except OSError:
+            self._abort(self._partials.pop(fid))
+            raise
+        if partial.hasher is not None:
+            partial.hasher.update(payload)
+        partial.next_chunk += 1
+        partial.size += len(payload)
+        partial.touched = time.monotonic()
+        if msg.is_last:
+            self._complete(fid, self._partials.pop(fid), msg.metadata, msg.filesize)
+
+    def _open(self, target: WriteTarget) -> _Partial:
+        algorithm = target.metadata.get("checksum_algorithm")
+        known = isinstance(algorithm, str) and algorithm in ALGORITHMS
+        handles: list[Any] = []
+        try:
+            for writer in self.writers:
+                handles.append(writer.open(target))
+        except Exception:
+            for writer, handle in zip(self.writers, handles):
+                writer.abort(handle)
+            raise
+        return _Partial(target, handles, new_hasher(algorithm) if known else None, algorithm if known else None)
+
+    def _complete(self, fid: str, partial: _Partial, meta: dict[str, Any], filesize: int) -> None:
+        problem = ""
+        expected_sum = meta.get("file_checksum")
+        checksum = partial.hasher.hexdigest() if partial.hasher is not None else None
+        if partial.size != filesize:
+            problem = f"received {partial.size} bytes, filesize says {filesize}"
+        elif isinstance(meta.get("chunk_count"), int) and meta["chunk_count"] != partial.next_chunk:
+            problem = f"received {partial.next_chunk} chunks, chunk_count says {meta['chunk_count']}"
+        elif checksum is not None and isinstance(expected_sum, str) and checksum != expected_sum:
+            problem = f"{partial.algorithm} checksum {checksum} does not match the sender's {expected_sum}"
+        if problem:
+            self._abort(partial)
+            raise ProtocolError(f"{fid}: {problem}; file dropped, not confirmed")
+        for writer, handle in zip(self.writers, partial.handles):
+            writer.close(handle)
+        topic = meta.get("confirmation_required")
+        self._commits.put(CommitItem(fid, partial.handles, topic if isinstance(topic, str) and topic else None,
+                                     partial.next_chunk, partial.algorithm, checksum, partial.size))
+
+    def _abort(self, partial: _Partial) -> None:
+        for writer, handle in zip(self.writers, partial.handles):
+            try:
+                writer.abort(handle)
+            except Exception:
+                log.exception("writer %s could not abort %s", type(writer).__name__, partial.target.relative_name)
+
+    def _expire_partials(self) -> None:
+        limit = time.monotonic() - _PARTIAL_TIMEOUT_S
+        for fid in [f for f, p in self._partials.items() if p.touched < limit]:
+            log.warning("%s: no chunk for %.0f s; incomplete file dropped", fid, _PARTIAL_TIMEOUT_S)
+            self._abort(self._partials.pop(fid))

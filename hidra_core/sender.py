@@ -1,0 +1,328 @@
+"""The sender: event source -> router loop -> fetcher -> storage target, with the ledger keeping the state.
+
+One router loop (the calling thread) owns the ledger, the fetcher and every socket but the source's; the event
+source runs in its own thread and hands batches of events over an inproc socket. The loop never blocks on a
+send: it polls the data socket for room, so confirmations, heartbeats and SIGTERM are always served. A file is
+only sent once the storage receiver's beacon shows the confirmation channel is live; a restarted receiver
+(new beacon instance) makes every unconfirmed file go out again; receivers store re-sent files idempotently.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import OrderedDict, deque
+from typing import Any
+
+import zmq
+
+from hidra_core.config import DriverChoice, InstanceConfig
+from hidra_core.kernel import Endpoints, StopFlag, create_driver
+from hidra_core.ledger import CONFIRMED, REMOVED, UNCONFIRMED, Ledger
+from hidra_core.outgoing import ZERO_COPY_MIN, InFlight, Outgoing
+from hidra_core.plugins import PluginHost
+from hidra_core.protocol.confirmation import HEARTBEAT_TOPIC, decode_confirmation
+from hidra_core.errors import ProtocolError
+from hidra_core.source_thread import SourceThread
+from hidra_core.types import FileEvent
+
+__all__ = ["Sender"]
+
+log = logging.getLogger(__name__)
+
+_SLICE_S = 0.02  # longest the loop sends before it serves its other sockets again
+_BEACON_TIMEOUT_S = 3.0
+
+
+class Sender:
+    role = "sender"
+
+    def __init__(self, config: InstanceConfig, host: PluginHost, *, source_name: str = "<defaults>") -> None:
+        self.instance_config = config
+        self.config = cfg = config.sender
+        self.host = host
+        self.stop = StopFlag()
+        # Drivers are resolved before any socket exists, so a bad name or option fails start-up cleanly.
+        self.source = create_driver("event source", cfg.source.type, cfg.source.options, source_name,
+                                    f"sender.source.{cfg.source.type}")
+        fetch = cfg.fetcher or DriverChoice(type=self.source.default_fetcher)
+        self.fetcher = create_driver("fetcher", fetch.type, fetch.options, source_name, f"sender.fetcher.{fetch.type}")
+        self.context = zmq.Context()
+        self.endpoints = Endpoints(self.context, cfg.transports, source_name, "sender")
+        for endpoint in (cfg.storage.data, cfg.storage.confirmations):
+            self.endpoints.driver(endpoint)
+        self.topic = f"{socket.getfqdn()}_{os.getpid()}".encode()
+        self.stats = {"sent": 0, "bytes": 0, "confirmed": 0, "removed": 0, "resent": 0, "unconfirmed": 0}
+        self._queue: deque[FileEvent] = deque()
+        self._queued: dict[str, bool] = {}  # file_id -> force (send even if unchanged and in flight)
+        self._in_flight: OrderedDict[str, InFlight] = OrderedDict()
+        self._attempts: dict[str, int] = {}
+        self._current: Outgoing | None = None
+        self._stash: list[Any] | None = None
+        self._receiver: bytes | None = None
+        self._beacon_at = 0.0
+        self._legacy_ok = cfg.storage.accept_legacy_confirmations
+        self._removing = cfg.storage.remove_source == "after_confirmation"
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.stop.install()
+        self.host.startup(self)
+        if self._legacy_ok:
+            log.warning("accept_legacy_confirmations is on: confirmations without a checksum count as storage proof")
+        self.ledger = Ledger(self.config.ledger.path, self.source.root)
+        source = SourceThread(self.source, self.context, self.stop)
+        try:
+            self._open_sockets(source.endpoint)
+            source.start()
+            if not source.wait_ready():
+                return 1
+            self._resume()
+            log.info("hidra sender ready: source %s %s, storage %s, ledger %s", self.config.source.type,
+                     self.source.root or "", self.config.storage.data, self.config.ledger.path)
+            self._loop(source)
+            return 0
+        finally:
+            source.join()
+            self._close()
+
+    def _open_sockets(self, events_endpoint: str) -> None:
+        storage = self.config.storage
+        self.events = self.context.socket(zmq.PULL)
+        self.events.linger = 0
+        self.events.rcvhwm = 64
+        self.events.bind(events_endpoint)
+        self.data = self.endpoints.open(zmq.PUSH, storage.data, bind=False, hwm=storage.hwm)
+        self.confirmations = self.endpoints.open(zmq.SUB, storage.confirmations, bind=False, hwm=1_000_000)
+        self.confirmations.subscribe(self.topic)
+        self.confirmations.subscribe(HEARTBEAT_TOPIC)
+
+    def _close(self) -> None:
+        if self._current is not None:
+            self._current.close()
+        for name in ("events", "data", "confirmations"):
+            sock = getattr(self, name, None)
+            if sock is not None:
+                sock.close(linger=0)
+        self.ledger.commit()
+        counts = self.ledger.counts()
+        self.ledger.close()
+        self.context.term()
+        pending = len(self._in_flight) + len(self._queue)
+        log.info("hidra sender stopped: %s; ledger %s; %d files pending (kept at the source, resumed at next start)",
+                 self.stats, counts, pending)
+        self.host.shutdown(self)
+
+    def _resume(self) -> None:
+        """Queue what a previous run left unfinished; the source's own start-up scan adds the rest."""
+        for event, row in self.ledger.pending(include_confirmed=self._removing):
+            self._attempts[event.file_id] = row.attempts
+            self._enqueue(event, force=True)
+        if self._queue:
+            log.info("resuming %d files from the ledger", len(self._queue))
+
+    # -- the router loop -------------------------------------------------------------------------------
+
+    def _loop(self, source: SourceThread) -> None:
+        poller = zmq.Poller()
+        poller.register(self.events, zmq.POLLIN)
+        poller.register(self.confirmations, zmq.POLLIN)
+        poller.register(self.data, 0)
+        drain_until = None
+        next_housekeeping = 0.0
+        while True:
+            now = time.monotonic()
+            if self.stop.is_set() and drain_until is None:
+                drain_until = now + self.config.drain_timeout_s
+            link = self._link_up(now)
+            want = link and (self._current is not None or (self._queue and drain_until is None))
+            poller.modify(self.data, zmq.POLLOUT if want else 0)
+            ready = dict(poller.poll(100))
+            if self.events in ready:
+                self._take_events()
+            if self.confirmations in ready:
+                self._take_confirmations()
+            if self.data in ready:
+                self._pump(draining=drain_until is not None)
+            if now >= next_housekeeping:
+                self._expire(now)
+                next_housekeeping = now + 0.5
+            self.ledger.commit()
+            if drain_until is not None and self._current is None and (
+                    not self._in_flight or time.monotonic() > drain_until):
+                return
+
+    def _link_up(self, now: float) -> bool:
+        return self._legacy_ok or (self._receiver is not None and now - self._beacon_at < _BEACON_TIMEOUT_S)
+
+    def _enqueue(self, event: FileEvent, force: bool = False) -> None:
+        fid = event.file_id
+        if fid in self._queued:
+            self._queued[fid] = self._queued[fid] or force
+            return
+        self._queued[fid] = force
+        self._queue.append(event)
+
+    def _take_events(self) -> None:
+        while True:
+            try:
+                batch = self.events.recv_pyobj(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.ledger.record_seen(batch)
+            for event in batch:
+                self._enqueue(event)
+
+    # -- sending ---------------------------------------------------------------------------------------
+
+    def _pump(self, draining: bool) -> None:
+        deadline = time.monotonic() + _SLICE_S
+        while time.monotonic() < deadline:
+            if self._stash is None:
+                if self._current is None:
+                    if draining or not self._queue:
+                        return
+                    self._current = self._start(self._queue.popleft())
+                    continue
+                try:
+                    meta, payload = self._current.next_message()
+                except (OSError, StopIteration) as exc:
+                    self._abandon(exc)
+                    continue
+                self._stash = [meta, payload]
+            try:
+                self.data.send_multipart(self._stash, flags=zmq.NOBLOCK, copy=len(self._stash[1]) < ZERO_COPY_MIN)
+            except zmq.Again:
+                return
+            self.stats["bytes"] += len(self._stash[1])
+            self._stash = None
+            if self._current is not None and self._current.done:
+                self._finish(self._current)
+                self._current = None
+
+    def _start(self, event: FileEvent) -> Outgoing | None:
+        fid = event.file_id
+        force = self._queued.pop(fid, False)
+        stat = self.fetcher.stat(event)
+        if stat is None:
+            log.debug("%s vanished before it was sent", fid)
+            if fid not in self._in_flight:
+                self.ledger.forget(fid)
+            return None
+        row = self.ledger.get(fid)
+        if row is not None and (row.size, row.mtime_ns) == (stat.size, stat.mtime_ns):
+            if row.state == CONFIRMED and self._removing:
+                self._remove(event, stat)
+            if row.state in (CONFIRMED, REMOVED):
+                return None
+        flight = self._in_flight.get(fid)
+        if not force and flight is not None and flight.stat == stat:
+            return None
+        base = {"confirmation_required": self.topic.decode(), "version": self.config.compat_version}
+        if self.host.has_enrichers:
+            base.update(self.host.enrich_metadata(event, dict(base)))
+        return Outgoing(event, stat, iter(self.fetcher.chunks(event, stat, self.config.chunksize)),
+                        self.config.chunksize, base)
+
+    def _abandon(self, exc: BaseException) -> None:
+        current, self._current = self._current, None
+        assert current is not None
+        current.close()
+        log.warning("could not read %s (%s); it is sent again when it changes or at the next start",
+                    current.event.file_id, exc)
+
+    def _finish(self, out: Outgoing) -> None:
+        fid = out.event.file_id
+        self.ledger.mark_sent(out.event, out.stat.size, out.stat.mtime_ns, out.checksum)
+        attempts = self._attempts.get(fid, 0) + 1
+        self._attempts[fid] = attempts
+        if attempts > 1:
+            self.stats["resent"] += 1
+        self._in_flight.pop(fid, None)
+        self._in_flight[fid] = InFlight(out.event, out.stat, out.checksum, out.chunk_count, time.monotonic())
+        self.stats["sent"] += 1
+
+    # -- confirmations ---------------------------------------------------------------------------------
+
+    def _take_confirmations(self) -> None:
+        while True:
+            try:
+                frames = self.confirmations.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if frames[0] == HEARTBEAT_TOPIC:
+                self._beacon(frames)
+                continue
+            try:
+                conf = decode_confirmation(frames)
+            except ProtocolError as exc:
+                log.warning("ignoring confirmation: %s", exc)
+                continue
+            self._confirm(conf.file_id, conf.chunk_number, conf.checksum)
+
+    def _beacon(self, frames: list[bytes]) -> None:
+        self._beacon_at = time.monotonic()
+        instance = frames[1] if len(frames) > 1 else b""
+        if instance == self._receiver:
+            return
+        if self._receiver is not None:
+            log.warning("storage receiver restarted: sending %d unconfirmed files again", len(self._in_flight))
+        else:
+            log.info("storage receiver is up")
+        self._receiver = instance
+        for flight in list(self._in_flight.values()):
+            self._enqueue(flight.event, force=True)
+
+    def _confirm(self, fid: str, number: int, checksum: str | None) -> None:
+        flight = self._in_flight.get(fid)
+        if flight is None:
+            return
+        if checksum is not None:
+            if checksum != flight.checksum:
+                log.warning("%s: receiver stored checksum %s, sent %s; sending again", fid, checksum, flight.checksum)
+                self._enqueue(flight.event, force=True)
+                return
+            flight.proof = True
+        if 0 <= number < flight.chunk_count:
+            flight.confirmed.add(number)
+        if len(flight.confirmed) == flight.chunk_count and (flight.proof or self._legacy_ok):
+            del self._in_flight[fid]
+            self._attempts.pop(fid, None)
+            self.ledger.set_state(fid, CONFIRMED)
+            self.stats["confirmed"] += 1
+            if self._removing:
+                self._remove(flight.event, flight.stat)
+
+    def _remove(self, event: FileEvent, stat: Any) -> None:
+        now = self.fetcher.stat(event)
+        if now is not None and (now.size, now.mtime_ns) != (stat.size, stat.mtime_ns):
+            log.info("%s changed after it was sent: sending again, not removing", event.file_id)
+            self._enqueue(event, force=True)
+            return
+        if now is not None:
+            try:
+                self.fetcher.remove(event)
+            except OSError as exc:
+                log.error("could not remove %s: %s (kept; retried at next start)", event.file_id, exc)
+                return
+        self.ledger.set_state(event.file_id, REMOVED)
+        self.stats["removed"] += 1
+
+    def _expire(self, now: float) -> None:
+        timeout = self.config.storage.confirmation_timeout_s
+        while self._in_flight:
+            fid, flight = next(iter(self._in_flight.items()))
+            if now - flight.sent_at < timeout:
+                return
+            del self._in_flight[fid]
+            if self._attempts.get(fid, 0) >= self.config.storage.max_attempts:
+                log.error("%s: not confirmed after %d attempts; kept at the source, retried at next start",
+                          fid, self._attempts[fid])
+                self.ledger.set_state(fid, UNCONFIRMED)
+                self.stats["unconfirmed"] += 1
+            else:
+                log.info("%s: no confirmation after %.0f s; sending again", fid, timeout)
+                self._enqueue(flight.event, force=True)
