@@ -152,3 +152,11 @@ class Writer(ABC):
     @abstractmethod
     def abort(self, handle: Any) -> None:
         """Forget a file: remove whatever was written for it. Must not raise for a missing temp file."""
+
+    def cleanup(self, before: float) -> int:
+        """Remove leftovers (temp files) of a predecessor that crashed; return how many.
+
+        Called once at start-up in a background thread; ``before`` is the receiver's start time (epoch
+        seconds): anything of this writer's own making older than that cannot belong to this process.
+        """
+        return 0

@@ -82,6 +82,7 @@ class Receiver:
             confirmations = committer.wait_bound()
             if confirmations is None:
                 return 1
+            self._start_cleanup()
             log.info("hidra receiver ready: data %s, confirmations %s, status %s, target %s",
                      Endpoints.bound(self.data), confirmations, Endpoints.bound(self.status_socket),
                      os.path.abspath(self.config.target))
@@ -91,6 +92,18 @@ class Receiver:
             self._commits.put(None)
             committer.join()
             self._close()
+
+    def _start_cleanup(self) -> None:
+        started = time.time()
+
+        def clean() -> None:
+            for writer in self.writers:
+                try:
+                    writer.cleanup(started)
+                except Exception:
+                    log.exception("clean-up of writer %s failed", type(writer).__name__)
+
+        threading.Thread(target=clean, name="hidra-cleanup", daemon=True).start()
 
     def _close(self) -> None:
         for partial in self._partials.values():

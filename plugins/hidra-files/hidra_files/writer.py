@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -14,8 +16,11 @@ from hidra_core.paths import SafeTree
 
 __all__ = ["FilesWriter", "FilesWriterConfig"]
 
+log = logging.getLogger(__name__)
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _NAME_MAX = 255
+_TEMP_NAME = re.compile(r".+\.[0-9a-f]{12}\.part\Z", re.S)
 
 
 class FilesWriterConfig(BaseModel):
@@ -25,6 +30,9 @@ class FilesWriterConfig(BaseModel):
 
     fsync: bool = Field(True, description="make each file durable (data and directory entry) before confirming")
     preserve_mtime: bool = Field(True, description="give the stored file the source's modification time")
+    clean_stale_parts: bool = Field(
+        True, description="at start-up, delete temp files (*.<12 hex>.part) older than the start: what a crashed"
+        " receiver left. Turn off when several receivers write into the same target tree")
     group_sync_min: int = Field(
         4, ge=2, description="commit batches of at least this many files with one syncfs() instead of fsyncs")
 
@@ -114,6 +122,25 @@ class FilesWriter(Writer):
             os.unlink(handle.temp)
         except FileNotFoundError:
             pass
+
+    def cleanup(self, before: float) -> int:
+        if not self.config.clean_stale_parts:
+            return 0
+        removed = 0
+        for directory, _dirs, files in os.walk(self._tree.root):
+            for name in files:
+                if not _TEMP_NAME.match(name):
+                    continue
+                path = os.path.join(directory, name)
+                try:
+                    if os.lstat(path).st_mtime < before:
+                        os.unlink(path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        if removed:
+            log.info("removed %d temp files left by an earlier receiver below %s", removed, self._tree.root)
+        return removed
 
     @staticmethod
     def _close_fd(handle: _Open) -> None:

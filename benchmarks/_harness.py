@@ -1,0 +1,192 @@
+"""Helpers of storage_path.py: child processes, the arrival watcher, data sets and the result record."""
+from __future__ import annotations
+
+import filecmp
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psutil
+from inotify_simple import INotify, flags
+
+MiB = 1 << 20
+
+_children: list["Child"] = []  # every child still running; stop_all() ends them
+
+
+@dataclass(frozen=True)
+class DataSet:
+    name: str
+    count: int
+    size: int
+
+    @property
+    def total(self) -> int:
+        return self.count * self.size
+
+    def names(self) -> list[str]:
+        return [f"f{i:05d}.bin" for i in range(self.count)]
+
+
+@dataclass
+class Result:
+    set: str
+    mode: str
+    files_s: float | None = None
+    mib_s: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    rss: tuple[int | None, int | None] = (None, None)  # sender / receiver (or push / pull) peak RSS
+    cpu: tuple[float | None, float | None] = (None, None)  # sender / receiver CPU %, 100 = one core
+    status: str = "ok"
+    notes: list[str] = field(default_factory=list)
+
+
+class Child:
+    """A child process in its own session (Ctrl-C reaches only us), its output in a log file."""
+
+    def __init__(self, argv: list[str], log_path: str) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        _children.append(self)
+        self.ps = psutil.Process(self.popen.pid)
+
+    def output(self) -> str:
+        with open(self.log_path, errors="replace") as log:
+            return log.read()
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        """The first match of ``pattern`` in the output; raises if the child exits or the time runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            match = re.search(pattern, self.output())
+            if match:
+                return match
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.popen.args[1:3]} exited with {self.popen.returncode}: "
+                                   f"{self.output()[-800:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {pattern!r} within {timeout:.0f} s: {self.output()[-800:]}")
+            time.sleep(0.02)
+
+    def cpu_seconds(self) -> float:
+        times = self.ps.cpu_times()
+        return times.user + times.system
+
+    def peak_rss(self) -> int | None:
+        """VmHWM: the true peak resident set size since the process started."""
+        try:
+            with open(f"/proc/{self.popen.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return None
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._log.close()
+        if self in _children:
+            _children.remove(self)
+        return self.popen.returncode
+
+
+def stop_all() -> None:
+    for child in list(_children):
+        try:
+            child.stop(timeout=5)
+        except Exception:  # keep going: every other child must still be stopped
+            pass
+
+
+class ArrivalWatcher(threading.Thread):
+    """Timestamps (time.monotonic) each expected name renamed into ``root`` (IN_MOVED_TO, not *.part)."""
+
+    def __init__(self, root: str, names: list[str]) -> None:
+        super().__init__(name="arrival-watcher", daemon=True)
+        self.root = root
+        self.expected = set(names)
+        self.arrivals: dict[str, float] = {}
+        self.overflowed = False
+        self._done = threading.Event()
+        self._stop = False
+        self._inotify = INotify()
+        self._inotify.add_watch(root, flags.MOVED_TO)
+
+    def run(self) -> None:
+        try:
+            while not self._stop and not self._done.is_set():
+                events = self._inotify.read(timeout=50)
+                now = time.monotonic()
+                for event in events:
+                    if event.mask & flags.Q_OVERFLOW:
+                        self.overflowed = True
+                    elif event.name in self.expected and event.name not in self.arrivals:
+                        self.arrivals[event.name] = now
+                if self.overflowed:  # events were lost: fall back to listing the directory
+                    for name in self.expected.intersection(os.listdir(self.root)).difference(self.arrivals):
+                        self.arrivals[name] = now
+                if len(self.arrivals) >= len(self.expected):
+                    self._done.set()
+        finally:
+            self._inotify.close()
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
+
+    def close(self) -> None:
+        self._stop = True
+        self.join(5)
+
+
+def generate(directory: str, ds: DataSet) -> None:
+    """``ds.count`` files of random bytes (written in pieces of at most 8 MiB)."""
+    os.makedirs(directory, exist_ok=True)
+    for name in ds.names():
+        with open(os.path.join(directory, name), "wb") as out:
+            left = ds.size
+            while left:
+                piece = min(left, 8 * MiB)
+                out.write(os.urandom(piece))
+                left -= piece
+
+
+def move_all(names: list[str], src: str, dst: str) -> None:
+    for name in names:
+        os.rename(os.path.join(src, name), os.path.join(dst, name))
+
+
+def verify(names: list[str], reference: str, copy: str, size: int, samples: int = 4) -> str | None:
+    """None if every copy has the right size and a few sampled ones are byte-identical, else the problem."""
+    wrong = [n for n in names if not os.path.exists(os.path.join(copy, n))
+             or os.path.getsize(os.path.join(copy, n)) != size]
+    if wrong:
+        return f"{len(wrong)} files missing or of the wrong size, e.g. {wrong[0]}"
+    leftovers = [n for n in os.listdir(copy) if n.endswith(".part")]
+    if leftovers:
+        return f"{len(leftovers)} *.part files left in the target"
+    step = max(1, len(names) // samples)
+    for name in names[::step][:samples] + names[-1:]:
+        if not filecmp.cmp(os.path.join(reference, name), os.path.join(copy, name), shallow=False):
+            return f"{name} differs from the source"
+    return None
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * pct // 100))
+    return ordered[int(rank) - 1]

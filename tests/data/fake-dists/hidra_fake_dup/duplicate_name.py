@@ -1,0 +1,5 @@
+from hidra_fake.ok import FakeEventSource
+
+
+class OtherDuplicateEventSource(FakeEventSource):
+    pass

@@ -1,0 +1,120 @@
+"""Helpers for end-to-end tests: real ``hidra`` subprocesses, deadline polling, deterministic file contents."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+READY = re.compile(r"hidra (sender|receiver) ready")
+ENDPOINTS = re.compile(r"data (\S+), confirmations (\S+), status (\S+),")
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> object:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)  # polling interval of a deadline loop, not synchronisation
+
+
+def content(name: str, size: int) -> bytes:
+    """Deterministic bytes for a file name, so any copy can be checked without keeping the original."""
+    seed = hashlib.sha256(name.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+def write_file(path: Path, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content(path.name, size))
+
+
+def tree(root: Path) -> dict[str, int]:
+    """relative path -> size of every regular file below root."""
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+
+def intact(root: Path, rel: str, size: int) -> bool:
+    p = root / rel
+    try:
+        return p.read_bytes() == content(p.name, size)
+    except FileNotFoundError:
+        return False
+
+
+class Hidra:
+    """One ``hidra`` subprocess whose stderr goes to a log file that tests can read while it runs."""
+
+    def __init__(self, role: str, log: Path, overrides: list[str], config: Path | None = None) -> None:
+        self.role = role
+        self.log = log
+        args = [sys.executable, "-m", "hidra_core", role]
+        if config is not None:
+            args += ["--config", str(config)]
+        for o in overrides:
+            args += ["--set", o]
+        self._logfile = open(log, "ab")
+        self._start_offset = log.stat().st_size
+        self.proc = subprocess.Popen(args, stdout=self._logfile, stderr=subprocess.STDOUT, cwd=log.parent)
+
+    def text(self) -> str:
+        with open(self.log, "rb") as f:
+            f.seek(self._start_offset)
+            return f.read().decode(errors="replace")
+
+    def wait_ready(self, timeout: float = 20) -> str:
+        def ready() -> str | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.role} exited with {self.proc.returncode}:\n{self.text()}")
+            m = READY.search(self.text())
+            return self.text() if m else None
+
+        return str(wait_until(ready, timeout, f"the {self.role} ready line"))
+
+    def endpoints(self) -> tuple[str, str, str]:
+        m = ENDPOINTS.search(self.text())
+        assert m, self.text()
+        return m.group(1), m.group(2), m.group(3)
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._logfile.close()
+
+
+def receiver_overrides(target: Path, data: str = "tcp://127.0.0.1:0", confirmations: str = "tcp://127.0.0.1:0",
+                       status: str = "tcp://127.0.0.1:0") -> list[str]:
+    return [f"receiver.target={target}", f"receiver.data={data}", f"receiver.confirmations={confirmations}",
+            f"receiver.status={status}"]
+
+
+def sender_overrides(source: Path, state: Path, data: str, confirmations: str) -> list[str]:
+    return [f"sender.source.inotify.path={source}", f"sender.storage.data={data}",
+            f"sender.storage.confirmations={confirmations}", f"sender.ledger.path={state / 'ledger.sqlite'}"]
+
+
+def no_part_files(root: Path) -> bool:
+    return not any(p.name.endswith(".part") for p in root.rglob("*"))
+
+
