@@ -69,10 +69,10 @@ class Child:
             if match:
                 return match
             if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.popen.args[1:3]} exited with {self.popen.returncode}: "
+                raise RuntimeError(f"{os.path.basename(self.log_path)}: exited with {self.popen.returncode}: "
                                    f"{self.output()[-800:]}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no {pattern!r} within {timeout:.0f} s: {self.output()[-800:]}")
+                raise TimeoutError(f"{os.path.basename(self.log_path)}: no {pattern!r} within {timeout:.0f} s: {self.output()[-800:]}")
             time.sleep(0.02)
 
     def cpu_seconds(self) -> float:
@@ -122,13 +122,13 @@ class ArrivalWatcher(threading.Thread):
         self.arrivals: dict[str, float] = {}
         self.overflowed = False
         self._done = threading.Event()
-        self._stop = False
+        self._closing = False
         self._inotify = INotify()
         self._inotify.add_watch(root, flags.MOVED_TO)
 
     def run(self) -> None:
         try:
-            while not self._stop and not self._done.is_set():
+            while not self._closing and not self._done.is_set():
                 events = self._inotify.read(timeout=50)
                 now = time.monotonic()
                 for event in events:
@@ -148,7 +148,7 @@ class ArrivalWatcher(threading.Thread):
         return self._done.wait(timeout)
 
     def close(self) -> None:
-        self._stop = True
+        self._closing = True
         self.join(5)
 
 

@@ -66,6 +66,7 @@ class PluginHost:
     def load_entry_points(self, disabled: Iterable[str] = ()) -> list[PluginStatus]:
         """Import and register every selected ``hidra`` entry point; one failure never stops the others."""
         strict = os.environ.get("HIDRA_STRICT_PLUGINS") == "1"
+        failed: list[PluginStatus] = []
         for ep in entry_points_of(PROJECT):
             if not is_selected(ep.name, disabled):
                 log.debug("hook plugin %s not selected", ep.name)
@@ -75,7 +76,10 @@ class PluginHost:
             self.statuses.append(status)
             if error:
                 log.warning("hook plugin %s from %s failed to load: %s", ep.name, status.distribution, error)
-                self.on_plugin_error({"plugin": ep.name, "hook": "", "error": error})
+                failed.append(status)
+        # NOTE: reported once all are loaded, so an observer plugin hears of failures of plugins sorted before it.
+        for status in failed:
+            self.on_plugin_error({"plugin": status.name, "hook": "", "error": status.error})
         return self.statuses
 
     def _load_one(self, ep: Any, strict: bool) -> str:
@@ -89,18 +93,26 @@ class PluginHost:
         if self.manager.get_plugin(ep.name) is not None:
             return f"another plugin already registered the name {ep.name!r}"
         try:
-            self.manager.register(plugin, name=ep.name)
+            self.register(plugin, name=ep.name)
         except pluggy.PluginValidationError as exc:
-            if exc.plugin is not None and self.manager.is_registered(exc.plugin):
-                self.manager.unregister(exc.plugin)
             if strict:
                 raise
             return f"invalid hook implementation: {exc}"
+        except ValueError as exc:  # pluggy: this object is already registered under another name
+            if strict:
+                raise
+            return f"not registered: {exc}"
         return ""
 
     def register(self, plugin: object, name: str | None = None) -> None:
-        """Register an in-process plugin object (tests, embedding applications)."""
-        self.manager.register(plugin, name=name)
+        """Register a plugin object; ``PluginValidationError`` (nothing registered) if a hookimpl is invalid."""
+        try:
+            self.manager.register(plugin, name=name)
+            _refuse_unknown_hooks(self.manager, plugin)
+        except pluggy.PluginValidationError as exc:
+            if exc.plugin is not None and self.manager.is_registered(exc.plugin):
+                self.manager.unregister(exc.plugin)
+            raise
 
     # Typed hook calls. Start-up hooks fail fast; run-time hooks are isolated per implementation.
 
@@ -119,8 +131,10 @@ class PluginHost:
     def enrich_metadata(self, event: FileEvent, metadata: Mapping[str, Any]) -> dict[str, Any]:
         """Merged extra keys from every implementation; protocol keys are never overridden."""
         extra: dict[str, Any] = {}
-        for result in self._call_isolated("hidra_enrich_metadata", event=event, metadata=metadata):
-            if result:
+        for name, result in self._call_isolated_named("hidra_enrich_metadata", event=event, metadata=metadata):
+            if result is not None and not isinstance(result, Mapping):
+                self._report(name, "hidra_enrich_metadata", f"returned {type(result).__name__}, not a mapping")
+            elif result:
                 extra.update({k: v for k, v in result.items() if k not in _PROTECTED_KEYS})
         return extra
 
@@ -136,12 +150,32 @@ class PluginHost:
         return bool(self.manager.hook.hidra_enrich_metadata.get_hookimpls())
 
     def _call_isolated(self, hook_name: str, **kwargs: Any) -> list[Any]:
+        return [result for _name, result in self._call_isolated_named(hook_name, **kwargs)]
+
+    def _call_isolated_named(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
         results = []
         for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
+            if impl.hookwrapper or impl.wrapper:  # calling a wrapper directly would only create a generator
+                self._report(impl.plugin_name, hook_name, "wrappers are not supported for run-time hooks")
+                continue
             wanted = {k: kwargs[k] for k in impl.argnames}
             try:
-                results.append(impl.function(**wanted))
+                results.append((impl.plugin_name, impl.function(**wanted)))
             except Exception as exc:
                 log.exception("hook %s of plugin %s raised", hook_name, impl.plugin_name)
                 self.on_plugin_error({"plugin": impl.plugin_name, "hook": hook_name, "error": repr(exc)})
         return results
+
+    def _report(self, plugin: str, hook_name: str, error: str) -> None:
+        log.error("hook %s of plugin %s skipped: %s", hook_name, plugin, error)
+        self.on_plugin_error({"plugin": plugin, "hook": hook_name, "error": error})
+
+
+def _refuse_unknown_hooks(manager: pluggy.PluginManager, plugin: object) -> None:
+    """Like ``check_pending()``, for one plugin: a hookimpl without a spec is a typo or needs a newer kernel."""
+    unknown = sorted(caller.name for caller in manager.get_hookcallers(plugin) or []
+                     if not caller.has_spec()
+                     and any(not i.optionalhook for i in caller.get_hookimpls() if i.plugin is plugin))
+    if unknown:
+        raise pluggy.PluginValidationError(
+            plugin, f"unknown hook(s) {', '.join(unknown)} in plugin {manager.get_name(plugin)!r}")

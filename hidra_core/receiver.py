@@ -143,18 +143,18 @@ class Receiver:
             try:
                 self._chunk(frames)
             except PathRefused as exc:
-                self._refuse("refused", f"path refused: {exc}")
+                self._refuse("refused", exc, "path refused")
             except ProtocolError as exc:
-                self._refuse("malformed", f"malformed message dropped: {exc}")
+                self._refuse("malformed", exc, "malformed message dropped")
             except OSError as exc:
                 self.stats["failed"] += 1
                 self.status.error(exc)
                 log.error("writing failed: %s", exc)
 
-    def _refuse(self, counter: str, text: str) -> None:
+    def _refuse(self, counter: str, exc: Exception, what: str) -> None:
         self.stats[counter] += 1
-        self.status.error(ProtocolError(text))
-        log.error("%s (%d so far)", text, self.stats[counter])
+        self.status.error(exc)
+        log.error("%s: %s (%d so far)", what, exc, self.stats[counter])
 
     def _chunk(self, frames: list[Any]) -> None:
         msg = decode_data(frames)

@@ -1,0 +1,294 @@
+"""Storage-path benchmark: a real `hidra sender` -> `hidra receiver` pair against `cp`, `cp && sync` and raw pyzmq.
+
+    .venv/bin/python benchmarks/storage_path.py [--quick] [--workdir DIR] [--fsync-only | --no-fsync-only]
+                                                [--sets 1MiB,4KiB] [--markdown] [--keep]
+
+For each data set (1000 x 1 MiB, 200 x 8 MiB, 20 x 100 MiB, 5000 x 4 KiB; --quick: a tenth) the files are
+generated once in a staging directory, then for each mode the receiver and sender are started on free loopback
+ports, every staged file is renamed into the watched source directory at once, and the run lasts until the last
+file appears at its final name in the target (IN_MOVED_TO). Latency: 200 x 1 MiB written and renamed in at
+50 files/s, each file timed from its rename to its arrival. See benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import (MiB, ArrivalWatcher, Child, DataSet, Result, generate, move_all,  # noqa: E402
+                      percentile, stop_all, verify)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HIDRA = [sys.executable, "-m", "hidra_core"]
+CHUNKSIZE = 10 * MiB  # sender.chunksize default: what the raw zmq baseline sends per message
+SETS = [DataSet("1MiB", 1000, MiB), DataSet("8MiB", 200, 8 * MiB), DataSet("100MiB", 20, 100 * MiB),
+        DataSet("4KiB", 5000, 4096)]
+LATENCY_FILES, LATENCY_RATE = 200, 50.0
+
+
+class Bench:
+    def __init__(self, work: str, timeout: float) -> None:
+        self.work = work
+        self.timeout = timeout
+        self.staging = os.path.join(work, "staging")
+        self._runs = 0
+
+    def rundir(self, label: str) -> str:
+        self._runs += 1
+        path = os.path.join(self.work, f"run{self._runs:02d}-{label}")
+        os.makedirs(path)
+        return path
+
+    # -- a real receiver and sender ----------------------------------------------------------------------
+
+    def start_pair(self, run: str, fsync: bool) -> tuple[Child, Child]:
+        for sub in ("source", "target", "state"):
+            os.makedirs(os.path.join(run, sub))
+        receiver = Child([*HIDRA, "receiver", "--set", f"receiver.target={run}/target",
+                          "--set", "receiver.data=tcp://127.0.0.1:0",
+                          "--set", "receiver.confirmations=tcp://127.0.0.1:0",
+                          "--set", "receiver.status=tcp://127.0.0.1:0",
+                          *([] if fsync else ["--set", "receiver.files.fsync=false"])], f"{run}/receiver.log")
+        ready = receiver.wait_for(r"hidra receiver ready: data (\S+), confirmations (\S+),", 60)
+        sender = Child([*HIDRA, "sender", "--set", f"sender.source.inotify.path={run}/source",
+                        "--set", f"sender.storage.data={ready[1]}", "--set", f"sender.storage.confirmations={ready[2]}",
+                        "--set", f"sender.ledger.path={run}/state/ledger.sqlite"], f"{run}/sender.log")
+        sender.wait_for(r"hidra sender ready", 60)
+        sender.wait_for(r"storage receiver is up", 60)  # the link is live: the first file goes out at once
+        return sender, receiver
+
+    def stop_pair(self, result: Result, sender: Child, receiver: Child) -> None:
+        result.rss = (sender.peak_rss(), receiver.peak_rss())
+        for who, child in (("sender", sender), ("receiver", receiver)):
+            if child.stop() != 0:
+                result.notes.append(f"{who} exited with {child.popen.returncode}")
+
+    def hidra_throughput(self, ds: DataSet, fsync: bool) -> Result:
+        result = Result(ds.name, f"hidra {'fsync' if fsync else 'no-fsync'}")
+        run = self.rundir(f"{ds.name}-{'fsync' if fsync else 'nofsync'}")
+        staged, names = os.path.join(self.staging, ds.name), ds.names()
+        os.sync()  # nothing else left dirty for the receiver's syncfs() to flush
+        sender, receiver = self.start_pair(run, fsync)
+        watcher = ArrivalWatcher(f"{run}/target", names)
+        watcher.start()
+        moved = False
+        try:
+            cpu0, start = (sender.cpu_seconds(), receiver.cpu_seconds()), time.monotonic()
+            move_all(names, staged, f"{run}/source")
+            moved = True
+            complete = watcher.wait(self.timeout)
+            end = max(watcher.arrivals.values()) if complete else time.monotonic()
+            wall = end - start
+            result.cpu = tuple(100 * (c.cpu_seconds() - c0) / wall for c, c0 in zip((sender, receiver), cpu0))
+            if complete:
+                result.files_s, result.mib_s = ds.count / wall, ds.total / MiB / wall
+                result.status = verify(names, f"{run}/source", f"{run}/target", ds.size) or "ok"
+            else:
+                result.status = f"FAILED: {len(watcher.arrivals)}/{ds.count} files after {self.timeout:.0f} s"
+        finally:
+            watcher.close()
+            self.stop_pair(result, sender, receiver)
+            if moved:
+                move_all(names, f"{run}/source", staged)
+            shutil.rmtree(run)
+        return result
+
+    def hidra_latency(self, fsync: bool) -> Result:
+        result = Result(f"lat {LATENCY_FILES}x1MiB@{LATENCY_RATE:.0f}/s", f"hidra {'fsync' if fsync else 'no-fsync'}")
+        run = self.rundir(f"latency-{'fsync' if fsync else 'nofsync'}")
+        names = DataSet("lat", LATENCY_FILES, MiB).names()
+        os.makedirs(f"{run}/write")
+        os.sync()
+        sender, receiver = self.start_pair(run, fsync)
+        watcher = ArrivalWatcher(f"{run}/target", names)
+        watcher.start()
+        try:
+            closed: dict[str, float] = {}
+            cpu0, start = (sender.cpu_seconds(), receiver.cpu_seconds()), time.monotonic()
+            for i, name in enumerate(names):
+                data = os.urandom(MiB)
+                time.sleep(max(0.0, start + i / LATENCY_RATE - time.monotonic()))
+                with open(f"{run}/write/{name}", "wb") as out:
+                    out.write(data)
+                os.rename(f"{run}/write/{name}", f"{run}/source/{name}")
+                closed[name] = time.monotonic()
+            complete = watcher.wait(self.timeout)
+            wall = time.monotonic() - start
+            result.cpu = tuple(100 * (c.cpu_seconds() - c0) / wall for c, c0 in zip((sender, receiver), cpu0))
+            if complete:
+                delays = [1000 * (watcher.arrivals[n] - closed[n]) for n in names]
+                result.p50_ms, result.p99_ms = percentile(delays, 50), percentile(delays, 99)
+                result.files_s = len(names) / (max(watcher.arrivals.values()) - start)
+                result.mib_s = result.files_s
+                result.status = verify(names, f"{run}/source", f"{run}/target", MiB) or "ok"
+            else:
+                result.status = f"FAILED: {len(watcher.arrivals)}/{len(names)} files after {self.timeout:.0f} s"
+        finally:
+            watcher.close()
+            self.stop_pair(result, sender, receiver)
+            shutil.rmtree(run)
+        return result
+
+    # -- baselines -----------------------------------------------------------------------------------------
+
+    def copy(self, ds: DataSet) -> list[Result]:
+        run = self.rundir(f"{ds.name}-cp")
+        dest = os.path.join(run, "dest")
+        os.sync()
+        start = time.monotonic()
+        subprocess.run(["cp", "-r", os.path.join(self.staging, ds.name), dest], check=True, timeout=self.timeout)
+        copied = time.monotonic()
+        subprocess.run(["sync"], check=True, timeout=self.timeout)
+        synced = time.monotonic()
+        problem = verify(ds.names(), os.path.join(self.staging, ds.name), dest, ds.size) or "ok"
+        shutil.rmtree(run)
+        os.sync()
+        return [Result(ds.name, mode, ds.count / wall, ds.total / MiB / wall, status=problem)
+                for mode, wall in (("cp+sync", synced - start), ("cp", copied - start))]
+
+    def raw_zmq(self, ds: DataSet) -> Result:
+        size = min(ds.size, CHUNKSIZE)
+        count = ds.count * max(1, math.ceil(ds.size / CHUNKSIZE))
+        result = Result(ds.name, "raw zmq")
+        if size != ds.size:
+            result.notes.append(f"{count} messages of {size // MiB} MiB (the sender's chunks)")
+        run = self.rundir(f"{ds.name}-zmq")
+        worker = [sys.executable, os.path.join(HERE, "_rawzmq.py")]
+        pull = Child([*worker, "pull", str(size), str(count)], f"{run}/pull.log")
+        try:
+            endpoint = pull.wait_for(r"ready (\S+)", 60)[1]
+            push = Child([*worker, "push", endpoint, str(size), str(count)], f"{run}/push.log")
+            got = json.loads(pull.wait_for(r"result (\{.*\})", self.timeout)[1])
+            sent = json.loads(push.wait_for(r"result (\{.*\})", 60)[1])
+            wall = got["last"] - got["first"]  # first to last message at the receiver: count - 1 intervals
+            result.files_s = (count - 1) / wall / (count / ds.count)
+            result.mib_s = (count - 1) * size / MiB / wall
+            result.rss = (sent["peak_rss"], got["peak_rss"])
+        except (RuntimeError, TimeoutError) as exc:
+            result.status = f"FAILED: {exc}"
+        finally:
+            stop_all()
+            shutil.rmtree(run)
+        return result
+
+
+# -- report ------------------------------------------------------------------------------------------------
+
+COLUMNS = ["set", "mode", "files/s", "MiB/s", "p50/p99 ms", "peak RSS snd/rcv MiB", "CPU% snd/rcv",
+           "x cp+sync", "x raw zmq", "status"]
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def rows(results: list[Result]) -> list[list[str]]:
+    table = []
+    for r in results:
+        ref = {x.mode: x.mib_s for x in results if x.set == r.set and x.status == "ok"}
+        ratio = [(_num(r.mib_s / ref[m], 2) if r.mib_s and ref.get(m) and r.mode != m else "-")
+                 for m in ("cp+sync", "raw zmq")]
+        lat = "-" if r.p50_ms is None else f"{r.p50_ms:.1f} / {r.p99_ms:.1f}"
+        rss = "-" if r.rss == (None, None) else " / ".join(_num(x and x / MiB) for x in r.rss)
+        cpu = "-" if r.cpu == (None, None) else " / ".join(_num(x) for x in r.cpu)
+        status = "; ".join([r.status, *r.notes])
+        table.append([r.set, r.mode, _num(r.files_s), _num(r.mib_s), lat, rss, cpu, *ratio, status])
+    return table
+
+
+def print_table(results: list[Result], markdown: bool) -> None:
+    table = rows(results)
+    widths = [max(len(x) for x in col) for col in zip(COLUMNS, *table)]
+    for row in [COLUMNS, ["-" * w for w in widths], *table]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    if markdown:
+        print()
+        print("| " + " | ".join(COLUMNS) + " |")
+        print("|" + "|".join("---" for _ in COLUMNS) + "|")
+        for row in table:
+            print("| " + " | ".join(row) + " |")
+
+
+# -- main --------------------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="a tenth of the files in every set")
+    p.add_argument("--workdir", metavar="DIR", help="where staging and runs go (default: a new dir under /tmp)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--fsync-only", action="store_true", help="only run HiDRA with receiver.files.fsync=true")
+    mode.add_argument("--no-fsync-only", action="store_true", help="only run HiDRA with receiver.files.fsync=false")
+    p.add_argument("--sets", default=",".join(s.name for s in SETS), help="comma-separated subset of the data sets")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency runs")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds before a run counts as failed")
+    p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    return p.parse_args(argv)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sets = [s for s in SETS if s.name in args.sets.split(",")]
+    if args.quick:
+        sets = [DataSet(s.name, max(1, s.count // 10), s.size) for s in sets]
+    modes = [m for m in (True, False) if not (args.fsync_only and not m) and not (args.no_fsync_only and m)]
+    if args.workdir:
+        os.makedirs(args.workdir, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="hidra-bench-", dir=args.workdir)
+    signal.signal(signal.SIGTERM, _interrupt)
+    bench, results = Bench(work, args.timeout), []
+    print(f"# {datetime.now().isoformat(timespec='seconds')}  work dir {work}", file=sys.stderr)
+    try:
+        for ds in sets:
+            print(f"# generating {ds.count} x {ds.size} B ...", file=sys.stderr)
+            generate(os.path.join(bench.staging, ds.name), ds)
+            os.sync()
+            runs = [*(lambda m=m: [bench.hidra_throughput(ds, m)] for m in modes),
+                    lambda: bench.copy(ds), lambda: [bench.raw_zmq(ds)]]
+            for run in runs:
+                try:
+                    new = run()
+                except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
+                    new = [Result(ds.name, "?", status=f"FAILED: {exc}")]
+                    stop_all()
+                results += new
+                for r in new:
+                    print(f"# {r.set} {r.mode}: {_num(r.files_s)} files/s, {_num(r.mib_s)} MiB/s, {r.status}",
+                          file=sys.stderr)
+            shutil.rmtree(os.path.join(bench.staging, ds.name))
+        if not args.no_latency:
+            for m in modes:
+                try:
+                    results.append(bench.hidra_latency(m))
+                except (RuntimeError, TimeoutError, OSError) as exc:
+                    results.append(Result("latency", f"hidra {'fsync' if m else 'no-fsync'}", status=f"FAILED: {exc}"))
+                    stop_all()
+    except KeyboardInterrupt:
+        print("# interrupted", file=sys.stderr)
+        return 130
+    finally:
+        stop_all()
+        if args.keep:
+            print(f"# kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        if results:
+            print_table(results, args.markdown)
+    return 0 if all(r.status == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
