@@ -42,6 +42,7 @@ class Result:
     p99_ms: float | None = None
     rss: tuple[int | None, int | None] = (None, None)  # sender / receiver (or push / pull) peak RSS
     cpu: tuple[float | None, float | None] = (None, None)  # sender / receiver CPU %, 100 = one core
+    threads: str = ""  # CPU per thread of sender and receiver
     status: str = "ok"
     notes: list[str] = field(default_factory=list)
 
@@ -79,6 +80,22 @@ class Child:
         times = self.ps.cpu_times()
         return times.user + times.system
 
+    def thread_cpu(self) -> dict[str, float]:
+        """CPU seconds per thread: "main" (tid = pid), libzmq's "ZMQbg/..." threads, other threads "py-<tid>"."""
+        ticks, out = os.sysconf("SC_CLK_TCK"), {}
+        pid = self.popen.pid
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{pid}/task/{tid}/comm") as comm:
+                    name = comm.read().strip()
+            except OSError:
+                continue
+            label = "main" if int(tid) == pid else name if name.startswith("ZMQ") else f"py-{tid}"
+            out[label] = (int(fields[11]) + int(fields[12])) / ticks
+        return out
+
     def peak_rss(self) -> int | None:
         """VmHWM: the true peak resident set size since the process started."""
         try:
@@ -102,6 +119,12 @@ class Child:
         if self in _children:
             _children.remove(self)
         return self.popen.returncode
+
+
+def thread_share(before: dict[str, float], after: dict[str, float], wall: float) -> str:
+    """"name 57%, ..." for the threads that used at least 1% of a core between two ``thread_cpu`` samples."""
+    shares = {name: 100 * (after[name] - before.get(name, 0.0)) / wall for name in after}
+    return ", ".join(f"{name} {pct:.0f}%" for name, pct in sorted(shares.items(), key=lambda x: -x[1]) if pct >= 1)
 
 
 def stop_all() -> None:

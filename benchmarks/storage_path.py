@@ -25,7 +25,7 @@ from datetime import datetime
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import (MiB, ArrivalWatcher, Child, DataSet, Result, generate, move_all,  # noqa: E402
-                      percentile, stop_all, verify)
+                      percentile, stop_all, thread_share, verify)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HIDRA = [sys.executable, "-m", "hidra_core"]
@@ -33,6 +33,18 @@ CHUNKSIZE = 10 * MiB  # sender.chunksize default: what the raw zmq baseline send
 SETS = [DataSet("1MiB", 1000, MiB), DataSet("8MiB", 200, 8 * MiB), DataSet("100MiB", 20, 100 * MiB),
         DataSet("4KiB", 5000, 4096)]
 LATENCY_FILES, LATENCY_RATE = 200, 50.0
+
+
+def cpu_sample(*children: Child) -> list[tuple[float, dict[str, float]]]:
+    return [(c.cpu_seconds(), c.thread_cpu()) for c in children]
+
+
+def cpu_account(result: Result, children: tuple[Child, Child], before: list, wall: float) -> None:
+    """CPU % of sender and receiver over ``wall`` seconds, and which of their threads used it."""
+    after = cpu_sample(*children)
+    result.cpu = tuple(100 * (a[0] - b[0]) / wall for a, b in zip(after, before))
+    result.threads = "; ".join(f"{who}: {thread_share(b[1], a[1], wall)}"
+                               for who, a, b in zip(("sender", "receiver"), after, before))
 
 
 class Bench:
@@ -82,13 +94,13 @@ class Bench:
         watcher.start()
         moved = False
         try:
-            cpu0, start = (sender.cpu_seconds(), receiver.cpu_seconds()), time.monotonic()
+            cpu0, start = cpu_sample(sender, receiver), time.monotonic()
             move_all(names, staged, f"{run}/source")
             moved = True
             complete = watcher.wait(self.timeout)
             end = max(watcher.arrivals.values()) if complete else time.monotonic()
             wall = end - start
-            result.cpu = tuple(100 * (c.cpu_seconds() - c0) / wall for c, c0 in zip((sender, receiver), cpu0))
+            cpu_account(result, (sender, receiver), cpu0, wall)
             if complete:
                 result.files_s, result.mib_s = ds.count / wall, ds.total / MiB / wall
                 result.status = verify(names, f"{run}/source", f"{run}/target", ds.size) or "ok"
@@ -113,7 +125,7 @@ class Bench:
         watcher.start()
         try:
             closed: dict[str, float] = {}
-            cpu0, start = (sender.cpu_seconds(), receiver.cpu_seconds()), time.monotonic()
+            cpu0, start = cpu_sample(sender, receiver), time.monotonic()
             for i, name in enumerate(names):
                 data = os.urandom(MiB)
                 time.sleep(max(0.0, start + i / LATENCY_RATE - time.monotonic()))
@@ -123,7 +135,7 @@ class Bench:
                 closed[name] = time.monotonic()
             complete = watcher.wait(self.timeout)
             wall = time.monotonic() - start
-            result.cpu = tuple(100 * (c.cpu_seconds() - c0) / wall for c, c0 in zip((sender, receiver), cpu0))
+            cpu_account(result, (sender, receiver), cpu0, wall)
             if complete:
                 delays = [1000 * (watcher.arrivals[n] - closed[n]) for n in names]
                 result.p50_ms, result.p99_ms = percentile(delays, 50), percentile(delays, 99)
@@ -210,6 +222,10 @@ def print_table(results: list[Result], markdown: bool) -> None:
     widths = [max(len(x) for x in col) for col in zip(COLUMNS, *table)]
     for row in [COLUMNS, ["-" * w for w in widths], *table]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    threads = [f"{r.set} {r.mode}: {r.threads}" for r in results if r.threads]
+    if threads:
+        print("\nCPU per thread (% of one core; main = router loop / receive loop, py-N = source / commit thread):")
+        print("\n".join(f"  {line}" for line in threads))
     if markdown:
         print()
         print("| " + " | ".join(COLUMNS) + " |")
@@ -266,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                     stop_all()
                 results += new
                 for r in new:
-                    print(f"# {r.set} {r.mode}: {_num(r.files_s)} files/s, {_num(r.mib_s)} MiB/s, {r.status}",
-                          file=sys.stderr)
+                    print(f"# {r.set} {r.mode}: {_num(r.files_s)} files/s, {_num(r.mib_s)} MiB/s, {r.status}"
+                          + (f" [CPU {r.threads}]" if r.threads else ""), file=sys.stderr)
             shutil.rmtree(os.path.join(bench.staging, ds.name))
         if not args.no_latency:
             for m in modes:

@@ -25,13 +25,20 @@ ROLES: dict[str, tuple[str, type]] = {
 }
 
 
-def _providers(extensions: list[Any]) -> str:
-    return " and ".join(f"{_dist_name(e.entry_point)} ({e.entry_point.value})" for e in extensions)
+def _dist_of(group: str, ep: Any) -> str:
+    # NOTE: entry points from stevedore's cache carry no ``dist``; look the provider up in importlib.metadata.
+    matches = [c for c in entry_points_of(group) if c.name == ep.name and c.value == ep.value]
+    return _dist_name(matches[0]) if matches else _dist_name(ep)
+
+
+def _providers(namespace: str, extensions: list[Any]) -> str:
+    return " and ".join(f"{_dist_of(namespace, e.entry_point)} ({e.entry_point.value})" for e in extensions)
 
 
 def _error_on_conflict(namespace: str, name: str, extensions: list[Any]) -> Any:
     # NOTE: stevedore's own resolver names classes; operators need the distributions to uninstall one.
-    raise MultipleMatches(f"{len(extensions)} distributions provide {name!r} in {namespace}: {_providers(extensions)}")
+    raise MultipleMatches(f"{len(extensions)} distributions provide {name!r} in {namespace}: "
+                          f"{_providers(namespace, extensions)}")
 
 
 def load_driver_class(role: str, name: str) -> type:
@@ -41,7 +48,7 @@ def load_driver_class(role: str, name: str) -> type:
 
     def on_failure(_manager: Any, ep: Any, exc: BaseException) -> None:
         log.debug("%s driver %s failed to import", role, ep.name, exc_info=exc)
-        failures.append(f"import of {ep.value} from {_dist_name(ep)} failed: {type(exc).__name__}: {exc}")
+        failures.append(f"import of {ep.value} from {_dist_of(group, ep)} failed: {type(exc).__name__}: {exc}")
 
     try:
         manager = DriverManager(group, name, invoke_on_load=False, on_load_failure_callback=on_failure,

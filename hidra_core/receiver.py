@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import resource
 import threading
 import time
 import uuid
@@ -47,6 +48,14 @@ class _Partial:
     touched: float = field(default_factory=time.monotonic)
 
 
+def _raise_fd_limit() -> None:
+    """Files waiting for a group commit hold a descriptor each: allow up to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 class Receiver:
     role = "receiver"
 
@@ -73,6 +82,7 @@ class Receiver:
 
     def run(self) -> int:
         self.stop.install()
+        _raise_fd_limit()
         self.host.startup(self)
         committer = CommitThread(self)
         try:
@@ -121,7 +131,11 @@ class Receiver:
         poller.register(self.data, zmq.POLLIN)
         poller.register(self.status_socket, zmq.POLLIN)
         next_expiry = time.monotonic() + 1.0
+        # NOTE: files wait for their commit with an open descriptor; while the commit thread is behind
+        # (a slow fsync), stop taking data so back-pressure reaches the sender instead of exhausting fds.
+        backlog = 2 * self.config.commit_batch
         while not self.stop.is_set():
+            poller.modify(self.data, zmq.POLLIN if self._commits.qsize() < backlog else 0)
             ready = dict(poller.poll(100))
             if self.data in ready:
                 self._take_data()

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 _SLICE_S = 0.02  # longest the loop sends before it serves its other sockets again
 _BEACON_TIMEOUT_S = 3.0
+# NOTE: events beyond this wait in the source's socket (then the kernel's inotify queue), which keeps the
+# sender's memory bounded on huge trees; an inotify overflow only costs a rescan, never a file.
+_MAX_QUEUED = 20_000
 
 
 class Sender:
@@ -140,6 +143,7 @@ class Sender:
             link = self._link_up(now)
             want = link and (self._current is not None or (self._queue and drain_until is None))
             poller.modify(self.data, zmq.POLLOUT if want else 0)
+            poller.modify(self.events, zmq.POLLIN if len(self._queue) < _MAX_QUEUED else 0)
             ready = dict(poller.poll(100))
             if self.events in ready:
                 self._take_events()
@@ -167,7 +171,7 @@ class Sender:
         self._queue.append(event)
 
     def _take_events(self) -> None:
-        while True:
+        while len(self._queue) < _MAX_QUEUED:
             try:
                 batch = self.events.recv_pyobj(zmq.NOBLOCK)
             except zmq.Again:
