@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from datetime import datetime
+from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import (MiB, ArrivalWatcher, Child, DataSet, Result, generate, move_all,  # noqa: E402
@@ -48,9 +49,10 @@ def cpu_account(result: Result, children: tuple[Child, Child], before: list, wal
 
 
 class Bench:
-    def __init__(self, work: str, timeout: float) -> None:
+    def __init__(self, work: str, timeout: float, keep: bool) -> None:
         self.work = work
         self.timeout = timeout
+        self.keep = keep
         self.staging = os.path.join(work, "staging")
         self._runs = 0
 
@@ -59,6 +61,10 @@ class Bench:
         path = os.path.join(self.work, f"run{self._runs:02d}-{label}")
         os.makedirs(path)
         return path
+
+    def done(self, run: str) -> None:
+        if not self.keep:
+            shutil.rmtree(run)
 
     # -- a real receiver and sender ----------------------------------------------------------------------
 
@@ -111,7 +117,7 @@ class Bench:
             self.stop_pair(result, sender, receiver)
             if moved:
                 move_all(names, f"{run}/source", staged)
-            shutil.rmtree(run)
+            self.done(run)
         return result
 
     def hidra_latency(self, fsync: bool) -> Result:
@@ -147,7 +153,7 @@ class Bench:
         finally:
             watcher.close()
             self.stop_pair(result, sender, receiver)
-            shutil.rmtree(run)
+            self.done(run)
         return result
 
     # -- baselines -----------------------------------------------------------------------------------------
@@ -162,7 +168,7 @@ class Bench:
         subprocess.run(["sync"], check=True, timeout=self.timeout)
         synced = time.monotonic()
         problem = verify(ds.names(), os.path.join(self.staging, ds.name), dest, ds.size) or "ok"
-        shutil.rmtree(run)
+        self.done(run)
         os.sync()
         return [Result(ds.name, mode, ds.count / wall, ds.total / MiB / wall, status=problem)
                 for mode, wall in (("cp+sync", synced - start), ("cp", copied - start))]
@@ -189,7 +195,7 @@ class Bench:
             result.status = f"FAILED: {exc}"
         finally:
             stop_all()
-            shutil.rmtree(run)
+            self.done(run)
         return result
 
 
@@ -251,6 +257,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def attempt(results: list[Result], label: str, run: Callable[[], list[Result]]) -> None:
+    """Run one measurement; a failure is reported as a row and the benchmark goes on."""
+    try:
+        new = run()
+    except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
+        new = [Result(label, "?", status=f"FAILED: {exc}")]
+        stop_all()
+    for r in new:
+        print(f"# {r.set} {r.mode}: {_num(r.files_s)} files/s, {_num(r.mib_s)} MiB/s, {r.status}"
+              + (f" [CPU {r.threads}]" if r.threads else ""), file=sys.stderr)
+    results += new
+
+
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
 
@@ -265,33 +284,22 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(args.workdir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="hidra-bench-", dir=args.workdir)
     signal.signal(signal.SIGTERM, _interrupt)
-    bench, results = Bench(work, args.timeout), []
+    bench, results = Bench(work, args.timeout, args.keep), []
     print(f"# {datetime.now().isoformat(timespec='seconds')}  work dir {work}", file=sys.stderr)
     try:
         for ds in sets:
             print(f"# generating {ds.count} x {ds.size} B ...", file=sys.stderr)
             generate(os.path.join(bench.staging, ds.name), ds)
             os.sync()
-            runs = [*(lambda m=m: [bench.hidra_throughput(ds, m)] for m in modes),
-                    lambda: bench.copy(ds), lambda: [bench.raw_zmq(ds)]]
-            for run in runs:
-                try:
-                    new = run()
-                except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
-                    new = [Result(ds.name, "?", status=f"FAILED: {exc}")]
-                    stop_all()
-                results += new
-                for r in new:
-                    print(f"# {r.set} {r.mode}: {_num(r.files_s)} files/s, {_num(r.mib_s)} MiB/s, {r.status}"
-                          + (f" [CPU {r.threads}]" if r.threads else ""), file=sys.stderr)
-            shutil.rmtree(os.path.join(bench.staging, ds.name))
+            for fsync in modes:
+                attempt(results, ds.name, lambda: [bench.hidra_throughput(ds, fsync)])
+            attempt(results, ds.name, lambda: bench.copy(ds))
+            attempt(results, ds.name, lambda: [bench.raw_zmq(ds)])
+            if not args.keep:
+                shutil.rmtree(os.path.join(bench.staging, ds.name))
         if not args.no_latency:
-            for m in modes:
-                try:
-                    results.append(bench.hidra_latency(m))
-                except (RuntimeError, TimeoutError, OSError) as exc:
-                    results.append(Result("latency", f"hidra {'fsync' if m else 'no-fsync'}", status=f"FAILED: {exc}"))
-                    stop_all()
+            for fsync in modes:
+                attempt(results, "latency", lambda: [bench.hidra_latency(fsync)])
     except KeyboardInterrupt:
         print("# interrupted", file=sys.stderr)
         return 130
