@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Optional
+from typing import Annotated, Any, Iterable, Literal, Mapping, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -22,6 +22,8 @@ __all__ = [
 
 MiB = 2**20
 DEFAULT_SOURCE = "inotify"
+#: ``scheme://address``; the scheme picks the transport driver (tcp, ipc, inproc, ...)
+Endpoint = Annotated[str, Field(pattern=r"^[a-z][a-z0-9+.-]*://\S+$")]
 
 
 class _Section(BaseModel):
@@ -52,8 +54,8 @@ class DriverChoice(BaseModel):
 class StorageTarget(_Section):
     """The fixed, priority-0 storage receiver: gets every file, and only its confirmation allows removal."""
 
-    data: str = Field("tcp://127.0.0.1:50100", description="receiver's data endpoint (the sender connects)")
-    confirmations: str = Field("tcp://127.0.0.1:50053",
+    data: Endpoint = Field("tcp://127.0.0.1:50100", description="receiver's data endpoint (the sender connects)")
+    confirmations: Endpoint = Field("tcp://127.0.0.1:50053",
                                description="receiver's confirmation PUB endpoint (the sender subscribes)")
     remove_source: Literal["never", "after_confirmation"] = Field(
         "never", description="remove the source file once the receiver confirmed a durable, matching copy")
@@ -101,9 +103,9 @@ class ReceiverConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow")
 
     target: str = Field("hidra-data/target", description="root directory every file is written below (must exist)")
-    data: str = Field("tcp://127.0.0.1:50100", description="data endpoint to bind (PULL)")
-    confirmations: str = Field("tcp://127.0.0.1:50053", description="confirmation endpoint to bind (PUB)")
-    status: str = Field("tcp://127.0.0.1:50050", description="4.x STATUS_CHECK endpoint to bind (REP)")
+    data: Endpoint = Field("tcp://127.0.0.1:50100", description="data endpoint to bind (PULL)")
+    confirmations: Endpoint = Field("tcp://127.0.0.1:50053", description="confirmation endpoint to bind (PUB)")
+    status: Endpoint = Field("tcp://127.0.0.1:50050", description="4.x STATUS_CHECK endpoint to bind (REP)")
     writers: list[str] = Field(default_factory=lambda: ["files"], min_length=1,
                                description="writer drivers (hidra.writers), in the order they are called")
     hwm: int = Field(16, ge=1, description="chunks buffered on the data socket")
@@ -143,7 +145,10 @@ def _resolve_secrets(value: Any, where: str) -> Any:
                 raise ConfigError(where, [f"environment variable {name!r} is not set"])
             return os.environ[name]
         if set(value) == {"$file"}:
-            return Path(value["$file"]).read_text().strip()
+            try:
+                return Path(value["$file"]).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(where, [f"cannot read $file {value['$file']!r}: {exc.strerror}"]) from None
         return {k: _resolve_secrets(v, where) for k, v in value.items()}
     if isinstance(value, list):
         return [_resolve_secrets(v, where) for v in value]

@@ -52,7 +52,7 @@ def load_driver_class(role: str, name: str) -> type:
 
     try:
         manager = DriverManager(group, name, invoke_on_load=False, on_load_failure_callback=on_failure,
-                                conflict_resolver=_error_on_conflict, warn_on_missing_entrypoint=False)
+                                conflict_resolver=_error_on_conflict, on_missing_entrypoints_callback=None)
     except NoMatches:
         if failures:
             raise DriverLoadFailure(role, name, "; ".join(failures)) from None

@@ -44,7 +44,8 @@ class SafeTree:
     def directory(self, parts: tuple[str, ...]) -> str:
         """Absolute path of ``root/parts``, created if needed; ``PathRefused`` if it leaves the root."""
         path = os.path.join(self.root, *parts)
-        if parts in self._known and os.path.isdir(path):
+        # A cached directory may since have been replaced by a symlink: only trust it while it resolves to itself.
+        if parts in self._known and os.path.realpath(path) == path:
             return path
         current = self.root
         for part in parts:

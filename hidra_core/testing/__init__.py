@@ -12,7 +12,8 @@ time beyond defining them. Use them directly in a test, or subclass a contract c
         def make_event(self, tmp_path, name, data):
             ...
 
-Fixtures: ``plugin_host``, ``register_plugin``, ``zmq_context``, ``socket``, ``bound_pair``, ``inproc_transport``.
+Fixtures: ``plugin_host``, ``register_plugin``, ``zmq_context``, ``socket``, ``bound_pair``, ``ipc_dir``,
+``inproc_transport``.
 Helpers: ``wait_until``, ``collect_events``.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ from hidra_core.testing.fixtures import (  # noqa: E402
     bound_pair,
     collect_events,
     inproc_transport,
+    ipc_dir,
     plugin_host,
     register_plugin,
     socket,
@@ -42,6 +44,6 @@ from hidra_core.testing.fixtures import (  # noqa: E402
 
 __all__ = [
     "EventSourceContract", "FetcherContract", "TrackingContext", "TransportContract", "WriterContract",
-    "bound_pair", "collect_events", "inproc_transport", "plugin_host", "register_plugin", "socket", "wait_until",
-    "zmq_context",
+    "bound_pair", "collect_events", "inproc_transport", "ipc_dir", "plugin_host", "register_plugin", "socket",
+    "wait_until", "zmq_context",
 ]
