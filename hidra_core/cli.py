@@ -37,6 +37,10 @@ _EPILOGS = {
     "plugins": """
         example:
           hidra plugins          # every installed plugin, its distribution and version, and load errors""",
+    "ledger": """
+        example:
+          hidra ledger --config sender.yaml      # counts per state, then files not yet confirmed
+          hidra ledger --set sender.ledger.path=/var/lib/hidra/det1.sqlite --limit 1000""",
     "config": """
         examples:
           hidra config check sender.yaml --set sender.chunksize=4194304
@@ -85,6 +89,11 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
         p = _sub(subs, name, text)
         _common(p)
         p.set_defaults(func=func)
+
+    led = _sub(subs, "ledger", "report a sender's ledger: files per state and those not confirmed")
+    _common(led)
+    led.add_argument("--limit", type=int, default=50, help="most unconfirmed files to list (default 50)")
+    led.set_defaults(func=commands.ledger)
 
     plugins = _sub(subs, "plugins", "list installed plugins, their distributions and load errors")
     plugins.set_defaults(func=commands.plugins)

@@ -15,7 +15,7 @@ from hidra_core.config import DriverChoice, InstanceConfig, load_config
 from hidra_core.drivers import discover, load_driver_class
 from hidra_core.kernel import create_driver
 
-__all__ = ["config_check", "config_reference", "config_show", "plugins", "receiver", "sender", "up"]
+__all__ = ["config_check", "config_reference", "config_show", "ledger", "plugins", "receiver", "sender", "up"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,26 @@ def _supervise(children: dict[str, subprocess.Popen]) -> int:
                 forward(signal.SIGTERM, None)
         time.sleep(0.1)
     return code or max((c.returncode or 0) for c in children.values())
+
+
+def ledger(args: argparse.Namespace) -> int:
+    """Report what a sender's ledger holds: counts per state, and the files not (yet) confirmed."""
+    from hidra_core.ledger import SEEN, SENT, UNCONFIRMED, Ledger
+
+    path = _load(args).sender.ledger.path
+    if not os.path.exists(path):
+        print(f"{path}: no ledger (the sender has not run with this config)")
+        return 1
+    book = Ledger(path, None)
+    try:
+        counts = book.counts()
+        print(f"{path}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) if counts else
+              f"{path}: empty")
+        for fid, state, attempts in book.files((SEEN, SENT, UNCONFIRMED), args.limit):
+            print(f"  {state:<12} attempts={attempts:<3} {fid}")
+    finally:
+        book.close()
+    return 0
 
 
 def plugins(args: argparse.Namespace) -> int:

@@ -121,6 +121,14 @@ class Ledger:
         for source_path, rel, name, *rest in rows:
             yield FileEvent(source_path, rel, name), LedgerRow(*rest)
 
+    def files(self, states: Iterable[int], limit: int) -> list[tuple[str, str, int]]:
+        """``(file_id, state name, attempts)`` of files in ``states``, oldest change first."""
+        wanted = sorted(set(states))
+        rows = self._db.execute(
+            f"SELECT file_id, state, attempts FROM files WHERE state IN ({','.join('?' * len(wanted))})"
+            " ORDER BY updated LIMIT ?", (*wanted, limit)).fetchall()
+        return [(fid, STATE_NAMES[state], attempts) for fid, state, attempts in rows]
+
     def counts(self) -> dict[str, int]:
         rows = self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall()
         return {STATE_NAMES[state]: n for state, n in rows}
