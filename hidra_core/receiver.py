@@ -160,10 +160,10 @@ class Receiver:
                 self._refuse("refused", exc, "path refused")
             except ProtocolError as exc:
                 self._refuse("malformed", exc, "malformed message dropped")
-            except OSError as exc:
+            except Exception as exc:  # OSError, or a third-party writer's bug: the file is lost here, not the receiver
                 self.stats["failed"] += 1
                 self.status.error(exc)
-                log.error("writing failed: %s", exc)
+                log.error("writing failed: %s: %s", type(exc).__name__, exc)
 
     def _refuse(self, counter: str, exc: Exception, what: str) -> None:
         self.stats[counter] += 1
@@ -190,7 +190,7 @@ class Receiver:
         try:
             for writer, handle in zip(self.writers, partial.handles):
                 writer.write(handle, payload)
-        except OSError:
+        except Exception:
             self._abort(self._partials.pop(fid))
             raise
         if partial.hasher is not None:

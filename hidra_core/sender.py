@@ -189,11 +189,16 @@ class Sender:
                 if self._current is None:
                     if draining or not self._queue:
                         return
-                    self._current = self._start(self._queue.popleft())
+                    event = self._queue.popleft()
+                    try:
+                        self._current = self._start(event)
+                    except Exception:  # a fetcher bug must not stop the other files
+                        log.exception("could not start sending %s; skipped until it changes or the next start",
+                                      event.file_id)
                     continue
                 try:
                     meta, payload = self._current.next_message()
-                except (OSError, StopIteration) as exc:
+                except Exception as exc:
                     self._abandon(exc)
                     continue
                 self._stash = [meta, payload]

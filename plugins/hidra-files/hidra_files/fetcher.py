@@ -1,6 +1,7 @@
 """The ``file`` fetcher: reads local files in chunks and removes them when the kernel says so."""
 from __future__ import annotations
 
+import logging
 import os
 import stat as _stat
 from typing import Iterator
@@ -11,6 +12,8 @@ from hidra_core.interfaces import Fetcher, FileStat
 from hidra_core.types import FileEvent
 
 __all__ = ["FileFetcher", "FileFetcherConfig"]
+
+log = logging.getLogger(__name__)
 
 
 class FileFetcherConfig(BaseModel):
@@ -31,6 +34,9 @@ class FileFetcher(Fetcher):
         try:
             st = os.stat(path_of(event))
         except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:  # a symlink loop, no permission: nothing to send, and no reason to crash
+            log.warning("cannot stat %s: %s", path_of(event), exc)
             return None
         if not _stat.S_ISREG(st.st_mode):
             return None

@@ -46,6 +46,14 @@ class _Open:
     mtime: float | None
 
 
+def _shorten(name: str, limit: int) -> str:
+    """``name`` cut to at most ``limit`` bytes in the file system's encoding, never inside a character."""
+    raw = os.fsencode(name)
+    if len(raw) <= limit:
+        return name
+    return os.fsdecode(raw[:limit].decode("utf-8", "ignore").encode("utf-8", "surrogateescape"))
+
+
 def _syncfs(fd: int) -> None:
     if _libc.syncfs(fd) != 0:
         err = ctypes.get_errno()
@@ -70,7 +78,7 @@ class FilesWriter(Writer):
     def open(self, item: WriteTarget) -> _Open:
         directory = self._tree.directory(item.relative_parts)
         suffix = f".{secrets.token_hex(6)}.part"
-        temp = os.path.join(directory, item.filename[: _NAME_MAX - len(suffix)] + suffix)
+        temp = os.path.join(directory, _shorten(item.filename, _NAME_MAX - len(suffix)) + suffix)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         mtime = item.metadata.get("file_mod_time")
         return _Open(fd, directory, temp, os.path.join(directory, item.filename),
@@ -133,7 +141,8 @@ class FilesWriter(Writer):
                     continue
                 path = os.path.join(directory, name)
                 try:
-                    if os.lstat(path).st_mtime < before:
+                    # NOTE: ctime, not mtime: close() may set mtime to the source's, far in the past.
+                    if os.lstat(path).st_ctime < before:
                         os.unlink(path)
                         removed += 1
                 except FileNotFoundError:

@@ -49,6 +49,7 @@ class InotifyEventSource(EventSource):
             raise FileNotFoundError(f"source directory {self._root!r} does not exist")
         self._inotify: INotify | None = None
         self._dirs: dict[int, str] = {}  # watch descriptor -> relative directory ("" for the root)
+        self._inodes: dict[int, int] = {}  # watch descriptor -> inode, to tell a moved-away directory
         self._scans: deque[Iterator[FileEvent]] = deque()
         self.overflows = 0
 
@@ -90,6 +91,10 @@ class InotifyEventSource(EventSource):
             return
         if mask & flags.IGNORED:
             self._dirs.pop(wd, None)
+            self._inodes.pop(wd, None)
+            return
+        if mask & flags.MOVE_SELF:
+            self._forget_if_moved_away(wd)
             return
         rel = self._dirs.get(wd)
         if rel is None or not name:
@@ -101,6 +106,26 @@ class InotifyEventSource(EventSource):
                 self._scans.append(self._scan(child))
         elif mask & (flags.CLOSE_WRITE | flags.MOVED_TO) and not self._ignored(name):
             out.append(FileEvent(self._root, rel, name))
+
+    def _forget_if_moved_away(self, wd: int) -> None:
+        """A watched directory was renamed: unless a MOVED_TO inside the tree re-mapped it, stop watching it."""
+        rel = self._dirs.get(wd)
+        if rel is None or rel == "":
+            return
+        try:
+            if os.stat(self._abs(rel)).st_ino == self._inodes.get(wd):
+                return
+        except OSError:
+            pass
+        assert self._inotify is not None
+        for other, path in list(self._dirs.items()):
+            if path == rel or path.startswith(rel + "/"):
+                self._dirs.pop(other, None)
+                self._inodes.pop(other, None)
+                try:
+                    self._inotify.rm_watch(other)
+                except OSError:
+                    pass
 
     def _ignored(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.config.ignore)
@@ -122,6 +147,10 @@ class InotifyEventSource(EventSource):
                 log.error("cannot watch %s: %s (raise fs.inotify.max_user_watches?)", self._abs(current), exc)
                 continue
             self._dirs[wd] = current
+            try:
+                self._inodes[wd] = os.stat(self._abs(current)).st_ino
+            except OSError:
+                continue
             if not self.config.recursive:
                 continue
             try:

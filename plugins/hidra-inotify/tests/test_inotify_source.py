@@ -200,9 +200,6 @@ def test_real_queue_overflow_loses_no_file(src: Path, open_source: Any) -> None:
     assert source.overflows >= 1
 
 
-@pytest.mark.xfail(strict=True, reason="a directory moved out of the tree keeps its watch and its old relative "
-                   "path (MOVED_FROM/MOVE_SELF are not handled), so files written there later are reported as if "
-                   "they were still in the tree (hidra_inotify/source.py _handle)")
 def test_a_directory_moved_out_of_the_tree_is_no_longer_reported(src: Path, tmp_path: Path,
                                                                  open_source: Any) -> None:
     (src / "d").mkdir()
