@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hidra_core.errors import ConfigError
 
 __all__ = [
-    "DriverChoice", "InstanceConfig", "LedgerConfig", "PluginsConfig", "ReceiverConfig", "SenderConfig",
+    "ClientsConfig", "DriverChoice", "InstanceConfig", "LocalTargetConfig", "LedgerConfig", "PluginsConfig", "ReceiverConfig", "SenderConfig",
     "StorageTarget", "apply_override", "load_config", "validate_section",
 ]
 
@@ -67,6 +67,35 @@ class StorageTarget(_Section):
     hwm: int = Field(4, ge=1, description="chunks queued towards the receiver before sends block (back-pressure)")
 
 
+class ClientsConfig(_Section):
+    """Analysis clients that register at run time (HiDRA 4.x com and request ports, hidra4-protocol.md §3-§5)."""
+
+    enabled: bool = Field(True, description="open the com and request ports (also off when whitelist is [])")
+    com: Endpoint = Field("tcp://0.0.0.0:50000", description="signal endpoint to bind (REP); clients connect")
+    request: Endpoint = Field("tcp://0.0.0.0:50001", description="NEXT/CANCEL endpoint to bind (PULL)")
+    whitelist: Optional[list[str]] = Field(
+        default_factory=lambda: ["localhost"],
+        description="hosts allowed to register and to receive data; null: anybody, []: nobody. 'localhost' means"
+        " this machine (loopback and its own names)")
+    admin_hosts: list[str] = Field(default_factory=lambda: ["localhost"],
+                                   description="hosts allowed to FORCE_STOP other applications' registrations")
+    allow_foreign_targets: bool = Field(
+        False, description="let a client register data targets on hosts other than its own")
+    registration_ttl_s: float = Field(60.0, gt=0,
+                                      description="drop a target disconnected this long, or a query set idle this long")
+    budget_messages: int = Field(1000, ge=1, description="messages queued towards one client before files are skipped")
+    budget_bytes: int = Field(16 * MiB, ge=1, description="bytes queued towards one client before files are skipped")
+    lookup_timeout_s: float = Field(0.5, gt=0, description="longest a host name lookup may take (1 s reply window)")
+
+
+class LocalTargetConfig(_Section):
+    """A durable copy of every file on the sender's side; metadata-only clients are pointed at it."""
+
+    path: str = Field(description="directory the copies go to (must exist)")
+    writer: str = Field("files", description="writer driver that makes the copies (hidra.writers)")
+    options: dict[str, Any] = Field(default_factory=dict, description="options of that writer")
+
+
 class LedgerConfig(_Section):
     path: str = Field("hidra-data/state/sender-ledger.sqlite",
                       description="SQLite file with each file's state; one per sender instance")
@@ -83,8 +112,9 @@ class SenderConfig(_Section):
     compat_version: str = Field("4.4.3", pattern=r"^4\.\d+\.\d+$",
                                 description="HiDRA 4.x version announced on the wire (never the package version)")
     drain_timeout_s: float = Field(10.0, ge=0, description="on SIGTERM, wait this long for open confirmations")
-    com_port: int = Field(50000, ge=0, le=65535, description="signal port for analysis clients (4.x com port)")
-    request_port: int = Field(50001, ge=0, le=65535, description="request port for QUERY_NEXT clients")
+    clients: ClientsConfig = Field(default_factory=ClientsConfig)
+    local_target: Optional[LocalTargetConfig] = Field(
+        None, description="keep a durable local copy of every file (required by the metadata modes)")
     transports: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="options per transport driver, keyed by URL scheme (tcp, ipc, ...)")
 

@@ -41,6 +41,8 @@ class Outgoing:
         self._number = 0
         self._file_hash = new_hasher(DEFAULT_ALGORITHM) if self.chunk_count > 1 else None
         self.checksum = ""
+        self.deliveries: list[Any] = []  # analysis clients admitted for this file (dispatch.Delivery)
+        self.local: Any = None  # handle of the sender's local copy, if one is kept
         self._meta = {
             **base,
             "htype": HTYPE,
@@ -78,6 +80,10 @@ class Outgoing:
             meta["file_checksum"] = self.checksum
         self._number += 1
         return encode_metadata(meta), payload
+
+    def client_metadata(self, **changes: Any) -> bytes:
+        """The current chunk's metadata as clients get it: clients never confirm, so no confirmation topic."""
+        return encode_metadata({**self._meta, "confirmation_required": False, **changes})
 
     def close(self) -> None:
         close = getattr(self._chunks, "close", None)

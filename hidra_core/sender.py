@@ -19,6 +19,8 @@ from typing import Any
 import zmq
 
 from hidra_core.config import DriverChoice, InstanceConfig
+from hidra_core.dispatch import ClientDispatcher
+from hidra_core.interfaces import WriteTarget
 from hidra_core.kernel import Endpoints, StopFlag, create_driver
 from hidra_core.ledger import CONFIRMED, REMOVED, UNCONFIRMED, Ledger
 from hidra_core.outgoing import ZERO_COPY_MIN, InFlight, Outgoing
@@ -54,8 +56,15 @@ class Sender:
         self.fetcher = create_driver("fetcher", fetch.type, fetch.options, source_name, f"sender.fetcher.{fetch.type}")
         self.context = zmq.Context()
         self.endpoints = Endpoints(self.context, cfg.transports, source_name, "sender")
-        for endpoint in (cfg.storage.data, cfg.storage.confirmations):
+        for endpoint in (cfg.storage.data, cfg.storage.confirmations, cfg.clients.com, cfg.clients.request):
             self.endpoints.driver(endpoint)
+        self.local = None
+        if cfg.local_target is not None:
+            lt = cfg.local_target
+            self.local = create_driver("writer", lt.writer, lt.options, source_name, "sender.local_target.options",
+                                       target=lt.path)
+            self.local_root = os.path.abspath(lt.path)
+        self.clients = ClientDispatcher(cfg.clients, self.endpoints, cfg.compat_version, storing=self.local is not None)
         self.topic = f"{socket.getfqdn()}_{os.getpid()}".encode()
         self.stats = {"sent": 0, "bytes": 0, "confirmed": 0, "removed": 0, "resent": 0, "unconfirmed": 0}
         self._queue: deque[FileEvent] = deque()
@@ -84,8 +93,8 @@ class Sender:
             if not source.wait_ready():
                 return 1
             self._resume()
-            log.info("hidra sender ready: source %s %s, storage %s, ledger %s", self.config.source.type,
-                     self.source.root or "", self.config.storage.data, self.config.ledger.path)
+            log.info("hidra sender ready: source %s %s, storage %s, %s, ledger %s", self.config.source.type,
+                     self.source.root or "", self.config.storage.data, self.clients.bound(), self.config.ledger.path)
             self._loop(source)
             return 0
         finally:
@@ -102,10 +111,16 @@ class Sender:
         self.confirmations = self.endpoints.open(zmq.SUB, storage.confirmations, bind=False, hwm=1_000_000)
         self.confirmations.subscribe(self.topic)
         self.confirmations.subscribe(HEARTBEAT_TOPIC)
+        self.poller = zmq.Poller()
+        self.poller.register(self.events, zmq.POLLIN)
+        self.poller.register(self.confirmations, zmq.POLLIN)
+        self.poller.register(self.data, 0)
+        self.clients.open(self.poller)
 
     def _close(self) -> None:
         if self._current is not None:
             self._current.close()
+        self.clients.close()
         for name in ("events", "data", "confirmations"):
             sock = getattr(self, name, None)
             if sock is not None:
@@ -130,10 +145,7 @@ class Sender:
     # -- the router loop -------------------------------------------------------------------------------
 
     def _loop(self, source: SourceThread) -> None:
-        poller = zmq.Poller()
-        poller.register(self.events, zmq.POLLIN)
-        poller.register(self.confirmations, zmq.POLLIN)
-        poller.register(self.data, 0)
+        poller = self.poller
         drain_until = None
         next_housekeeping = 0.0
         while True:
@@ -151,8 +163,10 @@ class Sender:
                 self._take_confirmations()
             if self.data in ready:
                 self._pump(draining=drain_until is not None)
+            self.clients.on_ready(ready)
             if now >= next_housekeeping:
                 self._expire(now)
+                self.clients.housekeeping(now)
                 next_housekeeping = now + 0.5
             self.ledger.commit()
             if drain_until is not None and self._current is None and (
@@ -207,6 +221,8 @@ class Sender:
             except zmq.Again:
                 return
             self.stats["bytes"] += len(self._stash[1])
+            if self._current is not None:
+                self._side_copies(self._current, self._stash[1])
             self._stash = None
             if self._current is not None and self._current.done:
                 self._finish(self._current)
@@ -233,17 +249,55 @@ class Sender:
         base = {"confirmation_required": self.topic.decode(), "version": self.config.compat_version}
         if self.host.has_enrichers:
             base.update(self.host.enrich_metadata(event, dict(base)))
-        return Outgoing(event, stat, iter(self.fetcher.chunks(event, stat, self.config.chunksize)),
-                        self.config.chunksize, base)
+        out = Outgoing(event, stat, iter(self.fetcher.chunks(event, stat, self.config.chunksize)),
+                       self.config.chunksize, base)
+        if self.clients.active:
+            out.deliveries = self.clients.plan(event.filename, stat.size, out.chunk_count)
+        if self.local is not None:
+            parts = tuple(event.relative_path.split("/")) if event.relative_path else ()
+            out.local = self.local.open(WriteTarget(self.local_root, parts, event.filename,
+                                                    {"file_mod_time": stat.mtime_ns / 1e9}))
+        return out
+
+    def _side_copies(self, out: Outgoing, payload: Any) -> None:
+        """After storage took a chunk: the same buffer to admitted clients and to the local copy."""
+        if out.deliveries:
+            self.clients.send_chunk(out.deliveries, out.client_metadata(), payload, out.done)
+        if out.local is not None:
+            try:
+                self.local.write(out.local, payload)
+            except Exception as exc:
+                log.error("local copy of %s failed: %s", out.event.file_id, exc)
+                self.local.abort(out.local)
+                out.local = None
+
+    def _finish_local(self, out: Outgoing) -> None:
+        """Make the local copy durable; only then may metadata-only clients be pointed at it."""
+        if out.local is None:
+            return
+        try:
+            self.local.close(out.local)
+            self.local.commit([out.local])
+        except Exception as exc:
+            log.error("local copy of %s failed: %s", out.event.file_id, exc)
+            self.local.abort(out.local)
+            return
+        finally:
+            out.local = None
+        if out.deliveries:
+            self.clients.send_metadata(out.deliveries, out.client_metadata(source_path=self.local_root))
 
     def _abandon(self, exc: BaseException) -> None:
         current, self._current = self._current, None
         assert current is not None
         current.close()
+        if current.local is not None:
+            self.local.abort(current.local)
         log.warning("could not read %s (%s); it is sent again when it changes or at the next start",
                     current.event.file_id, exc)
 
     def _finish(self, out: Outgoing) -> None:
+        self._finish_local(out)
         fid = out.event.file_id
         self.ledger.mark_sent(out.event, out.stat.size, out.stat.mtime_ns, out.checksum)
         attempts = self._attempts.get(fid, 0) + 1

@@ -111,7 +111,8 @@ def receiver_overrides(target: Path, data: str = "tcp://127.0.0.1:0", confirmati
 
 def sender_overrides(source: Path, state: Path, data: str, confirmations: str) -> list[str]:
     return [f"sender.source.inotify.path={source}", f"sender.storage.data={data}",
-            f"sender.storage.confirmations={confirmations}", f"sender.ledger.path={state / 'ledger.sqlite'}"]
+            f"sender.storage.confirmations={confirmations}", f"sender.ledger.path={state / 'ledger.sqlite'}",
+            "sender.clients.com=tcp://127.0.0.1:0", "sender.clients.request=tcp://127.0.0.1:0"]
 
 
 def no_part_files(root: Path) -> bool:

@@ -31,7 +31,8 @@ def test_up_moves_files_and_stops_cleanly_on_sigterm(tmp_path):
             "--set", f"receiver.data=tcp://127.0.0.1:{data}", "--set", f"sender.storage.data=tcp://127.0.0.1:{data}",
             "--set", f"receiver.confirmations=tcp://127.0.0.1:{conf}",
             "--set", f"sender.storage.confirmations=tcp://127.0.0.1:{conf}",
-            "--set", f"receiver.status=tcp://127.0.0.1:{status}"]
+            "--set", f"receiver.status=tcp://127.0.0.1:{status}",
+            "--set", "sender.clients.com=tcp://127.0.0.1:0", "--set", "sender.clients.request=tcp://127.0.0.1:0"]
     log = open(tmp_path / "up.log", "wb")
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     try:

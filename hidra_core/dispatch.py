@@ -1,0 +1,190 @@
+"""Analysis clients in the sender: the com (REP) and request (PULL) sockets, and who gets each file.
+
+Runs inside the sender's router loop (one thread owns every socket here). Storage is served first and
+blocks; clients only ever get what their budget admits, decided once per file before its first chunk.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from hidra_core.config import ClientsConfig
+from hidra_core.hosts import AccessPolicy, HostResolver
+from hidra_core.registry import DATA, Member, Registry
+from hidra_core.signals import SignalHandler
+from hidra_core.targets import ClientTarget, ClientTargets
+
+__all__ = ["ClientDispatcher", "Delivery"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Delivery:
+    target: ClientTarget
+    member: Member
+    broken: bool = False  # a chunk could not be queued: the rest of this file is not sent to it
+
+
+class ClientDispatcher:
+    def __init__(self, config: ClientsConfig, endpoints: Any, version: str, storing: bool) -> None:
+        self.config = config
+        self.endpoints = endpoints
+        self.resolver = HostResolver(config.lookup_timeout_s)
+        self.policy = AccessPolicy(self.resolver, config.whitelist, config.admin_hosts, config.allow_foreign_targets)
+        self.registries = {"streams": Registry("streams"), "queries": Registry("queries")}
+        self.signals = SignalHandler(version, self.registries, self.policy, self.resolver, storing, self.status)
+        self.targets = ClientTargets(endpoints, config.budget_messages, config.budget_bytes, config.registration_ttl_s)
+        self.com: zmq.Socket | None = None
+        self.request: zmq.Socket | None = None
+        self.expired = 0
+
+    @property
+    def active(self) -> bool:
+        return self.com is not None
+
+    def open(self, poller: zmq.Poller) -> None:
+        if not self.config.enabled or self.config.whitelist == []:
+            log.info("analysis clients disabled (clients.enabled is false or the whitelist is empty)")
+            return
+        self.com = self.endpoints.open(zmq.REP, self.config.com, bind=True, hwm=1000)
+        self.request = self.endpoints.open(zmq.PULL, self.config.request, bind=True, hwm=10_000)
+        poller.register(self.com, zmq.POLLIN)
+        poller.register(self.request, zmq.POLLIN)
+        self.targets.watch(poller)
+
+    def bound(self) -> str:
+        if self.com is None or self.request is None:
+            return "clients disabled"
+        return (f"com {self.com.getsockopt_string(zmq.LAST_ENDPOINT)}, "
+                f"request {self.request.getsockopt_string(zmq.LAST_ENDPOINT)}")
+
+    def close(self) -> None:
+        self.targets.close()
+        for sock in (self.com, self.request):
+            if sock is not None:
+                sock.close(linger=0)
+
+    # -- requests ---------------------------------------------------------------------------------------
+
+    def on_ready(self, ready: dict[Any, int]) -> None:
+        if self.com is not None and self.com in ready:
+            self._signals()
+        if self.request is not None and self.request in ready:
+            self._requests()
+        self.targets.on_ready(ready)
+
+    def _signals(self) -> None:
+        assert self.com is not None
+        while True:
+            try:
+                frames = self.com.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            peer = frames[0].get("Peer-Address") if frames else None
+            reply = self.signals.handle([f.bytes for f in frames], peer)
+            self.com.send_multipart(reply)
+            self.targets.sync(self.registries["streams"].ids() | self.registries["queries"].ids())
+
+    def _requests(self) -> None:
+        assert self.request is not None
+        queries = self.registries["queries"]
+        while True:
+            try:
+                frames = self.request.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            peer = frames[0].get("Peer-Address") if frames else None
+            if len(frames) != 2 or frames[0].bytes not in (b"NEXT", b"CANCEL"):
+                log.info("ignoring malformed request from %s", peer or "local")
+                continue
+            try:
+                socket_id = self.signals.canonical_id(frames[1].bytes.decode())
+            except Exception:
+                log.info("ignoring request with malformed socket id from %s", peer or "local")
+                continue
+            # NOTE(D4): only the host named in the id may ask or cancel for it.
+            if not self.policy.target_allowed(socket_id.rpartition(":")[0], peer):
+                log.warning("ignoring %s for %s from %s", frames[0].bytes.decode(), socket_id, peer)
+                continue
+            if frames[0].bytes == b"NEXT":
+                queries.next(socket_id)
+            else:
+                queries.cancel(socket_id)
+        self.targets.sync(self.registries["streams"].ids() | queries.ids())
+
+    # -- per file ---------------------------------------------------------------------------------------
+
+    def plan(self, basename: str, size: int, chunks: int) -> list[Delivery]:
+        """Who gets this file: one member per stream set, the head request of each query set."""
+        if not self.registries["streams"].sets and not self.registries["queries"].sets:
+            return []
+        out: list[Delivery] = []
+
+        def available(member: Member) -> bool:
+            messages = chunks if member.delivery == DATA else 1
+            nbytes = size if member.delivery == DATA else 0
+            return self.targets.admits(member.socket_id, messages, nbytes)
+
+        streams = self.registries["streams"]
+        for s in streams.sets:
+            member = streams.pick_stream(s, basename, lambda m: self.targets.connected(m.socket_id) and available(m))
+            if member is not None:
+                out.append(Delivery(self.targets.targets[member.socket_id], member))
+            elif s.members:
+                self._skipped(s.members[s.pointer % len(s.members)], basename)
+        for s in self.registries["queries"].sets:
+            member = Registry.pick_query(s, basename, available)
+            if member is not None:
+                out.append(Delivery(self.targets.targets[member.socket_id], member))
+            elif s.requests and s.requests[0].matches(basename):
+                self._skipped(s.requests[0], basename)
+        return out
+
+    def _skipped(self, member: Member, basename: str) -> None:
+        target = self.targets.targets.get(member.socket_id)
+        if target is not None and member.matches(basename):
+            target.skipped += 1
+
+    def send_chunk(self, deliveries: list[Delivery], meta: bytes, payload: Any, last: bool) -> None:
+        size = len(payload)
+        for d in deliveries:
+            if d.member.delivery != DATA or d.broken:
+                continue
+            if not d.target.send(meta, payload, size):
+                d.broken = True
+                d.target.abandoned += 1
+                log.warning("client %s: queue full mid-file; rest of the file not sent", d.target.socket_id)
+            elif last:
+                d.target.files += 1
+
+    def send_metadata(self, deliveries: list[Delivery], meta: bytes) -> None:
+        for d in deliveries:
+            if d.member.delivery != DATA and d.target.send(meta, b"null", 0):
+                d.target.files += 1
+
+    def housekeeping(self, now: float) -> None:
+        ttl = self.config.registration_ttl_s
+        gone = set(self.targets.expired(now))
+        connected = self.targets.connected
+        gone |= set(self.registries["queries"].expire_idle_queries(now, ttl, connected))
+        if not gone:
+            return
+        for registry in self.registries.values():
+            registry.stop(gone, None)
+        self.expired += len(gone)
+        log.warning("expired client registrations (no connection for %.0f s): %s", ttl, ", ".join(sorted(gone)))
+        self.targets.sync(self.registries["streams"].ids() | self.registries["queries"].ids())
+
+    def status(self) -> dict[str, Any]:
+        sets = []
+        for kind, registry in self.registries.items():
+            for s in registry.sets:
+                sets.append({"kind": kind, "appid": s.appid, "members": [m.socket_id for m in s.members],
+                             "delivery": sorted({m.delivery for m in s.members}), "open_requests": len(s.requests),
+                             "age_s": round(time.monotonic() - s.registered, 1)})
+        return {"registrations": sets, "targets": self.targets.describe(), "expired": self.expired}
