@@ -41,6 +41,10 @@ _EPILOGS = {
         example:
           hidra ledger --config sender.yaml      # counts per state, then files not yet confirmed
           hidra ledger --set sender.ledger.path=/var/lib/hidra/det1.sqlite --limit 1000""",
+    "clients": """
+        example:
+          hidra clients                                   # the local sender (clients.com of the config)
+          hidra clients --com tcp://detpc01:50000 --json  # registrations and per-target counters as JSON""",
     "config": """
         examples:
           hidra config check sender.yaml --set sender.chunksize=4194304
@@ -94,6 +98,13 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     _common(led)
     led.add_argument("--limit", type=int, default=50, help="most unconfirmed files to list (default 50)")
     led.set_defaults(func=commands.ledger)
+
+    cl = _sub(subs, "clients", "list a running sender's analysis clients and their counters")
+    _common(cl)
+    cl.add_argument("--com", metavar="ENDPOINT", help="the sender's com endpoint (default: clients.com of the config)")
+    cl.add_argument("--json", action="store_true", help="print the raw JSON")
+    cl.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
+    cl.set_defaults(func=commands.clients)
 
     plugins = _sub(subs, "plugins", "list installed plugins, their distributions and load errors")
     plugins.set_defaults(func=commands.plugins)

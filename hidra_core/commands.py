@@ -15,7 +15,7 @@ from hidra_core.config import DriverChoice, InstanceConfig, load_config
 from hidra_core.drivers import discover, load_driver_class
 from hidra_core.kernel import create_driver
 
-__all__ = ["config_check", "config_reference", "config_show", "ledger", "plugins", "receiver", "sender", "up"]
+__all__ = ["clients", "config_check", "config_reference", "config_show", "ledger", "plugins", "receiver", "sender", "up"]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,45 @@ def ledger(args: argparse.Namespace) -> int:
             print(f"  {state:<12} attempts={attempts:<3} {fid}")
     finally:
         book.close()
+    return 0
+
+
+def clients(args: argparse.Namespace) -> int:
+    """Ask a running sender (HIDRA_STATUS on its com port) for its registrations and per-target counters."""
+    import json
+
+    import zmq
+
+    endpoint = args.com or _load(args).sender.clients.com.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
+    context = zmq.Context()
+    sock = context.socket(zmq.REQ)
+    sock.linger = 0
+    try:
+        sock.connect(endpoint)
+        sock.send_multipart([b"", str(os.getpid()).encode(), b"HIDRA_STATUS", b"[]"])
+        if not sock.poll(int(args.timeout * 1000)):
+            print(f"hidra: error: no answer from {endpoint} within {args.timeout} s", file=sys.stderr)
+            return 1
+        reply = sock.recv_multipart()
+    finally:
+        sock.close()
+        context.term()
+    if reply[0] != b"HIDRA_STATUS":
+        print(f"hidra: error: {endpoint} answered {reply[0].decode(errors='replace')}", file=sys.stderr)
+        return 1
+    status = json.loads(reply[1])
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"{len(status['registrations'])} registrations, {status['expired']} expired so far")
+    for reg in status["registrations"]:
+        print(f"  {reg['kind']:<8} app {reg['appid']:<10} {'+'.join(reg['delivery']):<9} open requests "
+              f"{reg['open_requests']:<4} {', '.join(reg['members'])}")
+    print("targets:")
+    for t in status["targets"]:
+        print(f"  {t['id']:<32} {'up' if t['connected'] else 'DOWN':<5} files {t['files']:<7} bytes {t['bytes']:<12}"
+              f" skipped {t['skipped']:<6} abandoned {t['abandoned']:<4} queued {t['queued_messages']} msgs /"
+              f" {t['queued_bytes']} B")
     return 0
 
 

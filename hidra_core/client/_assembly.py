@@ -43,8 +43,13 @@ def _frame_bytes(frame: Any) -> bytes:
     return frame.bytes if hasattr(frame, "bytes") else bytes(frame)
 
 
+def _view(frame: Any) -> memoryview:
+    """The payload without a copy, whether it is a ``zmq.Frame`` or bytes."""
+    return frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
+
+
 def _payload_len(frame: Any) -> int:
-    return len(frame.buffer) if hasattr(frame, "buffer") else len(frame)
+    return len(_view(frame))
 
 
 def _is_metadata_only(meta: dict[str, Any], payload: Any) -> bool:
@@ -128,8 +133,10 @@ class Reassembler:
             del self._partials[fid]
             return self._drop(f"{fid}: chunk {number} where {partial.next_chunk} was due; file dropped")
         partial.touched = time.monotonic()
-        self._check_chunk(msg, partial)
-        partial.buf += msg.payload
+        payload = _view(msg.payload)
+        if not self._check_chunk(msg, payload, partial):
+            return None
+        partial.buf += payload
         partial.next_chunk = number + 1
         if not self._is_last(msg):
             return None
@@ -162,17 +169,20 @@ class Reassembler:
             return
         raise ChecksumError(text, msg.file_id, msg.metadata)
 
-    def _check_chunk(self, msg: DataMessage, partial: _Partial) -> None:
+    def _check_chunk(self, msg: DataMessage, payload: memoryview, partial: _Partial) -> bool:
+        """False (or ``ChecksumError``) if the chunk is corrupt; feeds the file digest otherwise."""
         expected = msg.metadata.get("chunk_checksum")
         algorithm = msg.metadata.get("checksum_algorithm")
         if isinstance(expected, str) and isinstance(algorithm, str):
             hasher = self._hasher(algorithm)
             if hasher is not None:
-                hasher.update(msg.payload)
+                hasher.update(payload)
                 if hasher.hexdigest() != expected:
                     self._corrupt(msg, f"chunk {msg.chunk_number} fails its {algorithm} checksum")
+                    return False
         if partial.file_hash is not None:
-            partial.file_hash.update(msg.payload)
+            partial.file_hash.update(payload)
+        return True
 
     def _finish(self, msg: DataMessage, partial: _Partial) -> CompleteFile | None:
         size = len(partial.buf)
