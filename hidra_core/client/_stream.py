@@ -1,0 +1,68 @@
+"""``stream()``: iterate over the files a sender delivers, registered for exactly as long as the loop runs."""
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import zmq
+
+from hidra_core.client._wire import fqdn, wire_targets
+from hidra_core.client.transfer import DEFAULT_SIGNAL_TIMEOUT_S, Transfer
+
+__all__ = ["MODES", "stream"]
+
+#: ``mode`` argument -> 4.x connection type
+MODES = {
+    "stream": "STREAM",
+    "stream_metadata": "STREAM_METADATA",
+    "query": "QUERY_NEXT",
+    "query_metadata": "QUERY_NEXT_METADATA",
+}
+
+
+def stream(host: str, *, port: int = 0, data_host: str | None = None, com_port: int = 50000,
+           request_port: int = 50001, pattern: str | Sequence[str] = ".*", mode: str = "stream",
+           timeout: float | None = None, appid: str | None = None, prio: int = 1,
+           context: zmq.Context | None = None, signal_timeout: float = DEFAULT_SIGNAL_TIMEOUT_S,
+           drop_corrupt: bool = False) -> Iterator[tuple[dict[str, Any], bytes | None]]:
+    """Yield ``(metadata, data)`` for each whole file the sender on ``host`` delivers.
+
+    ``port`` 0 binds a free port (on ``data_host``, default all interfaces and this host's FQDN in the id).
+    ``pattern`` is a regex matched against file names, or a list of suffixes. ``mode``: ``stream``, ``query``,
+    ``stream_metadata`` or ``query_metadata`` (``data`` is None in the metadata modes). ``timeout`` (seconds):
+    end the iteration when no file arrived for that long; None waits for ever. Registration happens on the first
+    ``next()``; leaving the loop (break, exception, ``close()``) always unregisters and closes the sockets::
+
+        for meta, data in hidra_core.client.stream("detpc01", pattern=r".*\\.cbf$"):
+            process(meta["filename"], data)
+
+    Arguments are checked at once, so a typo fails here rather than on the first iteration.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+    target_host = data_host or fqdn()
+    wire_targets([target_host, port or 1, prio, pattern])  # validates host, prio and pattern now
+    return _iterate(host, MODES[mode], port, data_host, target_host, com_port, request_port, pattern, prio,
+                    None if timeout is None else timeout * 1000, appid, context, signal_timeout, drop_corrupt)
+
+
+def _iterate(host: str, connection_type: str, port: int, data_host: str | None, target_host: str, com_port: int,
+             request_port: int, pattern: str | Sequence[str], prio: int, timeout_ms: float | None,
+             appid: str | None, context: zmq.Context | None, signal_timeout: float,
+             drop_corrupt: bool) -> Iterator[tuple[dict[str, Any], bytes | None]]:
+    transfer = Transfer(connection_type, host, context=context, com_port=com_port, request_port=request_port,
+                        signal_timeout=signal_timeout, drop_corrupt=drop_corrupt)
+    try:
+        if appid is not None:
+            transfer.set_appid(appid)
+        # NOTE: bind first, so that a random port is known before it is registered as part of the socket id.
+        transfer.start([data_host or "0.0.0.0", port])
+        transfer.initiate([target_host, transfer.data_port, prio, pattern])
+        while True:
+            metadata, data = transfer.get(timeout_ms)
+            if metadata is None:
+                return
+            yield metadata, data
+    finally:
+        transfer.stop()
