@@ -43,6 +43,7 @@ class Result:
     rss: tuple[int | None, int | None] = (None, None)  # sender / receiver (or push / pull) peak RSS
     cpu: tuple[float | None, float | None] = (None, None)  # sender / receiver CPU %, 100 = one core
     threads: str = ""  # CPU per thread of sender and receiver
+    spread: tuple[float, float] | None = None  # lowest and highest MiB/s over the repeats
     status: str = "ok"
     notes: list[str] = field(default_factory=list)
 
@@ -206,6 +207,19 @@ def verify(names: list[str], reference: str, copy: str, size: int, samples: int 
         if not filecmp.cmp(os.path.join(reference, name), os.path.join(copy, name), shallow=False):
             return f"{name} differs from the source"
     return None
+
+
+def warm_memory(nbytes: int) -> None:
+    """Touch and free ``nbytes`` of RAM (at most a third of what is available).
+
+    On a VM whose balloon driver hands freed guest pages back to the host (free page reporting), the first
+    write to such a page faults on the host: page-cache writes then run at a fraction of their speed and
+    the same benchmark swings 3-4x depending on which pages the kernel hands out. Touching memory just
+    before a run makes the pages the run will get resident again, as on a physical machine."""
+    with open("/proc/meminfo") as meminfo:
+        available = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    buf = bytearray(min(nbytes, available // 3))  # zero-filled: every page is written once
+    del buf
 
 
 def percentile(values: list[float], pct: float) -> float:

@@ -1,17 +1,19 @@
 """Storage-path benchmark: a real `hidra sender` -> `hidra receiver` pair against `cp`, `cp && sync` and raw pyzmq.
 
     .venv/bin/python benchmarks/storage_path.py [--quick] [--workdir DIR] [--fsync-only | --no-fsync-only]
-                                                [--sets 1MiB,4KiB] [--markdown] [--keep]
+                                                [--repeat N] [--sets 1MiB,4KiB] [--markdown] [--keep]
 
 For each data set (1000 x 1 MiB, 200 x 8 MiB, 20 x 100 MiB, 5000 x 4 KiB; --quick: a tenth) the files are
-generated once in a staging directory, then for each mode the receiver and sender are started on free loopback
-ports, every staged file is renamed into the watched source directory at once, and the run lasts until the last
-file appears at its final name in the target (IN_MOVED_TO). Latency: 200 x 1 MiB written and renamed in at
-50 files/s, each file timed from its rename to its arrival. See benchmarks/README.md.
+generated once in a staging directory. Each mode then runs --repeat times (order rotated) and the median run
+is reported: for HiDRA a receiver and a sender are started on free loopback ports, every staged file is renamed
+into the watched source directory at once, and the run lasts until the last file appears at its final name in
+the target (IN_MOVED_TO). Latency: 200 x 1 MiB written and renamed in at 50 files/s, each file timed from its
+rename to its arrival. See benchmarks/README.md for what is measured and why.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -26,7 +28,7 @@ from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import (MiB, ArrivalWatcher, Child, DataSet, Result, generate, move_all,  # noqa: E402
-                      percentile, stop_all, thread_share, verify)
+                      percentile, stop_all, thread_share, verify, warm_memory)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HIDRA = [sys.executable, "-m", "hidra_core"]
@@ -34,6 +36,8 @@ CHUNKSIZE = 10 * MiB  # sender.chunksize default: what the raw zmq baseline send
 SETS = [DataSet("1MiB", 1000, MiB), DataSet("8MiB", 200, 8 * MiB), DataSet("100MiB", 20, 100 * MiB),
         DataSet("4KiB", 5000, 4096)]
 LATENCY_FILES, LATENCY_RATE = 200, 50.0
+MANY_FILES = 500  # trees with this many files are deleted only after their data set (see Bench.settle)
+EXT4_RECENT_S = 35.0  # ext4 without a journal skips inodes deleted in the last 30 s (+5 s if dirty)
 
 
 def cpu_sample(*children: Child) -> list[tuple[float, dict[str, float]]]:
@@ -49,22 +53,46 @@ def cpu_account(result: Result, children: tuple[Child, Child], before: list, wal
 
 
 class Bench:
-    def __init__(self, work: str, timeout: float, keep: bool) -> None:
-        self.work = work
-        self.timeout = timeout
-        self.keep = keep
+    def __init__(self, work: str, timeout: float, keep: bool, warmup: bool) -> None:
+        self.work, self.timeout, self.keep, self.warmup = work, timeout, keep, warmup
         self.staging = os.path.join(work, "staging")
         self._runs = 0
+        self._deferred: list[str] = []
+        self._mass_delete_at = -math.inf
 
     def rundir(self, label: str) -> str:
         self._runs += 1
-        path = os.path.join(self.work, f"run{self._runs:02d}-{label}")
+        path = os.path.join(self.work, f"run{self._runs:03d}-{label}")
         os.makedirs(path)
         return path
 
-    def done(self, run: str) -> None:
-        if not self.keep:
+    def done(self, run: str, files: int) -> None:
+        """Delete a finished run; trees of many files wait for the end of the data set (``flush``)."""
+        if self.keep:
+            return
+        if files >= MANY_FILES:
+            self._deferred.append(run)
+        else:
             shutil.rmtree(run)
+
+    def flush(self) -> None:
+        if self._deferred:
+            for path in self._deferred:
+                shutil.rmtree(path, ignore_errors=True)
+            self._deferred.clear()
+            self._mass_delete_at = time.monotonic()
+
+    def settle(self, nbytes: int = 0) -> None:
+        """Before a measurement: ext4 without a journal (this disk) scans past every inode deleted in the last
+        30 s when it allocates one, which cuts small-file creation several-fold, so wait that out; flush
+        dirty pages so no run pays for another's; make ``nbytes`` of RAM resident (see warm_memory)."""
+        wait = self._mass_delete_at + EXT4_RECENT_S - time.monotonic()
+        if wait > 0:
+            print(f"# waiting {wait:.0f} s for ext4's recently-deleted inode window", file=sys.stderr)
+            time.sleep(wait)
+        os.sync()
+        if self.warmup and nbytes:
+            warm_memory(nbytes)
 
     # -- a real receiver and sender ----------------------------------------------------------------------
 
@@ -79,6 +107,8 @@ class Bench:
         ready = receiver.wait_for(r"hidra receiver ready: data (\S+), confirmations (\S+),", 60)
         sender = Child([*HIDRA, "sender", "--set", f"sender.source.inotify.path={run}/source",
                         "--set", f"sender.storage.data={ready[1]}", "--set", f"sender.storage.confirmations={ready[2]}",
+                        "--set", "sender.clients.com=tcp://127.0.0.1:0",  # no fixed ports; no client registers
+                        "--set", "sender.clients.request=tcp://127.0.0.1:0",
                         "--set", f"sender.ledger.path={run}/state/ledger.sqlite"], f"{run}/sender.log")
         sender.wait_for(r"hidra sender ready", 60)
         sender.wait_for(r"storage receiver is up", 60)  # the link is live: the first file goes out at once
@@ -94,21 +124,22 @@ class Bench:
         result = Result(ds.name, f"hidra {'fsync' if fsync else 'no-fsync'}")
         run = self.rundir(f"{ds.name}-{'fsync' if fsync else 'nofsync'}")
         staged, names = os.path.join(self.staging, ds.name), ds.names()
-        os.sync()  # nothing else left dirty for the receiver's syncfs() to flush
+        self.settle()
         sender, receiver = self.start_pair(run, fsync)
         watcher = ArrivalWatcher(f"{run}/target", names)
         watcher.start()
         moved = False
         try:
+            if self.warmup:
+                warm_memory(int(2.5 * ds.total))
             cpu0, start = cpu_sample(sender, receiver), time.monotonic()
             move_all(names, staged, f"{run}/source")
             moved = True
             complete = watcher.wait(self.timeout)
             end = max(watcher.arrivals.values()) if complete else time.monotonic()
-            wall = end - start
-            cpu_account(result, (sender, receiver), cpu0, wall)
+            cpu_account(result, (sender, receiver), cpu0, end - start)
             if complete:
-                result.files_s, result.mib_s = ds.count / wall, ds.total / MiB / wall
+                result.files_s, result.mib_s = ds.count / (end - start), ds.total / MiB / (end - start)
                 result.status = verify(names, f"{run}/source", f"{run}/target", ds.size) or "ok"
             else:
                 result.status = f"FAILED: {len(watcher.arrivals)}/{ds.count} files after {self.timeout:.0f} s"
@@ -117,22 +148,24 @@ class Bench:
             self.stop_pair(result, sender, receiver)
             if moved:
                 move_all(names, f"{run}/source", staged)
-            self.done(run)
+            self.done(run, ds.count)
         return result
 
     def hidra_latency(self, fsync: bool) -> Result:
-        result = Result(f"lat {LATENCY_FILES}x1MiB@{LATENCY_RATE:.0f}/s", f"hidra {'fsync' if fsync else 'no-fsync'}")
+        result = Result(f"latency {LATENCY_FILES}x1MiB@{LATENCY_RATE:.0f}/s", f"hidra {'fsync' if fsync else 'no-fsync'}")
         run = self.rundir(f"latency-{'fsync' if fsync else 'nofsync'}")
         names = DataSet("lat", LATENCY_FILES, MiB).names()
         os.makedirs(f"{run}/write")
-        os.sync()
+        self.settle()
         sender, receiver = self.start_pair(run, fsync)
         watcher = ArrivalWatcher(f"{run}/target", names)
         watcher.start()
         try:
+            if self.warmup:
+                warm_memory(3 * LATENCY_FILES * MiB)
             closed: dict[str, float] = {}
             cpu0, start = cpu_sample(sender, receiver), time.monotonic()
-            for i, name in enumerate(names):
+            for i, name in enumerate(names):  # write each file just in time, then rename it in: its "close"
                 data = os.urandom(MiB)
                 time.sleep(max(0.0, start + i / LATENCY_RATE - time.monotonic()))
                 with open(f"{run}/write/{name}", "wb") as out:
@@ -140,46 +173,47 @@ class Bench:
                 os.rename(f"{run}/write/{name}", f"{run}/source/{name}")
                 closed[name] = time.monotonic()
             complete = watcher.wait(self.timeout)
-            wall = time.monotonic() - start
-            cpu_account(result, (sender, receiver), cpu0, wall)
+            cpu_account(result, (sender, receiver), cpu0, time.monotonic() - start)
             if complete:
                 delays = [1000 * (watcher.arrivals[n] - closed[n]) for n in names]
                 result.p50_ms, result.p99_ms = percentile(delays, 50), percentile(delays, 99)
                 result.files_s = len(names) / (max(watcher.arrivals.values()) - start)
-                result.mib_s = result.files_s
+                result.mib_s = result.files_s  # 1 MiB files
                 result.status = verify(names, f"{run}/source", f"{run}/target", MiB) or "ok"
             else:
                 result.status = f"FAILED: {len(watcher.arrivals)}/{len(names)} files after {self.timeout:.0f} s"
         finally:
             watcher.close()
             self.stop_pair(result, sender, receiver)
-            self.done(run)
+            self.done(run, len(names))
         return result
 
     # -- baselines -----------------------------------------------------------------------------------------
 
     def copy(self, ds: DataSet) -> list[Result]:
+        """``cp -r`` of the staged set, then ``sync``: one run gives both the cp and the cp+sync figure."""
         run = self.rundir(f"{ds.name}-cp")
         dest = os.path.join(run, "dest")
-        os.sync()
+        self.settle(int(2.5 * ds.total))
         start = time.monotonic()
         subprocess.run(["cp", "-r", os.path.join(self.staging, ds.name), dest], check=True, timeout=self.timeout)
         copied = time.monotonic()
         subprocess.run(["sync"], check=True, timeout=self.timeout)
         synced = time.monotonic()
         problem = verify(ds.names(), os.path.join(self.staging, ds.name), dest, ds.size) or "ok"
-        self.done(run)
-        os.sync()
+        self.done(run, ds.count)
         return [Result(ds.name, mode, ds.count / wall, ds.total / MiB / wall, status=problem)
                 for mode, wall in (("cp+sync", synced - start), ("cp", copied - start))]
 
     def raw_zmq(self, ds: DataSet) -> Result:
+        """The same bytes as the sender's wire messages (files cut in chunks of CHUNKSIZE) over PUSH/PULL."""
         size = min(ds.size, CHUNKSIZE)
         count = ds.count * max(1, math.ceil(ds.size / CHUNKSIZE))
         result = Result(ds.name, "raw zmq")
         if size != ds.size:
-            result.notes.append(f"{count} messages of {size // MiB} MiB (the sender's chunks)")
+            result.notes.append(f"{count} messages of {size // MiB} MiB")
         run = self.rundir(f"{ds.name}-zmq")
+        self.settle(int(2.5 * ds.total))
         worker = [sys.executable, os.path.join(HERE, "_rawzmq.py")]
         pull = Child([*worker, "pull", str(size), str(count)], f"{run}/pull.log")
         try:
@@ -195,14 +229,33 @@ class Bench:
             result.status = f"FAILED: {exc}"
         finally:
             stop_all()
-            self.done(run)
+            self.done(run, 0)
         return result
 
 
 # -- report ------------------------------------------------------------------------------------------------
 
-COLUMNS = ["set", "mode", "files/s", "MiB/s", "p50/p99 ms", "peak RSS snd/rcv MiB", "CPU% snd/rcv",
-           "x cp+sync", "x raw zmq", "status"]
+def median_run(runs: list[Result]) -> Result:
+    """The run with the median MiB/s (latency: median p50), its RSS the highest of all runs."""
+    ok = [r for r in runs if r.status == "ok"]
+    if not ok:
+        return runs[-1]
+    latency = ok[0].p50_ms is not None
+    ok.sort(key=lambda r: r.p50_ms if latency else -(r.mib_s or 0))
+    out = dataclasses.replace(ok[(len(ok) - 1) // 2], notes=list(ok[(len(ok) - 1) // 2].notes))
+    out.rss = tuple(max((x for x in col if x is not None), default=None) for col in zip(*(r.rss for r in ok)))
+    if len(ok) > 1 and not latency:
+        out.spread = (min(r.mib_s or 0 for r in ok), max(r.mib_s or 0 for r in ok))
+    elif len(ok) > 1:
+        out.notes.append("p50 over runs " + "/".join(f"{r.p50_ms:.1f}" for r in ok))
+    failed = [r for r in runs if r.status != "ok"]
+    if failed:
+        out.notes.append(f"{len(failed)} of {len(runs)} runs {failed[0].status}")
+    return out
+
+
+COLUMNS = ["set", "mode", "files/s", "MiB/s", "MiB/s min-max", "p50/p99 ms", "peak RSS snd/rcv MiB",
+           "CPU% snd/rcv", "x cp+sync", "x raw zmq", "status"]
 
 
 def _num(value: float | None, digits: int = 0) -> str:
@@ -215,11 +268,12 @@ def rows(results: list[Result]) -> list[list[str]]:
         ref = {x.mode: x.mib_s for x in results if x.set == r.set and x.status == "ok"}
         ratio = [(_num(r.mib_s / ref[m], 2) if r.mib_s and ref.get(m) and r.mode != m else "-")
                  for m in ("cp+sync", "raw zmq")]
+        spread = "-" if r.spread is None else f"{r.spread[0]:,.0f}-{r.spread[1]:,.0f}"
         lat = "-" if r.p50_ms is None else f"{r.p50_ms:.1f} / {r.p99_ms:.1f}"
         rss = "-" if r.rss == (None, None) else " / ".join(_num(x and x / MiB) for x in r.rss)
         cpu = "-" if r.cpu == (None, None) else " / ".join(_num(x) for x in r.cpu)
-        status = "; ".join([r.status, *r.notes])
-        table.append([r.set, r.mode, _num(r.files_s), _num(r.mib_s), lat, rss, cpu, *ratio, status])
+        table.append([r.set, r.mode, _num(r.files_s), _num(r.mib_s), spread, lat, rss, cpu, *ratio,
+                      "; ".join([r.status, *r.notes])])
     return table
 
 
@@ -230,11 +284,11 @@ def print_table(results: list[Result], markdown: bool) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     threads = [f"{r.set} {r.mode}: {r.threads}" for r in results if r.threads]
     if threads:
-        print("\nCPU per thread (% of one core; main = router loop / receive loop, py-N = source / commit thread):")
+        print("\nCPU per thread of the median run (% of one core; main = router loop / receive loop, py-N = source "
+              "or commit thread):")
         print("\n".join(f"  {line}" for line in threads))
     if markdown:
-        print()
-        print("| " + " | ".join(COLUMNS) + " |")
+        print("\n| " + " | ".join(COLUMNS) + " |")
         print("|" + "|".join("---" for _ in COLUMNS) + "|")
         for row in table:
             print("| " + " | ".join(row) + " |")
@@ -244,30 +298,43 @@ def print_table(results: list[Result], markdown: bool) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="a tenth of the files in every set")
+    p.add_argument("--quick", action="store_true", help="a tenth of the files in every set, one run per mode")
     p.add_argument("--workdir", metavar="DIR", help="where staging and runs go (default: a new dir under /tmp)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--fsync-only", action="store_true", help="only run HiDRA with receiver.files.fsync=true")
     mode.add_argument("--no-fsync-only", action="store_true", help="only run HiDRA with receiver.files.fsync=false")
+    p.add_argument("--repeat", type=int, metavar="N", help="runs per mode, median reported (default 3; --quick 1)")
     p.add_argument("--sets", default=",".join(s.name for s in SETS), help="comma-separated subset of the data sets")
     p.add_argument("--no-latency", action="store_true", help="skip the latency runs")
+    p.add_argument("--no-warmup", action="store_true", help="do not make RAM resident before each run")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before a run counts as failed")
     p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     return p.parse_args(argv)
 
 
-def attempt(results: list[Result], label: str, run: Callable[[], list[Result]]) -> None:
-    """Run one measurement; a failure is reported as a row and the benchmark goes on."""
+def attempt(runs: list[Result], label: str, run: Callable[[], list[Result]]) -> None:
+    """Run one measurement; a failure is recorded as a result and the benchmark goes on."""
     try:
         new = run()
     except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
         new = [Result(label, "?", status=f"FAILED: {exc}")]
         stop_all()
     for r in new:
-        print(f"# {r.set} {r.mode}: {_num(r.files_s)} files/s, {_num(r.mib_s)} MiB/s, {r.status}"
-              + (f" [CPU {r.threads}]" if r.threads else ""), file=sys.stderr)
-    results += new
+        print(f"# {r.set} {r.mode}: {_num(r.files_s)} files/s, {_num(r.mib_s)} MiB/s"
+              + ("" if r.p50_ms is None else f", p50 {r.p50_ms:.1f} ms p99 {r.p99_ms:.1f} ms")
+              + f", {r.status}" + (f" [CPU {r.threads}]" if r.threads else ""), file=sys.stderr)
+    runs += new
+
+
+def measure(plan: dict[str, Callable[[], list[Result]]], label: str, repeat: int) -> list[Result]:
+    """Every entry of ``plan`` ``repeat`` times, in rotated order; the median run of each mode."""
+    names, runs = list(plan), []
+    for rep in range(repeat):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            attempt(runs, label, plan[name])
+    modes = list(dict.fromkeys(r.mode for r in runs))
+    return [median_run([r for r in runs if r.mode == m]) for m in modes]
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -279,27 +346,27 @@ def main(argv: list[str] | None = None) -> int:
     sets = [s for s in SETS if s.name in args.sets.split(",")]
     if args.quick:
         sets = [DataSet(s.name, max(1, s.count // 10), s.size) for s in sets]
+    repeat = args.repeat or (1 if args.quick else 3)
     modes = [m for m in (True, False) if not (args.fsync_only and not m) and not (args.no_fsync_only and m)]
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="hidra-bench-", dir=args.workdir)
     signal.signal(signal.SIGTERM, _interrupt)
-    bench, results = Bench(work, args.timeout, args.keep), []
+    bench, results = Bench(work, args.timeout, args.keep, not args.no_warmup), []
     print(f"# {datetime.now().isoformat(timespec='seconds')}  work dir {work}", file=sys.stderr)
     try:
         for ds in sets:
             print(f"# generating {ds.count} x {ds.size} B ...", file=sys.stderr)
             generate(os.path.join(bench.staging, ds.name), ds)
-            os.sync()
-            for fsync in modes:
-                attempt(results, ds.name, lambda: [bench.hidra_throughput(ds, fsync)])
-            attempt(results, ds.name, lambda: bench.copy(ds))
-            attempt(results, ds.name, lambda: [bench.raw_zmq(ds)])
-            if not args.keep:
-                shutil.rmtree(os.path.join(bench.staging, ds.name))
+            plan = {f"hidra {m}": (lambda m=m: [bench.hidra_throughput(ds, m)]) for m in modes}
+            plan["cp"] = lambda: bench.copy(ds)
+            plan["raw zmq"] = lambda: [bench.raw_zmq(ds)]
+            results += measure(plan, ds.name, repeat)
+            bench.done(os.path.join(bench.staging, ds.name), ds.count)
+            bench.flush()
         if not args.no_latency:
-            for fsync in modes:
-                attempt(results, "latency", lambda: [bench.hidra_latency(fsync)])
+            plan = {f"hidra {m}": (lambda m=m: [bench.hidra_latency(m)]) for m in modes}
+            results += measure(plan, "latency", repeat)
     except KeyboardInterrupt:
         print("# interrupted", file=sys.stderr)
         return 130

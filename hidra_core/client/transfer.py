@@ -186,7 +186,8 @@ class Transfer:
 
         ``port``: None (the one local port registered by ``initiate``), a port number, or ``[host, port]`` to
         bind one interface; port 0 picks a free port. ``whitelist``: hosts allowed to send data (None: anyone).
-        ``data_socket_prop`` is the 4.x name of ``port``.
+        The whitelist runs a ZAP handler, of which a ZeroMQ context can hold only one. ``data_socket_prop`` is
+        the 4.x name of ``port``.
         """
         if self._closed:
             raise HidraClientError("this Transfer is closed")
@@ -230,7 +231,13 @@ class Transfer:
         if not addresses:
             raise ValueError(f"whitelist {list(whitelist)!r} allows nobody; pass None to accept any sender")
         auth = ThreadAuthenticator(self.context, log=logging.getLogger(f"{__name__}.zap"))
-        auth.start()
+        try:
+            auth.start()
+        except zmq.ZMQError as exc:
+            auth.stop()
+            # NOTE: libzmq allows one ZAP handler per context, at a fixed inproc endpoint.
+            raise HidraClientError("whitelist: this ZeroMQ context already runs a ZAP handler; give each "
+                                   "Transfer with a whitelist its own context (the default)") from exc
         auth.allow(*sorted(addresses))
         self._auth = auth
 

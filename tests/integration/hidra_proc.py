@@ -39,8 +39,15 @@ def write_file(path: Path, size: int) -> None:
 
 
 def tree(root: Path) -> dict[str, int]:
-    """relative path -> size of every regular file below root."""
-    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+    """relative path -> size of every regular file below root (files vanishing meanwhile are left out)."""
+    out = {}
+    for p in root.rglob("*"):
+        try:
+            if p.is_file():
+                out[str(p.relative_to(root))] = p.stat().st_size
+        except FileNotFoundError:
+            continue
+    return out
 
 
 def intact(root: Path, rel: str, size: int) -> bool:
