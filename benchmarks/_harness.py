@@ -16,6 +16,7 @@ from inotify_simple import INotify, flags
 MiB = 1 << 20
 
 _children: list["Child"] = []  # every child still running; stop_all() ends them
+_our_pids: set[int] = {os.getpid()}  # this benchmark and every child it ever started
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Result:
     cpu: tuple[float | None, float | None] = (None, None)  # sender / receiver CPU %, 100 = one core
     threads: str = ""  # CPU per thread of sender and receiver
     spread: tuple[float, float] | None = None  # lowest and highest MiB/s over the repeats
+    other_cpu: float | None = None  # CPU % of other users' processes during the run (a shared machine)
     status: str = "ok"
     notes: list[str] = field(default_factory=list)
 
@@ -57,6 +59,7 @@ class Child:
         self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
         _children.append(self)
+        _our_pids.add(self.popen.pid)
         self.ps = psutil.Process(self.popen.pid)
 
     def output(self) -> str:
@@ -74,7 +77,8 @@ class Child:
                 raise RuntimeError(f"{os.path.basename(self.log_path)}: exited with {self.popen.returncode}: "
                                    f"{self.output()[-800:]}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{os.path.basename(self.log_path)}: no {pattern!r} within {timeout:.0f} s: {self.output()[-800:]}")
+                raise TimeoutError(f"{os.path.basename(self.log_path)}: no {pattern!r} within {timeout:.0f} s: "
+                                   f"{self.output()[-800:]}")
             time.sleep(0.02)
 
     def cpu_seconds(self) -> float:
@@ -126,6 +130,34 @@ def thread_share(before: dict[str, float], after: dict[str, float], wall: float)
     """"name 57%, ..." for the threads that used at least 1% of a core between two ``thread_cpu`` samples."""
     shares = {name: 100 * (after[name] - before.get(name, 0.0)) / wall for name in after}
     return ", ".join(f"{name} {pct:.0f}%" for name, pct in sorted(shares.items(), key=lambda x: -x[1]) if pct >= 1)
+
+
+def _process_ticks() -> dict[int, int]:
+    """CPU ticks (user + system) of every user-space process."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if not int(fields[6]) & 0x00200000:  # PF_KTHREAD: kernel threads (writeback, ...) work for us too
+            out[int(entry)] = int(fields[11]) + int(fields[12])
+    return out
+
+
+class OtherLoad:
+    """CPU used by processes that are not this benchmark's: on a shared machine, what competed with a run."""
+
+    def __init__(self) -> None:
+        self._start, self._t0 = _process_ticks(), time.monotonic()
+
+    def percent(self) -> float:
+        end, wall = _process_ticks(), time.monotonic() - self._t0
+        ticks = sum(v - self._start.get(pid, 0) for pid, v in end.items() if pid not in _our_pids)
+        return 100 * ticks / os.sysconf("SC_CLK_TCK") / wall
 
 
 def stop_all() -> None:

@@ -28,7 +28,7 @@ from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import (MiB, ArrivalWatcher, Child, DataSet, Result, generate, move_all,  # noqa: E402
-                      percentile, stop_all, thread_share, verify, warm_memory)
+                      OtherLoad, percentile, stop_all, thread_share, verify, warm_memory)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HIDRA = [sys.executable, "-m", "hidra_core"]
@@ -132,12 +132,13 @@ class Bench:
         try:
             if self.warmup:
                 warm_memory(int(2.5 * ds.total))
-            cpu0, start = cpu_sample(sender, receiver), time.monotonic()
+            cpu0, others, start = cpu_sample(sender, receiver), OtherLoad(), time.monotonic()
             move_all(names, staged, f"{run}/source")
             moved = True
             complete = watcher.wait(self.timeout)
             end = max(watcher.arrivals.values()) if complete else time.monotonic()
             cpu_account(result, (sender, receiver), cpu0, end - start)
+            result.other_cpu = others.percent()
             if complete:
                 result.files_s, result.mib_s = ds.count / (end - start), ds.total / MiB / (end - start)
                 result.status = verify(names, f"{run}/source", f"{run}/target", ds.size) or "ok"
@@ -152,7 +153,8 @@ class Bench:
         return result
 
     def hidra_latency(self, fsync: bool) -> Result:
-        result = Result(f"latency {LATENCY_FILES}x1MiB@{LATENCY_RATE:.0f}/s", f"hidra {'fsync' if fsync else 'no-fsync'}")
+        result = Result(f"latency {LATENCY_FILES}x1MiB@{LATENCY_RATE:.0f}/s",
+                        f"hidra {'fsync' if fsync else 'no-fsync'}")
         run = self.rundir(f"latency-{'fsync' if fsync else 'nofsync'}")
         names = DataSet("lat", LATENCY_FILES, MiB).names()
         os.makedirs(f"{run}/write")
@@ -164,7 +166,7 @@ class Bench:
             if self.warmup:
                 warm_memory(3 * LATENCY_FILES * MiB)
             closed: dict[str, float] = {}
-            cpu0, start = cpu_sample(sender, receiver), time.monotonic()
+            cpu0, others, start = cpu_sample(sender, receiver), OtherLoad(), time.monotonic()
             for i, name in enumerate(names):  # write each file just in time, then rename it in: its "close"
                 data = os.urandom(MiB)
                 time.sleep(max(0.0, start + i / LATENCY_RATE - time.monotonic()))
@@ -174,6 +176,7 @@ class Bench:
                 closed[name] = time.monotonic()
             complete = watcher.wait(self.timeout)
             cpu_account(result, (sender, receiver), cpu0, time.monotonic() - start)
+            result.other_cpu = others.percent()
             if complete:
                 delays = [1000 * (watcher.arrivals[n] - closed[n]) for n in names]
                 result.p50_ms, result.p99_ms = percentile(delays, 50), percentile(delays, 99)
@@ -195,14 +198,15 @@ class Bench:
         run = self.rundir(f"{ds.name}-cp")
         dest = os.path.join(run, "dest")
         self.settle(int(2.5 * ds.total))
-        start = time.monotonic()
+        others, start = OtherLoad(), time.monotonic()
         subprocess.run(["cp", "-r", os.path.join(self.staging, ds.name), dest], check=True, timeout=self.timeout)
         copied = time.monotonic()
         subprocess.run(["sync"], check=True, timeout=self.timeout)
         synced = time.monotonic()
+        other_cpu = others.percent()
         problem = verify(ds.names(), os.path.join(self.staging, ds.name), dest, ds.size) or "ok"
         self.done(run, ds.count)
-        return [Result(ds.name, mode, ds.count / wall, ds.total / MiB / wall, status=problem)
+        return [Result(ds.name, mode, ds.count / wall, ds.total / MiB / wall, status=problem, other_cpu=other_cpu)
                 for mode, wall in (("cp+sync", synced - start), ("cp", copied - start))]
 
     def raw_zmq(self, ds: DataSet) -> Result:
@@ -215,7 +219,7 @@ class Bench:
         run = self.rundir(f"{ds.name}-zmq")
         self.settle(int(2.5 * ds.total))
         worker = [sys.executable, os.path.join(HERE, "_rawzmq.py")]
-        pull = Child([*worker, "pull", str(size), str(count)], f"{run}/pull.log")
+        pull, others = Child([*worker, "pull", str(size), str(count)], f"{run}/pull.log"), OtherLoad()
         try:
             endpoint = pull.wait_for(r"ready (\S+)", 60)[1]
             push = Child([*worker, "push", endpoint, str(size), str(count)], f"{run}/push.log")
@@ -225,6 +229,7 @@ class Bench:
             result.files_s = (count - 1) / wall / (count / ds.count)
             result.mib_s = (count - 1) * size / MiB / wall
             result.rss = (sent["peak_rss"], got["peak_rss"])
+            result.other_cpu = others.percent()
         except (RuntimeError, TimeoutError) as exc:
             result.status = f"FAILED: {exc}"
         finally:
@@ -255,7 +260,7 @@ def median_run(runs: list[Result]) -> Result:
 
 
 COLUMNS = ["set", "mode", "files/s", "MiB/s", "MiB/s min-max", "p50/p99 ms", "peak RSS snd/rcv MiB",
-           "CPU% snd/rcv", "x cp+sync", "x raw zmq", "status"]
+           "CPU% snd/rcv", "other CPU%", "x cp+sync", "x raw zmq", "status"]
 
 
 def _num(value: float | None, digits: int = 0) -> str:
@@ -272,7 +277,7 @@ def rows(results: list[Result]) -> list[list[str]]:
         lat = "-" if r.p50_ms is None else f"{r.p50_ms:.1f} / {r.p99_ms:.1f}"
         rss = "-" if r.rss == (None, None) else " / ".join(_num(x and x / MiB) for x in r.rss)
         cpu = "-" if r.cpu == (None, None) else " / ".join(_num(x) for x in r.cpu)
-        table.append([r.set, r.mode, _num(r.files_s), _num(r.mib_s), spread, lat, rss, cpu, *ratio,
+        table.append([r.set, r.mode, _num(r.files_s), _num(r.mib_s), spread, lat, rss, cpu, _num(r.other_cpu), *ratio,
                       "; ".join([r.status, *r.notes])])
     return table
 
@@ -323,7 +328,8 @@ def attempt(runs: list[Result], label: str, run: Callable[[], list[Result]]) -> 
     for r in new:
         print(f"# {r.set} {r.mode}: {_num(r.files_s)} files/s, {_num(r.mib_s)} MiB/s"
               + ("" if r.p50_ms is None else f", p50 {r.p50_ms:.1f} ms p99 {r.p99_ms:.1f} ms")
-              + f", {r.status}" + (f" [CPU {r.threads}]" if r.threads else ""), file=sys.stderr)
+              + f", {r.status}" + (f" [CPU {r.threads}]" if r.threads else "")
+              + ("" if r.other_cpu is None else f" [other processes {r.other_cpu:.0f}%]"), file=sys.stderr)
     runs += new
 
 
