@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
@@ -97,8 +97,12 @@ class Transport(ABC):
 
     @abstractmethod
     def open_socket(self, context: zmq.Context, socket_type: int, endpoint: str, *, bind: bool,
-                    hwm: int) -> zmq.Socket:
-        """Create, configure (linger, HWM, keepalive) and bind or connect a socket, in the calling thread."""
+                    hwm: int, prepare: Callable[[zmq.Socket], None] | None = None) -> zmq.Socket:
+        """Create, configure (linger, HWM, keepalive) and bind or connect a socket, in the calling thread.
+
+        ``prepare`` is called with the configured socket *before* it binds or connects, e.g. to attach a
+        socket monitor that must not miss the first connection.
+        """
 
     @staticmethod
     def endpoint_of(socket: zmq.Socket) -> str:

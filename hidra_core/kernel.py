@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import zmq
 
@@ -42,8 +42,10 @@ class Endpoints:
                                                   self._source, f"{self._section}.transports.{scheme}")
         return self._drivers[scheme]
 
-    def open(self, socket_type: int, endpoint: str, *, bind: bool, hwm: int) -> zmq.Socket:
-        return self.driver(endpoint).open_socket(self.context, socket_type, endpoint, bind=bind, hwm=hwm)
+    def open(self, socket_type: int, endpoint: str, *, bind: bool, hwm: int,
+             prepare: Callable[[zmq.Socket], None] | None = None) -> zmq.Socket:
+        return self.driver(endpoint).open_socket(self.context, socket_type, endpoint, bind=bind, hwm=hwm,
+                                                 prepare=prepare)
 
     @staticmethod
     def bound(sock: zmq.Socket) -> str:

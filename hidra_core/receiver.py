@@ -122,7 +122,7 @@ class Receiver:
             sock = getattr(self, name, None)
             if sock is not None:
                 sock.close(linger=0)
-        self.context.term()
+        self.context.destroy(linger=0)  # the commit thread closed the PUB socket after its last confirmation
         log.info("hidra receiver stopped: %s", self.stats)
         self.host.shutdown(self)
 

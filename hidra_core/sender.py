@@ -128,7 +128,7 @@ class Sender:
         self.ledger.commit()
         counts = self.ledger.counts()
         self.ledger.close()
-        self.context.term()
+        self.context.destroy(linger=0)  # term() would hang forever on a socket an error path left open
         pending = len(self._in_flight) + len(self._queue)
         log.info("hidra sender stopped: %s; ledger %s; %d files pending (kept at the source, resumed at next start)",
                  self.stats, counts, pending)
@@ -163,15 +163,24 @@ class Sender:
                 self._take_confirmations()
             if self.data in ready:
                 self._pump(draining=drain_until is not None)
-            self.clients.on_ready(ready)
-            if now >= next_housekeeping:
+            housekeeping = now >= next_housekeeping
+            if housekeeping:
                 self._expire(now)
-                self.clients.housekeeping(now)
                 next_housekeeping = now + 0.5
+            self._serve_clients(ready, housekeeping)
             self.ledger.commit()
             if drain_until is not None and self._current is None and (
                     not self._in_flight or time.monotonic() > drain_until):
                 return
+
+    def _serve_clients(self, ready: dict[Any, int], housekeeping: bool) -> None:
+        # NOTE: analysis clients are best effort: a bug in serving them must never stop the storage path.
+        try:
+            self.clients.on_ready(ready)
+            if housekeeping:
+                self.clients.housekeeping(time.monotonic())
+        except Exception:
+            log.exception("serving analysis clients failed; the storage path goes on")
 
     def _link_up(self, now: float) -> bool:
         return self._legacy_ok or (self._receiver is not None and now - self._beacon_at < _BEACON_TIMEOUT_S)
@@ -252,7 +261,10 @@ class Sender:
         out = Outgoing(event, stat, iter(self.fetcher.chunks(event, stat, self.config.chunksize)),
                        self.config.chunksize, base)
         if self.clients.active:
-            out.deliveries = self.clients.plan(event.filename, stat.size, out.chunk_count)
+            try:
+                out.deliveries = self.clients.plan(event.filename, stat.size, out.chunk_count)
+            except Exception:  # clients are best effort; storage goes on
+                log.exception("choosing analysis clients for %s failed", event.file_id)
         if self.local is not None:
             parts = tuple(event.relative_path.split("/")) if event.relative_path else ()
             out.local = self.local.open(WriteTarget(self.local_root, parts, event.filename,
@@ -262,7 +274,11 @@ class Sender:
     def _side_copies(self, out: Outgoing, payload: Any) -> None:
         """After storage took a chunk: the same buffer to admitted clients and to the local copy."""
         if out.deliveries:
-            self.clients.send_chunk(out.deliveries, out.client_metadata(), payload, out.done)
+            try:
+                self.clients.send_chunk(out.deliveries, out.client_metadata(), payload, out.done)
+            except Exception:
+                log.exception("sending %s to analysis clients failed", out.event.file_id)
+                out.deliveries = []
         if out.local is not None:
             try:
                 self.local.write(out.local, payload)
@@ -285,7 +301,10 @@ class Sender:
         finally:
             out.local = None
         if out.deliveries:
-            self.clients.send_metadata(out.deliveries, out.client_metadata(source_path=self.local_root))
+            try:
+                self.clients.send_metadata(out.deliveries, out.client_metadata(source_path=self.local_root))
+            except Exception:
+                log.exception("sending metadata of %s to analysis clients failed", out.event.file_id)
 
     def _abandon(self, exc: BaseException) -> None:
         current, self._current = self._current, None

@@ -88,11 +88,13 @@ class ClientTargets:
         host, _, port = socket_id.rpartition(":")
         # NOTE: HWM above the budget: admission is decided by the budget, so an admitted file never meets
         # a full queue half-way.
-        sock = self.endpoints.open(zmq.PUSH, f"tcp://{host}:{port}", bind=False, hwm=self.budget_messages + 16)
+        monitors: list[zmq.Socket] = []
+        sock = self.endpoints.open(zmq.PUSH, f"tcp://{host}:{port}", bind=False, hwm=self.budget_messages + 16,
+                                   prepare=lambda s: monitors.append(s.get_monitor_socket(_MONITORED)))
         # NOTE: pyzmq copies frames under 64 KiB even with copy=False, and their trackers finish at once;
         # the budget needs every message tracked until libzmq has written it out.
         sock.copy_threshold = 0
-        monitor = sock.get_monitor_socket(_MONITORED)
+        monitor = monitors[0]
         target = ClientTarget(socket_id, sock, monitor)
         if self.poller is not None:
             self.poller.register(monitor, zmq.POLLIN)

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+from hidra_core.client._stream import MODES, stream
 from hidra_core.client._wire import CONNECTION_TYPES, PROTOCOL_VERSION
 from hidra_core.client.errors import (
     AuthenticationFailed,
@@ -15,7 +16,6 @@ from hidra_core.client.errors import (
     HidraClientError,
     VersionError,
 )
-from hidra_core.client._stream import MODES, stream
 from hidra_core.client.transfer import DEFAULT_SIGNAL_TIMEOUT_S, Transfer
 
 __all__ = [

@@ -56,10 +56,14 @@ def _is_metadata_only(meta: dict[str, Any], payload: Any) -> bool:
     """``b"null"`` marks a metadata-only message, unless the metadata says this chunk really is 4 bytes long."""
     if _payload_len(payload) != len(_NULL) or _frame_bytes(payload) != _NULL:
         return False
-    size, chunksize, number = meta.get("filesize"), meta.get("chunksize"), meta.get("chunk_number")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (size, chunksize, number)):
+    size, chunksize, number = (_int(meta.get(k)) for k in ("filesize", "chunksize", "chunk_number"))
+    if size is None or chunksize is None or number is None:
         return True
     return min(chunksize, size - number * chunksize) != len(_NULL)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class Reassembler:
@@ -89,19 +93,23 @@ class Reassembler:
         if is_alive_test(frames):
             return None
         if len(frames) != 2:
-            return self._drop(f"message with {len(frames)} frame(s) ignored")
+            self._drop(f"message with {len(frames)} frame(s) ignored")
+            return None
         try:
             meta = json.loads(_frame_bytes(frames[0]))
         except (UnicodeDecodeError, ValueError) as exc:
-            return self._drop(f"metadata frame is not JSON ({exc})")
+            self._drop(f"metadata frame is not JSON ({exc})")
+            return None
         if not isinstance(meta, dict):
-            return self._drop("metadata frame is not a JSON object")
+            self._drop("metadata frame is not a JSON object")
+            return None
         if self.metadata_only or _is_metadata_only(meta, frames[1]):
             return CompleteFile(meta, None)
         try:
             msg = decode_data(frames)
         except ProtocolError as exc:
-            return self._drop(f"undecodable data message: {exc}")
+            self._drop(f"undecodable data message: {exc}")
+            return None
         return self._add(msg)
 
     def _drop(self, why: str) -> None:
@@ -125,13 +133,15 @@ class Reassembler:
                 log.info("%s: chunk 0 again after %d chunk(s); the sender restarted the file", fid, partial.next_chunk)
             partial = self._start(msg)
         elif partial is None:
-            return self._drop(f"{fid}: chunk {number} without chunk 0, ignored")
+            self._drop(f"{fid}: chunk {number} without chunk 0, ignored")
+            return None
         elif number == partial.next_chunk - 1:
             log.debug("%s: chunk %d repeated, ignored", fid, number)
             return None
         elif number != partial.next_chunk:
             del self._partials[fid]
-            return self._drop(f"{fid}: chunk {number} where {partial.next_chunk} was due; file dropped")
+            self._drop(f"{fid}: chunk {number} where {partial.next_chunk} was due; file dropped")
+            return None
         partial.touched = time.monotonic()
         payload = _view(msg.payload)
         if not self._check_chunk(msg, payload, partial):
@@ -147,8 +157,8 @@ class Reassembler:
     def _is_last(msg: DataMessage) -> bool:
         if isinstance(msg.metadata.get("last_chunk"), bool):
             return msg.is_last
-        count = msg.metadata.get("chunk_count")
-        if isinstance(count, int) and not isinstance(count, bool):
+        count = _int(msg.metadata.get("chunk_count"))
+        if count is not None:
             return msg.chunk_number + 1 >= count
         return msg.is_last  # the 4.x rule of §6.2, applied by decode_data
 
@@ -190,10 +200,9 @@ class Reassembler:
             self._corrupt(msg, f"{size} bytes received, filesize says {msg.filesize}")
             return None
         expected = msg.metadata.get("file_checksum")
-        if isinstance(expected, str) and partial.file_hash is not None:
-            if partial.file_hash.hexdigest() != expected:
-                self._corrupt(msg, f"file fails its {partial.algorithm} checksum")
-                return None
+        if isinstance(expected, str) and partial.file_hash is not None and partial.file_hash.hexdigest() != expected:
+            self._corrupt(msg, f"file fails its {partial.algorithm} checksum")
+            return None
         metadata = dict(msg.metadata)
         metadata["chunk_number"] = None  # a reassembled file is no chunk (§6.4)
         return CompleteFile(metadata, bytes(partial.buf))

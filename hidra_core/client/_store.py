@@ -1,6 +1,7 @@
 """Writing a received file below a base directory: safe names only (§9 D5), atomically (temp file + rename)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from typing import Any, Collection
@@ -52,10 +53,8 @@ class FileStore:
                 os.utime(tmp, (mod_time, mod_time))
             os.replace(tmp, final)
         except BaseException:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
             raise
         _fsync_dir(directory)
         return final

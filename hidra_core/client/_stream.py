@@ -1,7 +1,7 @@
 """``stream()``: iterate over the files a sender delivers, registered for exactly as long as the loop runs."""
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Any, Generator, Sequence
 
 import zmq
 
@@ -23,7 +23,7 @@ def stream(host: str, *, port: int = 0, data_host: str | None = None, com_port: 
            request_port: int = 50001, pattern: str | Sequence[str] = ".*", mode: str = "stream",
            timeout: float | None = None, appid: str | None = None, prio: int = 1,
            context: zmq.Context | None = None, signal_timeout: float = DEFAULT_SIGNAL_TIMEOUT_S,
-           drop_corrupt: bool = False) -> Iterator[tuple[dict[str, Any], bytes | None]]:
+           drop_corrupt: bool = False) -> Generator[tuple[dict[str, Any], bytes | None], None, None]:
     """Yield ``(metadata, data)`` for each whole file the sender on ``host`` delivers.
 
     ``port`` 0 binds a free port (on ``data_host``, default all interfaces and this host's FQDN in the id).
@@ -50,7 +50,7 @@ def stream(host: str, *, port: int = 0, data_host: str | None = None, com_port: 
 def _iterate(host: str, connection_type: str, port: int, data_host: str | None, target_host: str, com_port: int,
              request_port: int, pattern: str | Sequence[str], prio: int, timeout_ms: float | None,
              appid: str | None, context: zmq.Context | None, signal_timeout: float,
-             drop_corrupt: bool) -> Iterator[tuple[dict[str, Any], bytes | None]]:
+             drop_corrupt: bool) -> Generator[tuple[dict[str, Any], bytes | None], None, None]:
     transfer = Transfer(connection_type, host, context=context, com_port=com_port, request_port=request_port,
                         signal_timeout=signal_timeout, drop_corrupt=drop_corrupt)
     try:

@@ -251,6 +251,8 @@ class Transfer:
     def get(self, timeout: float | None = None) -> list[Any]:
         """The next whole file as ``[metadata, data]``; ``data`` is None for metadata-only notices.
 
+        ``metadata`` is that of the file's last chunk with ``chunk_number`` set to None.
+
         ``timeout`` is in **milliseconds**, as in 4.x (None: wait for ever); on timeout ``[None, None]``. In the
         QUERY modes one ``NEXT`` is sent per call and a ``CANCEL`` on timeout. ``ChecksumError`` if the file is
         corrupt (unless ``drop_corrupt``).

@@ -18,6 +18,7 @@ Timeouts of ``get``/``get_chunk``/``store`` are in milliseconds, as in 4.x.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -68,6 +69,7 @@ def suffixes_to_regex(suffixes: Sequence[str]) -> str:
 
 
 def _socket(context: zmq.Context, kind: int) -> zmq.Socket:
+    # NOTE: HWMs stay at libzmq's defaults, as in a 4.x client; only linger is set, so tests never hang on close.
     sock = context.socket(kind)
     sock.linger = 0
     return sock
@@ -256,7 +258,7 @@ class LegacyClient:
             bind_host, id_host = "0.0.0.0", host
         elif isinstance(data_socket_prop, (list, tuple)):
             bind_host, port = data_socket_prop
-            id_host = socket.getfqdn(bind_host)
+            id_host = socket.getfqdn() if bind_host in ("0.0.0.0", "*") else socket.getfqdn(bind_host)
         else:
             bind_host, id_host, port = "0.0.0.0", socket.getfqdn(), data_socket_prop
         self._data = _socket(self.context, zmq.PULL)
@@ -356,10 +358,8 @@ class LegacyClient:
         """STOP_STREAM (both stream types) or STOP_QUERY_NEXT (both query types), reply ignored; close all."""
         if self.targets and self.signal_host:
             signal = "STOP_QUERY_NEXT" if self.is_query else "STOP_STREAM"
-            try:
+            with contextlib.suppress(CommunicationFailed):  # the reply is ignored, a missing one too
                 self.send_signal(signal, self.targets)
-            except CommunicationFailed:
-                pass
             self.targets = []
         self.close()
 

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Generator, Iterator
 
 import pytest
 import zmq
@@ -38,7 +38,8 @@ def client_context() -> Iterator[TrackingContext]:
     ctx.term()
 
 
-def _stream(sender: FakeSender, context: zmq.Context, **kwargs: Any) -> Iterator[tuple[dict[str, Any], Any]]:
+def _stream(sender: FakeSender, context: zmq.Context,
+            **kwargs: Any) -> Generator[tuple[dict[str, Any], Any], None, None]:
     return hidra_core.client.stream("127.0.0.1", com_port=sender.com_port, request_port=sender.request_port,
                                     data_host="127.0.0.1", context=context, **kwargs)
 

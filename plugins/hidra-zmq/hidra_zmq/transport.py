@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import zmq
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,7 +31,7 @@ class ZmqTransport(Transport):
     config_class = ZmqTransportConfig
 
     def open_socket(self, context: zmq.Context, socket_type: int, endpoint: str, *, bind: bool,
-                    hwm: int) -> zmq.Socket:
+                    hwm: int, prepare: Callable[[zmq.Socket], None] | None = None) -> zmq.Socket:
         scheme, sep, address = endpoint.partition("://")
         if not sep or scheme not in SCHEMES or not address:
             raise ValueError(f"endpoint {endpoint!r} is not tcp://host:port, ipc://path or inproc://name")
@@ -47,6 +48,8 @@ class ZmqTransport(Transport):
                 sock.heartbeat_timeout = cfg.heartbeat_timeout_ms
             if scheme == "tcp" and cfg.tcp_keepalive:
                 sock.tcp_keepalive = 1
+            if prepare is not None:
+                prepare(sock)
             if bind:
                 if scheme == "tcp" and address.endswith(":0"):
                     endpoint = endpoint[:-2] + ":*"  # port 0 means "any free port"
