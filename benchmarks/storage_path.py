@@ -37,7 +37,7 @@ SETS = [DataSet("1MiB", 1000, MiB), DataSet("8MiB", 200, 8 * MiB), DataSet("100M
         DataSet("4KiB", 5000, 4096)]
 LATENCY_FILES, LATENCY_RATE = 200, 50.0
 MANY_FILES = 500  # trees with this many files are deleted only after their data set (see Bench.settle)
-EXT4_RECENT_S = 35.0  # ext4 without a journal skips inodes deleted in the last 30 s (+5 s if dirty)
+EXT4_RECENT_S, EXT4_RECENT_MIN = 65.0, 100  # ext4 without a journal avoids inodes deleted < 60 s ago
 
 
 def cpu_sample(*children: Child) -> list[tuple[float, dict[str, float]]]:
@@ -57,8 +57,8 @@ class Bench:
         self.work, self.timeout, self.keep, self.warmup = work, timeout, keep, warmup
         self.staging = os.path.join(work, "staging")
         self._runs = 0
-        self._deferred: list[str] = []
-        self._mass_delete_at = -math.inf
+        self._deferred: list[tuple[str, int]] = []
+        self._deleted, self._deleted_at = 0, -math.inf  # inodes deleted lately, and when
 
     def rundir(self, label: str) -> str:
         self._runs += 1
@@ -71,25 +71,32 @@ class Bench:
         if self.keep:
             return
         if files >= MANY_FILES:
-            self._deferred.append(run)
+            self._deferred.append((run, files))
         else:
-            shutil.rmtree(run)
+            self._delete([(run, files)])
 
     def flush(self) -> None:
-        if self._deferred:
-            for path in self._deferred:
-                shutil.rmtree(path, ignore_errors=True)
-            self._deferred.clear()
-            self._mass_delete_at = time.monotonic()
+        self._delete(self._deferred)
+        self._deferred.clear()
+
+    def _delete(self, trees: list[tuple[str, int]]) -> None:
+        for path, files in trees:
+            shutil.rmtree(path, ignore_errors=True)
+            self._deleted += files
+            self._deleted_at = time.monotonic()
+        os.sync()  # clean inode tables: ext4 then shuns deleted inodes for 60 s, not 360 s
 
     def settle(self, nbytes: int = 0) -> None:
-        """Before a measurement: ext4 without a journal (this disk) scans past every inode deleted in the last
-        30 s when it allocates one, which cuts small-file creation several-fold, so wait that out; flush
-        dirty pages so no run pays for another's; make ``nbytes`` of RAM resident (see warm_memory)."""
-        wait = self._mass_delete_at + EXT4_RECENT_S - time.monotonic()
-        if wait > 0:
-            print(f"# waiting {wait:.0f} s for ext4's recently-deleted inode window", file=sys.stderr)
+        """Before a measurement. This disk is ext4 without a journal: allocating an inode there scans past every
+        inode deleted in the last 60 s, which cuts file creation from ~40,000/s to ~2,500/s, so wait that out
+        after deleting many files. Flush dirty pages, so no run pays for another's. Make ``nbytes`` of RAM
+        resident (see warm_memory)."""
+        wait = self._deleted_at + EXT4_RECENT_S - time.monotonic()
+        if self._deleted >= EXT4_RECENT_MIN and wait > 0:
+            print(f"# waiting {wait:.0f} s: ext4 shuns the {self._deleted} inodes just deleted", file=sys.stderr)
             time.sleep(wait)
+        if wait <= 0 or self._deleted >= EXT4_RECENT_MIN:
+            self._deleted = 0
         os.sync()
         if self.warmup and nbytes:
             warm_memory(nbytes)
@@ -361,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     bench, results = Bench(work, args.timeout, args.keep, not args.no_warmup), []
     print(f"# {datetime.now().isoformat(timespec='seconds')}  work dir {work}", file=sys.stderr)
     try:
+        if not args.no_latency:  # first: no file has been deleted yet (see Bench.settle)
+            plan = {f"hidra {m}": (lambda m=m: [bench.hidra_latency(m)]) for m in modes}
+            results += measure(plan, "latency", repeat)
         for ds in sets:
             print(f"# generating {ds.count} x {ds.size} B ...", file=sys.stderr)
             generate(os.path.join(bench.staging, ds.name), ds)
@@ -370,9 +380,6 @@ def main(argv: list[str] | None = None) -> int:
             results += measure(plan, ds.name, repeat)
             bench.done(os.path.join(bench.staging, ds.name), ds.count)
             bench.flush()
-        if not args.no_latency:
-            plan = {f"hidra {m}": (lambda m=m: [bench.hidra_latency(m)]) for m in modes}
-            results += measure(plan, "latency", repeat)
     except KeyboardInterrupt:
         print("# interrupted", file=sys.stderr)
         return 130

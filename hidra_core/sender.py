@@ -17,6 +17,7 @@ from collections import OrderedDict, deque
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from hidra_core.config import DriverChoice, InstanceConfig
 from hidra_core.dispatch import ClientDispatcher
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 
 _SLICE_S = 0.02  # longest the loop sends before it serves its other sockets again
 _BEACON_TIMEOUT_S = 3.0
+# NOTE: after connecting, wait this long for our receiver's beacon before assuming a receiver without one (a
+# HiDRA 4.x datareceiver); its confirmations carry no checksum, so they never allow removal unless
+# accept_legacy_confirmations is set.
+_BEACON_GRACE_S = 2.0
 # NOTE: events beyond this wait in the source's socket (then the kernel's inotify queue), which keeps the
 # sender's memory bounded on huge trees; an inotify overflow only costs a rescan, never a file.
 _MAX_QUEUED = 20_000
@@ -75,6 +80,7 @@ class Sender:
         self._stash: list[Any] | None = None
         self._receiver: bytes | None = None
         self._beacon_at = 0.0
+        self._connected_at: float | None = None  # storage data connection up since (monitor)
         self._legacy_ok = cfg.storage.accept_legacy_confirmations
         self._removing = cfg.storage.remove_source == "after_confirmation"
 
@@ -107,7 +113,11 @@ class Sender:
         self.events.linger = 0
         self.events.rcvhwm = 64
         self.events.bind(events_endpoint)
-        self.data = self.endpoints.open(zmq.PUSH, storage.data, bind=False, hwm=storage.hwm)
+        monitors: list[zmq.Socket] = []
+        events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        self.data = self.endpoints.open(zmq.PUSH, storage.data, bind=False, hwm=storage.hwm,
+                                        prepare=lambda sock: monitors.append(sock.get_monitor_socket(events)))
+        self.data_monitor = monitors[0]
         self.confirmations = self.endpoints.open(zmq.SUB, storage.confirmations, bind=False, hwm=1_000_000)
         self.confirmations.subscribe(self.topic)
         self.confirmations.subscribe(HEARTBEAT_TOPIC)
@@ -115,13 +125,16 @@ class Sender:
         self.poller.register(self.events, zmq.POLLIN)
         self.poller.register(self.confirmations, zmq.POLLIN)
         self.poller.register(self.data, 0)
+        self.poller.register(self.data_monitor, zmq.POLLIN)
         self.clients.open(self.poller)
 
     def _close(self) -> None:
         if self._current is not None:
             self._current.close()
         self.clients.close()
-        for name in ("events", "data", "confirmations"):
+        if getattr(self, "data_monitor", None) is not None:
+            self.data.disable_monitor()
+        for name in ("data_monitor", "events", "data", "confirmations"):
             sock = getattr(self, name, None)
             if sock is not None:
                 sock.close(linger=0)
@@ -161,6 +174,8 @@ class Sender:
                 self._take_events()
             if self.confirmations in ready:
                 self._take_confirmations()
+            if self.data_monitor in ready:
+                self._storage_connection()
             if self.data in ready:
                 self._pump(draining=drain_until is not None)
             housekeeping = now >= next_housekeeping
@@ -183,7 +198,18 @@ class Sender:
             log.exception("serving analysis clients failed; the storage path goes on")
 
     def _link_up(self, now: float) -> bool:
-        return self._legacy_ok or (self._receiver is not None and now - self._beacon_at < _BEACON_TIMEOUT_S)
+        """Send to storage while our receiver's beacon is fresh, or to a connected receiver that has none."""
+        if self._receiver is not None:
+            return now - self._beacon_at < _BEACON_TIMEOUT_S
+        return self._connected_at is not None and (self._legacy_ok or now - self._connected_at > _BEACON_GRACE_S)
+
+    def _storage_connection(self) -> None:
+        while self.data_monitor.poll(0):
+            event = recv_monitor_message(self.data_monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._connected_at = time.monotonic()
+            elif event == zmq.EVENT_DISCONNECTED:
+                self._connected_at = None
 
     def _enqueue(self, event: FileEvent, force: bool = False) -> None:
         fid = event.file_id
