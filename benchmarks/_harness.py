@@ -1,10 +1,12 @@
 """Helpers of storage_path.py: child processes, the arrival watcher, data sets and the result record."""
 from __future__ import annotations
 
+import fcntl
 import filecmp
 import os
 import re
 import signal
+import struct
 import subprocess
 import threading
 import time
@@ -252,6 +254,21 @@ def warm_memory(nbytes: int) -> None:
         available = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
     buf = bytearray(min(nbytes, available // 3))  # zero-filled: every page is written once
     del buf
+
+
+def set_topdir(path: str) -> bool:
+    """``chattr +T path``: ext4's Orlov allocator then spreads the subdirectories of ``path`` over block groups."""
+    get_flags, set_flags, topdir = 0x80086601, 0x40086602, 0x00020000  # FS_IOC_GETFLAGS/SETFLAGS, FS_TOPDIR_FL
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            flags = struct.unpack("l", fcntl.ioctl(fd, get_flags, struct.pack("l", 0)))[0]
+            fcntl.ioctl(fd, set_flags, struct.pack("l", flags | topdir))
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    return True
 
 
 def percentile(values: list[float], pct: float) -> float:

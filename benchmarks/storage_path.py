@@ -28,7 +28,8 @@ from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import (MiB, ArrivalWatcher, Child, DataSet, Result, generate, move_all,  # noqa: E402
-                      OtherLoad, percentile, stop_all, thread_share, verify, warm_memory)
+                      OtherLoad, percentile, set_topdir, stop_all, thread_share, verify,
+                      warm_memory)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HIDRA = [sys.executable, "-m", "hidra_core"]
@@ -36,7 +37,6 @@ CHUNKSIZE = 10 * MiB  # sender.chunksize default: what the raw zmq baseline send
 SETS = [DataSet("1MiB", 1000, MiB), DataSet("8MiB", 200, 8 * MiB), DataSet("100MiB", 20, 100 * MiB),
         DataSet("4KiB", 5000, 4096)]
 LATENCY_FILES, LATENCY_RATE = 200, 50.0
-MANY_FILES = 500  # trees with this many files are deleted only after their data set (see Bench.settle)
 EXT4_RECENT_S, EXT4_RECENT_MIN = 65.0, 100  # ext4 without a journal avoids inodes deleted < 60 s ago
 
 
@@ -57,8 +57,8 @@ class Bench:
         self.work, self.timeout, self.keep, self.warmup = work, timeout, keep, warmup
         self.staging = os.path.join(work, "staging")
         self._runs = 0
-        self._deferred: list[tuple[str, int]] = []
         self._deleted, self._deleted_at = 0, -math.inf  # inodes deleted lately, and when
+        self.topdir = set_topdir(work)
 
     def rundir(self, label: str) -> str:
         self._runs += 1
@@ -67,35 +67,24 @@ class Bench:
         return path
 
     def done(self, run: str, files: int) -> None:
-        """Delete a finished run; trees of many files wait for the end of the data set (``flush``)."""
         if self.keep:
             return
-        if files >= MANY_FILES:
-            self._deferred.append((run, files))
-        else:
-            self._delete([(run, files)])
-
-    def flush(self) -> None:
-        self._delete(self._deferred)
-        self._deferred.clear()
-
-    def _delete(self, trees: list[tuple[str, int]]) -> None:
-        for path, files in trees:
-            shutil.rmtree(path, ignore_errors=True)
-            self._deleted += files
-            self._deleted_at = time.monotonic()
-        os.sync()  # clean inode tables: ext4 then shuns deleted inodes for 60 s, not 360 s
+        shutil.rmtree(run, ignore_errors=True)
+        os.sync()  # clean inode tables: ext4 then shuns the deleted inodes for 60 s, not 360 s
+        if files:
+            self._deleted, self._deleted_at = self._deleted + files, time.monotonic()
 
     def settle(self, nbytes: int = 0) -> None:
-        """Before a measurement. This disk is ext4 without a journal: allocating an inode there scans past every
-        inode deleted in the last 60 s, which cuts file creation from ~40,000/s to ~2,500/s, so wait that out
-        after deleting many files. Flush dirty pages, so no run pays for another's. Make ``nbytes`` of RAM
-        resident (see warm_memory)."""
+        """Before a measurement. This disk is ext4 without a journal: allocating an inode scans past every inode
+        of its block group deleted in the last 60 s, which cuts file creation from ~40,000/s to ~2,500/s. The
+        work dir is marked a top directory, so each run's directory starts in a block group of its own and
+        deletions elsewhere do not matter; where that flag cannot be set, wait out the 60 s after deleting
+        many files. Then flush dirty pages, so no run pays for another's, and make ``nbytes`` of RAM resident
+        (see warm_memory)."""
         wait = self._deleted_at + EXT4_RECENT_S - time.monotonic()
-        if self._deleted >= EXT4_RECENT_MIN and wait > 0:
+        if not self.topdir and self._deleted >= EXT4_RECENT_MIN and wait > 0:
             print(f"# waiting {wait:.0f} s: ext4 shuns the {self._deleted} inodes just deleted", file=sys.stderr)
             time.sleep(wait)
-        if wait <= 0 or self._deleted >= EXT4_RECENT_MIN:
             self._deleted = 0
         os.sync()
         if self.warmup and nbytes:
@@ -366,9 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     work = tempfile.mkdtemp(prefix="hidra-bench-", dir=args.workdir)
     signal.signal(signal.SIGTERM, _interrupt)
     bench, results = Bench(work, args.timeout, args.keep, not args.no_warmup), []
-    print(f"# {datetime.now().isoformat(timespec='seconds')}  work dir {work}", file=sys.stderr)
+    print(f"# {datetime.now().isoformat(timespec='seconds')}  work dir {work}"
+          + ("" if bench.topdir else " (not a top directory: waits after deleting files)"), file=sys.stderr)
     try:
-        if not args.no_latency:  # first: no file has been deleted yet (see Bench.settle)
+        if not args.no_latency:
             plan = {f"hidra {m}": (lambda m=m: [bench.hidra_latency(m)]) for m in modes}
             results += measure(plan, "latency", repeat)
         for ds in sets:
@@ -379,7 +369,6 @@ def main(argv: list[str] | None = None) -> int:
             plan["raw zmq"] = lambda: [bench.raw_zmq(ds)]
             results += measure(plan, ds.name, repeat)
             bench.done(os.path.join(bench.staging, ds.name), ds.count)
-            bench.flush()
     except KeyboardInterrupt:
         print("# interrupted", file=sys.stderr)
         return 130

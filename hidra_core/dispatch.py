@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -31,11 +31,13 @@ class Delivery:
 
 
 class ClientDispatcher:
-    def __init__(self, config: ClientsConfig, endpoints: Any, version: str, storing: bool) -> None:
+    def __init__(self, config: ClientsConfig, endpoints: Any, version: str, storing: bool,
+                 authorize: Callable[[str, dict[str, Any]], bool | None] | None = None) -> None:
         self.config = config
         self.endpoints = endpoints
         self.resolver = HostResolver(config.lookup_timeout_s)
-        self.policy = AccessPolicy(self.resolver, config.whitelist, config.admin_hosts, config.allow_foreign_targets)
+        self.policy = AccessPolicy(self.resolver, config.whitelist, config.admin_hosts, config.allow_foreign_targets,
+                                   authorize)
         self.registries = {"streams": Registry("streams"), "queries": Registry("queries")}
         self.signals = SignalHandler(version, self.registries, self.policy, self.resolver, storing, self.status)
         self.targets = ClientTargets(endpoints, config.budget_messages, config.budget_bytes, config.registration_ttl_s)

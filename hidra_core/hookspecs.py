@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "hidra_add_options",
+    "hidra_authorize_receiver",
     "hidra_enrich_metadata",
     "hidra_on_plugin_error",
     "hidra_register_commands",
@@ -103,6 +104,28 @@ def hidra_enrich_metadata(event: FileEvent, metadata: Mapping[str, Any]) -> Mapp
         def hidra_enrich_metadata(event, metadata):
             if event.filename.endswith(".acme"):
                 return {"detector": "acme"}
+            return None
+    """
+
+
+@hookspec(firstresult=True)
+def hidra_authorize_receiver(host: str, request: Mapping[str, Any]) -> bool | None:
+    """Fires in the sender whenever an analysis client's host is checked, before the configured whitelist.
+
+    Return ``True`` to allow, ``False`` to refuse, or ``None`` to leave the decision to the whitelist
+    (``sender.clients.whitelist``). firstresult: the first implementation that returns a bool decides. An
+    implementation that raises refuses (fail closed) and is reported through ``hidra_on_plugin_error``. The
+    sender's com port has a 1 s reply window: cache lookups and bound their time (e.g. LDAP netgroups).
+
+    :param host: the host to check: a client's data host (FQDN), or the requesting peer's IP address.
+    :param request: ``{"purpose": "requester" | "target" | "admin", "peer": requesting IP or None}``.
+
+    Example::
+
+        @hookimpl
+        def hidra_authorize_receiver(host, request):
+            if request["purpose"] == "target":
+                return host in netgroups.members("beamline-p11-analysis")  # cached, bounded lookup
             return None
     """
 

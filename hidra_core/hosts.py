@@ -80,8 +80,10 @@ class AccessPolicy:
     """Checks requesters and target hosts against a whitelist (hidra4-protocol.md §3.2 step 4 and §9 D4)."""
 
     def __init__(self, resolver: HostResolver, whitelist: Iterable[str] | None, admin_hosts: Iterable[str],
-                 allow_foreign_targets: bool) -> None:
+                 allow_foreign_targets: bool,
+                 authorize: Callable[[str, dict[str, object]], bool | None] | None = None) -> None:
         self.resolver = resolver
+        self.authorize = authorize
         self.whitelist = None if whitelist is None else [h.lower() for h in whitelist]
         self.admin_hosts = [h.lower() for h in admin_hosts]
         self.allow_foreign_targets = allow_foreign_targets
@@ -114,11 +116,22 @@ class AccessPolicy:
                 return True
         return self._host_in(self.resolver.fqdn(peer), allowed)
 
+    def _plugin(self, host: str | None, purpose: str, peer: str | None) -> bool | None:
+        if self.authorize is None:
+            return None
+        return self.authorize(host or "localhost", {"purpose": purpose, "peer": peer})
+
     def requester_allowed(self, peer: str | None) -> bool:
+        verdict = self._plugin(peer, "requester", peer)
+        if verdict is not None:
+            return verdict
         return self.whitelist is None or self._peer_in(peer, self.whitelist)
 
     def target_allowed(self, host: str, peer: str | None) -> bool:
-        if self.whitelist is not None and not self._host_in(host, self.whitelist):
+        verdict = self._plugin(self.resolver.fqdn(host), "target", peer)
+        if verdict is False:
+            return False
+        if verdict is None and self.whitelist is not None and not self._host_in(host, self.whitelist):
             return False
         if self.allow_foreign_targets:
             return True
@@ -127,7 +140,8 @@ class AccessPolicy:
         return peer in self.resolver.addresses(host)
 
     def admin(self, peer: str | None) -> bool:
-        return self._peer_in(peer, self.admin_hosts)
+        verdict = self._plugin(peer, "admin", peer)
+        return verdict if verdict is not None else self._peer_in(peer, self.admin_hosts)
 
 
 def _looks_like_ip(text: str) -> bool:

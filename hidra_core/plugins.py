@@ -138,6 +138,25 @@ class PluginHost:
                 extra.update({k: v for k, v in result.items() if k not in _PROTECTED_KEYS})
         return extra
 
+    def authorize_receiver(self, host: str, request: Mapping[str, Any]) -> bool | None:
+        """firstresult in pluggy's call order; an implementation that raises refuses (fail closed)."""
+        hook = self.manager.hook.hidra_authorize_receiver
+        for impl in reversed(hook.get_hookimpls()):  # pluggy calls the last registered first
+            wanted = {k: v for k, v in (("host", host), ("request", request)) if k in impl.argnames}
+            try:
+                result = impl.function(**wanted)
+            except Exception as exc:
+                log.exception("authorisation hook of plugin %s raised; refusing %s", impl.plugin_name, host)
+                self._report(impl.plugin_name, "hidra_authorize_receiver", repr(exc))
+                return False
+            if result is not None:
+                return bool(result)
+        return None
+
+    @property
+    def has_authorizers(self) -> bool:
+        return bool(self.manager.hook.hidra_authorize_receiver.get_hookimpls())
+
     def on_plugin_error(self, report: Mapping[str, Any]) -> None:
         for impl in self.manager.hook.hidra_on_plugin_error.get_hookimpls():
             try:

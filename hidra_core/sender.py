@@ -69,7 +69,8 @@ class Sender:
             self.local = create_driver("writer", lt.writer, lt.options, source_name, "sender.local_target.options",
                                        target=lt.path)
             self.local_root = os.path.abspath(lt.path)
-        self.clients = ClientDispatcher(cfg.clients, self.endpoints, cfg.compat_version, storing=self.local is not None)
+        self.clients = ClientDispatcher(cfg.clients, self.endpoints, cfg.compat_version, storing=self.local is not None,
+                                        authorize=host.authorize_receiver if host.has_authorizers else None)
         self.topic = f"{socket.getfqdn()}_{os.getpid()}".encode()
         self.stats = {"sent": 0, "bytes": 0, "confirmed": 0, "removed": 0, "resent": 0, "unconfirmed": 0}
         self._queue: deque[FileEvent] = deque()

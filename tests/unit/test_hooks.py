@@ -178,3 +178,36 @@ def test_hook_hidra_on_plugin_error(host: PluginHost) -> None:
     report = {"plugin": "acme", "hook": "hidra_enrich_metadata", "error": "ValueError('x')"}
     host.on_plugin_error(report)  # a raising observer neither propagates nor stops the others
     assert plugin.calls == [("error", {"report": report})]
+
+
+def test_hook_hidra_authorize_receiver(host: PluginHost) -> None:
+    from hidra_core.hosts import AccessPolicy, HostResolver
+
+    class Netgroup(Recorder):
+        @hookimpl
+        def hidra_authorize_receiver(self, host: str, request: Any) -> bool | None:
+            self.calls.append((host, dict(request)))
+            if request["purpose"] == "target":
+                return host == "analysis01.example"
+            return None
+
+    class Broken:
+        @hookimpl
+        def hidra_authorize_receiver(self, host: str) -> bool | None:
+            raise RuntimeError("LDAP down")
+
+    plugin = Netgroup()
+    host.register(plugin, name="netgroup")
+    assert host.authorize_receiver("analysis01.example", {"purpose": "target", "peer": None}) is True
+    assert host.authorize_receiver("other.example", {"purpose": "target", "peer": None}) is False
+    assert host.authorize_receiver("10.0.0.1", {"purpose": "requester", "peer": "10.0.0.1"}) is None
+    assert plugin.calls[0] == ("analysis01.example", {"purpose": "target", "peer": None})
+
+    # Wired into the sender's access policy: the plugin decides before the whitelist ("nobody" here).
+    resolver = HostResolver(0.2)
+    policy = AccessPolicy(resolver, ["nowhere.invalid"], [], True, host.authorize_receiver)
+    assert policy.target_allowed("analysis01.example", "10.0.0.1") is True
+    assert policy.target_allowed("other.example", "10.0.0.1") is False
+
+    host.register(Broken(), name="broken")  # called first (registered last) and raises: fail closed
+    assert host.authorize_receiver("analysis01.example", {"purpose": "target", "peer": None}) is False
