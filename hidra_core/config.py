@@ -86,6 +86,10 @@ class ClientsConfig(_Section):
     budget_messages: int = Field(1000, ge=1, description="messages queued towards one client before files are skipped")
     budget_bytes: int = Field(16 * MiB, ge=1, description="bytes queued towards one client before files are skipped")
     lookup_timeout_s: float = Field(0.5, gt=0, description="longest a host name lookup may take (1 s reply window)")
+    control_shim: Optional[Endpoint] = Field(
+        None, description="bind a read-only 4.x control-server shim here (e.g. tcp://0.0.0.0:51000) so clients using"
+        " Transfer(..., detector_id=...) find the com and request ports")
+    detector_id: Optional[str] = Field(None, description="the detector id the shim answers for (null: any)")
 
 
 class LocalTargetConfig(_Section):

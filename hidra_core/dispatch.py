@@ -5,6 +5,7 @@ blocks; clients only ever get what their budget admits, decided once per file be
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class ClientDispatcher:
         self.targets = ClientTargets(endpoints, config.budget_messages, config.budget_bytes, config.registration_ttl_s)
         self.com: zmq.Socket | None = None
         self.request: zmq.Socket | None = None
+        self.shim: zmq.Socket | None = None
         self.expired = 0
 
     @property
@@ -57,17 +59,21 @@ class ClientDispatcher:
         self.request = self.endpoints.open(zmq.PULL, self.config.request, bind=True, hwm=10_000)
         poller.register(self.com, zmq.POLLIN)
         poller.register(self.request, zmq.POLLIN)
+        if self.config.control_shim is not None:
+            self.shim = self.endpoints.open(zmq.REP, self.config.control_shim, bind=True, hwm=100)
+            poller.register(self.shim, zmq.POLLIN)
         self.targets.watch(poller)
 
     def bound(self) -> str:
         if self.com is None or self.request is None:
             return "clients disabled"
+        shim = f", control shim {self.shim.getsockopt_string(zmq.LAST_ENDPOINT)}" if self.shim is not None else ""
         return (f"com {self.com.getsockopt_string(zmq.LAST_ENDPOINT)}, "
-                f"request {self.request.getsockopt_string(zmq.LAST_ENDPOINT)}")
+                f"request {self.request.getsockopt_string(zmq.LAST_ENDPOINT)}{shim}")
 
     def close(self) -> None:
         self.targets.close()
-        for sock in (self.com, self.request):
+        for sock in (self.com, self.request, self.shim):
             if sock is not None:
                 sock.close(linger=0)
 
@@ -78,6 +84,8 @@ class ClientDispatcher:
             self._signals()
         if self.request is not None and self.request in ready:
             self._requests()
+        if self.shim is not None and self.shim in ready:
+            self.shim.send_multipart(self._control(self.shim.recv_multipart()))
         self.targets.on_ready(ready)
 
     def _signals(self) -> None:
@@ -118,6 +126,24 @@ class ClientDispatcher:
             else:
                 queries.cancel(socket_id)
         self.targets.sync(self.registries["streams"].ids() | queries.ids())
+
+    def _control(self, frames: list[bytes]) -> list[bytes]:
+        """The read-only 4.x control-server shim (hidra4-protocol.md §8): ports and instances, nothing else."""
+        assert self.com is not None and self.request is not None
+        port = lambda sock: int(sock.getsockopt_string(zmq.LAST_ENDPOINT).rpartition(":")[2])  # noqa: E731
+        wanted = self.config.detector_id
+        if frames == [b"IS_ALIVE"]:
+            return [b"OK"]
+        if len(frames) == 4 and frames[0] in (b"get", b"do"):
+            det = frames[2].decode(errors="replace")
+            if wanted is not None and det != wanted:
+                return [b"ERROR"]
+            if frames[0] == b"get" and frames[3] in (b"com_port", b"request_port"):
+                return [str(port(self.com if frames[3] == b"com_port" else self.request)).encode()]
+            if frames[0] == b"do" and frames[3] == b"get_instances":
+                return [json.dumps([wanted or det]).encode()]
+        log.info("control shim refused %r (read-only: ports and instances only)", frames[:1])
+        return [b"ERROR"]
 
     # -- per file ---------------------------------------------------------------------------------------
 

@@ -96,3 +96,22 @@ def test_transfer_metadata_points_at_the_local_copy_and_store_writes_atomically(
     finally:
         meta_client.stop()
         storer.stop()
+
+
+def test_detector_id_lookup_through_the_control_shim(storage_path):
+    """§10 item 19: Transfer(..., detector_id=...) learns the ports from the read-only shim and registers."""
+    pair = storage_path
+    pair.start_receiver()
+    (pair.base / "local").mkdir()
+    pair.start_sender(f"sender.local_target.path={pair.base / 'local'}", "sender.clients.detector_id=eiger01",
+                      "sender.clients.control_shim=tcp://127.0.0.1:0")
+    shim_port = int(re.search(r"control shim tcp://127.0.0.1:(\d+)", pair.sender.text()).group(1))
+    t = Transfer("STREAM_METADATA", signal_host="127.0.0.1", detector_id="eiger01", control_server_port=shim_port)
+    try:
+        port = int(t.start(0).rpartition(":")[2])
+        t.initiate([[ME, port, 1]])
+        assert t.remote_version.startswith("4.")
+        for frames in ([b"exit"], [b"do", b"h", b"eiger01", b"stop"], [b"get", b"h", b"other", b"com_port"]):
+            assert raw_request(f"tcp://127.0.0.1:{shim_port}", frames) == [b"ERROR"]
+    finally:
+        t.stop()
