@@ -259,6 +259,14 @@ def mib(n: int | None) -> str:
     return "?" if n is None else f"{n / MiB:.0f}"
 
 
+KEEP = False  # --keep: leave every run directory (logs, target) for inspection
+
+
+def remove(run: str) -> None:
+    if not KEEP:
+        shutil.rmtree(run, ignore_errors=True)
+
+
 # -- 1. latency to a QUERY_NEXT client -------------------------------------------------------------------------
 
 def bench_latency(work: str, count: int, timeout: float, report: Report) -> None:
@@ -277,7 +285,7 @@ def bench_latency(work: str, count: int, timeout: float, report: Report) -> None
         closed: dict[str, float] = {}
         cpu0 = [c.cpu_seconds() for c in (pair.sender, pair.receiver, clients[0])]
         others, start = OtherLoad(), time.monotonic()
-        late = 0
+        late, rename_ms = 0, []
         for i, name in enumerate(names):
             data = os.urandom(MiB)
             due = start + i / LATENCY_RATE
@@ -286,13 +294,17 @@ def bench_latency(work: str, count: int, timeout: float, report: Report) -> None
             time.sleep(max(0.0, due - time.monotonic()))
             with open(f"{run}/staging/{name}", "wb") as out:
                 out.write(data)
+            # NOTE: stamped *before* the rename: on 2 cores the sender and the client, woken by the rename's
+            # inotify event, often run before this process returns from it, so a stamp taken after it could
+            # be later than the arrival. The rename itself takes some 10 us.
+            closed[name] = before = time.monotonic()
             os.rename(f"{run}/staging/{name}", f"{run}/source/{name}")
-            closed[name] = time.monotonic()
+            rename_ms.append(1000 * (time.monotonic() - before))
         complete = watcher.wait(timeout)
-        time.sleep(1.0)  # the client gets a file right after storage does; let the last ones arrive
         wall = time.monotonic() - start
         cpus = [cpu_pct(c, b, wall) for c, b in zip((pair.sender, pair.receiver, clients[0]), cpu0)]
         other = others.percent()
+        time.sleep(1.0)  # the client gets a file right after storage does; let the last ones arrive
         got = clients[0].arrivals()
         client_ms = [1000 * (got[n][0] - closed[n]) for n in names if n in got]
         storage_ms = [1000 * (watcher.arrivals[n] - closed[n]) for n in names if n in watcher.arrivals]
@@ -312,13 +324,17 @@ def bench_latency(work: str, count: int, timeout: float, report: Report) -> None
                    f"{' / '.join(cpus)}; {other:.0f}% (100% = one core)")
         if late:
             report.notes.append(f"latency: {late} of {count} renames were more than 5 ms behind schedule")
+        report.notes.append(f"latency: the rename (file close) returned to the writer after p50 "
+                            f"{percentile(rename_ms, 50):.2f} / p99 {percentile(rename_ms, 99):.2f} / max "
+                            f"{max(rename_ms):.2f} ms (time the woken sender/client ran first); latencies are "
+                            f"counted from the start of the rename")
         if not complete or wrong:
             report.failed = True
     finally:
         watcher.close()
         stop_clients(clients)
         stop_pair(pair, report)
-        shutil.rmtree(run, ignore_errors=True)
+        remove(run)
 
 
 # -- 2. storage throughput with stalled clients ----------------------------------------------------------------
@@ -384,7 +400,7 @@ def storage_run(work: str, staged: str, ds: DataSet, stalled: int, timeout: floa
             child.stop()
         if moved:
             move_all(names, f"{run}/source", staged)
-        shutil.rmtree(run, ignore_errors=True)
+        remove(run)
     print(f"# stalled-clients run {tag}: {result}", file=sys.stderr)
     return result
 
@@ -452,15 +468,29 @@ def bench_stream(work: str, staged: str, ds: DataSet, fsync: bool, timeout: floa
         move_all(names, staged, f"{run}/source")
         moved = True
         complete = watcher.wait(timeout)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # the client may lag behind storage a little
-            got = clients[0].arrivals()
-            if all(n in got for n in names):
+        # The client may lag behind storage: wait until it has every file, or nothing is queued for it any
+        # more and nothing new arrived for a second (the files it lacks were skipped).
+        wanted, deadline = set(names), time.monotonic() + 30
+        seen, changed, cpu1 = -1, time.monotonic(), cpu0
+        while time.monotonic() < deadline:
+            got = {n: v for n, v in clients[0].arrivals().items() if n in wanted}
+            now = time.monotonic()
+            if len(got) != seen:
+                seen, changed = len(got), now
+                cpu1 = [c.cpu_seconds() for c in (pair.sender, pair.receiver, clients[0])]
+            if len(got) == len(wanted):
                 break
-            time.sleep(0.1)
-        wall = time.monotonic() - start
-        cpus = [cpu_pct(c, b, wall) for c, b in zip((pair.sender, pair.receiver, clients[0]), cpu0)]
-        got = {n: v for n, v in clients[0].arrivals().items() if n in set(names)}
+            if now - changed > 1.0:
+                queued = sum(t["queued_messages"] for t in hidra_status(pair.com_port)["targets"])
+                if queued == 0:
+                    break
+            time.sleep(0.05)
+        ends = [*watcher.arrivals.values(), *(t for t, _size in got.values())]
+        if KEEP:
+            with open(f"{run}/timeline.json", "w") as out:
+                json.dump({"start": start, "storage": watcher.arrivals, "client": got}, out, indent=1)
+        wall = max(ends) - start if ends else time.monotonic() - start
+        cpus = [f"{100 * (b1 - b0) / wall:.0f}%" for b0, b1 in zip(cpu0, cpu1)]
         target = next(iter(hidra_status(pair.com_port)["targets"]), {})
         rss = pair.sender.peak_rss()
         client_rate = None
@@ -492,7 +522,7 @@ def bench_stream(work: str, staged: str, ds: DataSet, fsync: bool, timeout: floa
         stop_pair(pair, report)
         if moved:
             move_all(names, f"{run}/source", staged)
-        shutil.rmtree(run, ignore_errors=True)
+        remove(run)
 
 
 def raw_zmq(work: str, ds: DataSet, timeout: float) -> float:
@@ -513,7 +543,7 @@ def raw_zmq(work: str, ds: DataSet, timeout: float) -> float:
         for child in (push, pull):
             if child is not None:
                 child.stop()
-        shutil.rmtree(run, ignore_errors=True)
+        remove(run)
 
 
 def bench_streams(work: str, staged: str, ds: DataSet, timeout: float, report: Report) -> None:
@@ -601,7 +631,9 @@ def attempt(report: Report, label: str, run: Callable[[], None]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global KEEP
     args = parse_args(argv)
+    KEEP = args.keep
     parts = [p for p in args.only.split(",") if p]
     unknown = set(parts) - set(PARTS)
     if unknown:

@@ -202,7 +202,8 @@ class Sender:
         """Send to storage while our receiver's beacon is fresh, or to a connected receiver that has none."""
         if self._receiver is not None:
             return now - self._beacon_at < _BEACON_TIMEOUT_S
-        return self._connected_at is not None and (self._legacy_ok or now - self._connected_at > _BEACON_GRACE_S)
+        # The grace also lets our confirmation subscription reach a beacon-less PUB before the first file.
+        return self._connected_at is not None and now - self._connected_at > _BEACON_GRACE_S
 
     def _storage_connection(self) -> None:
         while self.data_monitor.poll(0):

@@ -180,7 +180,7 @@ def register_plugin(plugin_host: PluginHost) -> Iterator[Callable[..., object]]:
             plugin_host.manager.unregister(plugin)
 
 
-def wait_until(predicate: Callable[[], T], timeout_s: float = 5.0, *, what: str = "the condition",
+def wait_until(predicate: Callable[[], T], timeout_s: float = 30.0, *, what: str = "the condition",
                interval_s: float = 0.005) -> T:
     """Call ``predicate`` until it returns something truthy, and return that; ``AssertionError`` after ``timeout_s``.
 
@@ -197,7 +197,7 @@ def wait_until(predicate: Callable[[], T], timeout_s: float = 5.0, *, what: str 
             time.sleep(interval_s)
 
 
-def collect_events(source: EventSource, expected: Iterable[str], timeout_s: float = 5.0,
+def collect_events(source: EventSource, expected: Iterable[str], timeout_s: float = 30.0,
                    poll_ms: int = 50) -> list[FileEvent]:
     """Poll ``source`` until every file id in ``expected`` was reported; return every event seen, in order.
 
