@@ -45,7 +45,7 @@ from typing import Any, Callable
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from _harness import (MiB, ArrivalWatcher, Child, DataSet, OtherLoad, generate, move_all,  # noqa: E402
-                      percentile, stop_all, warm_memory)
+                      percentile, stop_all, thread_share, warm_memory)
 
 HIDRA = [sys.executable, "-m", "hidra_core"]
 LATENCY_RATE = 100.0
@@ -120,6 +120,7 @@ class Row:
 class Report:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    threads: list[str] = field(default_factory=list)
     failed: bool = False
 
     def add(self, *args: Any, **kw: Any) -> None:
@@ -242,11 +243,15 @@ def stop_clients(clients: list[ClientProc]) -> None:
             pass
 
 
-def cpu_pct(child: Child, before: float, wall: float) -> str:
-    try:
-        return f"{100 * (child.cpu_seconds() - before) / wall:.0f}%"
-    except Exception:
-        return "?"
+def cpu_sample(*children: Child) -> list[tuple[float, dict[str, float]]]:
+    return [(c.cpu_seconds(), c.thread_cpu()) for c in children]
+
+
+def cpu_account(who: tuple[str, ...], before: list, after: list, wall: float) -> tuple[str, str]:
+    """("12% / 34%", "sender: main 10%, ZMQbg/IO/0 2%; receiver: ...") between two ``cpu_sample``s."""
+    pcts = " / ".join(f"{100 * (a[0] - b[0]) / wall:.0f}%" for a, b in zip(after, before))
+    threads = "; ".join(f"{name}: {thread_share(b[1], a[1], wall)}" for name, a, b in zip(who, after, before))
+    return pcts, threads
 
 
 def stats_ms(values: list[float]) -> str:
@@ -283,7 +288,8 @@ def bench_latency(work: str, count: int, timeout: float, report: Report) -> None
         warm_up(pair, clients, MiB, 30)
         warm_memory(3 * count * MiB)
         closed: dict[str, float] = {}
-        cpu0 = [c.cpu_seconds() for c in (pair.sender, pair.receiver, clients[0])]
+        procs = (pair.sender, pair.receiver, clients[0])
+        cpu0 = cpu_sample(*procs)
         others, start = OtherLoad(), time.monotonic()
         late, rename_ms = 0, []
         for i, name in enumerate(names):
@@ -302,7 +308,7 @@ def bench_latency(work: str, count: int, timeout: float, report: Report) -> None
             rename_ms.append(1000 * (time.monotonic() - before))
         complete = watcher.wait(timeout)
         wall = time.monotonic() - start
-        cpus = [cpu_pct(c, b, wall) for c, b in zip((pair.sender, pair.receiver, clients[0]), cpu0)]
+        cpus, threads = cpu_account(("sender", "receiver", "client"), cpu0, cpu_sample(*procs), wall)
         other = others.percent()
         time.sleep(1.0)  # the client gets a file right after storage does; let the last ones arrive
         got = clients[0].arrivals()
@@ -321,7 +327,8 @@ def bench_latency(work: str, count: int, timeout: float, report: Report) -> None
         report.add("1", "storage latency (rename -> final name at target): p50 / p95 / p99 / max ms", "on",
                    stats_ms(storage_ms) + ("" if complete else f"; only {len(storage_ms)}/{count} stored"))
         report.add("1", "CPU sender / receiver / client; other processes", "on",
-                   f"{' / '.join(cpus)}; {other:.0f}% (100% = one core)")
+                   f"{cpus}; {other:.0f}% (100% = one core)")
+        report.threads.append(f"latency: {threads}")
         if late:
             report.notes.append(f"latency: {late} of {count} renames were more than 5 ms behind schedule")
         report.notes.append(f"latency: the rename (file close) returned to the writer after p50 "
@@ -351,6 +358,7 @@ class StorageRun:
     files: list[int] = field(default_factory=list)
     connected: int = 0
     status: str = "ok"
+    threads: str = ""
 
 
 def storage_run(work: str, staged: str, ds: DataSet, stalled: int, timeout: float, tag: str) -> StorageRun:
@@ -375,13 +383,14 @@ def storage_run(work: str, staged: str, ds: DataSet, stalled: int, timeout: floa
                 raise RuntimeError(f"{len(registered)} registrations instead of {stalled}: {registered}")
         warm_memory(int(2.5 * ds.total))
         os.sync()
-        cpu0 = [c.cpu_seconds() for c in (pair.sender, pair.receiver)]
+        cpu0 = cpu_sample(pair.sender, pair.receiver)
         start = time.monotonic()
         move_all(names, staged, f"{run}/source")
         moved = True
         complete = watcher.wait(timeout)
         end = max(watcher.arrivals.values()) if complete else time.monotonic()
-        result.cpu = " / ".join(cpu_pct(c, b, end - start) for c, b in zip((pair.sender, pair.receiver), cpu0))
+        result.cpu, result.threads = cpu_account(("sender", "receiver"), cpu0, cpu_sample(pair.sender, pair.receiver),
+                                                 end - start)
         if complete:
             result.mib_s = ds.total / MiB / (end - start)
         else:
@@ -424,6 +433,7 @@ def bench_stalled(work: str, staged: str, ds: DataSet, repeat: int, timeout: flo
                    + f"; CPU snd/rcv {', '.join(r.cpu for r in runs[mode])}")
         if failed:
             report.failed = True
+        report.threads += [f"storage {mode} run {i}: {r.threads}" for i, r in enumerate(runs[mode]) if r.threads]
     if medians["none"] and medians["stalled"]:
         ratio = medians["stalled"] / medians["none"]
         report.add("2", "ratio stalled / none (medians)", "on", f"{ratio:.2f}", ">= 0.90",
@@ -463,7 +473,8 @@ def bench_stream(work: str, staged: str, ds: DataSet, fsync: bool, timeout: floa
         warm_up(pair, clients, MiB, 30)
         warm_memory(int(2.5 * ds.total))
         os.sync()
-        cpu0 = [c.cpu_seconds() for c in (pair.sender, pair.receiver, clients[0])]
+        procs = (pair.sender, pair.receiver, clients[0])
+        cpu0 = cpu_sample(*procs)
         start = time.monotonic()
         move_all(names, staged, f"{run}/source")
         moved = True
@@ -477,7 +488,7 @@ def bench_stream(work: str, staged: str, ds: DataSet, fsync: bool, timeout: floa
             now = time.monotonic()
             if len(got) != seen:
                 seen, changed = len(got), now
-                cpu1 = [c.cpu_seconds() for c in (pair.sender, pair.receiver, clients[0])]
+                cpu1 = cpu_sample(*procs)
             if len(got) == len(wanted):
                 break
             if now - changed > 1.0:
@@ -490,7 +501,8 @@ def bench_stream(work: str, staged: str, ds: DataSet, fsync: bool, timeout: floa
             with open(f"{run}/timeline.json", "w") as out:
                 json.dump({"start": start, "storage": watcher.arrivals, "client": got}, out, indent=1)
         wall = max(ends) - start if ends else time.monotonic() - start
-        cpus = [f"{100 * (b1 - b0) / wall:.0f}%" for b0, b1 in zip(cpu0, cpu1)]
+        cpus, threads = cpu_account(("sender", "receiver", "client"), cpu0, cpu1, wall)
+        report.threads.append(f"stream ({'fsync' if fsync else 'no fsync'}): {threads}")
         target = next(iter(hidra_status(pair.com_port)["targets"]), {})
         rss = pair.sender.peak_rss()
         client_rate = None
@@ -507,7 +519,7 @@ def bench_stream(work: str, staged: str, ds: DataSet, fsync: bool, timeout: floa
             storage_rate = ds.total / MiB / (arrivals[-1] - start)
             first_last = (len(arrivals) - 1) * ds.size / MiB / (arrivals[-1] - arrivals[0])
             report.add("3", "storage in the same run: MiB/s rename -> last stored (first -> last stored)", fs,
-                       f"{storage_rate:.0f} ({first_last:.0f}); CPU snd/rcv/client {' / '.join(cpus)}; "
+                       f"{storage_rate:.0f} ({first_last:.0f}); CPU snd/rcv/client {cpus}; "
                        f"sender peak RSS {mib(rss)} MiB")
         else:
             report.add("3", "storage in the same run", fs, f"FAILED: {len(watcher.arrivals)}/{ds.count} stored")
@@ -589,6 +601,10 @@ def print_table(report: Report, facts: list[str], markdown: bool) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     for note in report.notes:
         print(f"note: {note}")
+    if report.threads:
+        print("CPU per thread (% of one core; main = router / receive loop, ZMQbg/IO = libzmq I/O thread, "
+              "py-N = source or commit thread):")
+        print("\n".join(f"  {line}" for line in report.threads))
     if markdown:
         print("\n| " + " | ".join(head) + " |")
         print("|" + "|".join("---" for _ in head) + "|")

@@ -82,6 +82,7 @@ class Sender:
         self._receiver: bytes | None = None
         self._beacon_at = 0.0
         self._connected_at: float | None = None  # storage data connection up since (monitor)
+        self._waiting_since: float | None = None
         self._legacy_ok = cfg.storage.accept_legacy_confirmations
         self._removing = cfg.storage.remove_source == "after_confirmation"
 
@@ -182,12 +183,24 @@ class Sender:
             housekeeping = now >= next_housekeeping
             if housekeeping:
                 self._expire(now)
+                self._warn_if_waiting(now, link)
                 next_housekeeping = now + 0.5
             self._serve_clients(ready, housekeeping)
             self.ledger.commit()
             if drain_until is not None and self._current is None and (
                     not self._in_flight or time.monotonic() > drain_until):
                 return
+
+    def _warn_if_waiting(self, now: float, link: bool) -> None:
+        if link or not (self._queue or self._in_flight):
+            self._waiting_since = None
+            return
+        if self._waiting_since is None:
+            self._waiting_since = now
+        elif now - self._waiting_since > 10:
+            log.warning("storage receiver at %s not reachable (no beacon); %d files waiting",
+                        self.config.storage.data, len(self._queue) + len(self._in_flight))
+            self._waiting_since = now
 
     def _serve_clients(self, ready: dict[Any, int], housekeeping: bool) -> None:
         # NOTE: analysis clients are best effort: a bug in serving them must never stop the storage path.
