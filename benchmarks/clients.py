@@ -1,25 +1,29 @@
 """Analysis-client benchmark: a real `hidra sender` -> `hidra receiver` pair with client processes on loopback.
 
-    .venv/bin/python benchmarks/clients.py [--quick] [--repeat N] [--only latency,stalled,stream]
-                                           [--workdir DIR] [--timeout S] [--markdown] [--keep]
+    .venv/bin/python benchmarks/clients.py [--quick] [--only latency,stalled,stream,memory] [--repeat N]
+                                           [--clients N] [--workdir DIR] [--timeout S] [--markdown] [--keep]
 
 1. latency    1000 x 1 MiB (--quick: 200) written to a staging directory and renamed into the watched source at
               100 files/s (the rename is the file's "close"); one QUERY_NEXT client process keeps asking. Time
-              from the rename to the whole file returned by Transfer.get() in the client, and to the file's
-              final name at the storage target. Files that arrive while no NEXT is open are not delivered (by
-              protocol), so the fraction delivered is reported too.
+              from the start of the rename to the whole file returned by Transfer.get() in the client, and to
+              the file's final name at the storage target. Files that arrive while no NEXT is open are not
+              delivered (by protocol), so the fraction delivered is reported too.
 2. stalled    200 x 8 MiB (--quick: 40) renamed into the source at once; time until all are at their final names
               at the storage target, with no client, and with 10 STREAM client processes (one appid each, so each
-              set gets its own copy) that were SIGSTOPped after they received a warm-up file. Runs --repeat times,
-              alternating, median reported. Sender peak RSS (VmHWM) and the clients' skipped counters
-              (HIDRA_STATUS on the com port).
+              set gets its own copy) that were SIGSTOPped after they received a warm-up file. Runs --repeat times
+              (default 3, --quick 1), alternating, median reported. Sender peak RSS (VmHWM) and the clients'
+              skipped counters (HIDRA_STATUS on the com port).
 3. stream     the same 8 MiB files to one STREAM client (first to last arrival at the client), storage in the
               same run, and raw pyzmq PUSH/PULL of as many 8 MiB messages between two processes (_rawzmq.py).
               Runs with the receiver fsyncing (the default) and without, so the client is also seen when the
               disk is not the limit.
+4. memory     what stalled clients pin in the sender: 10 STREAM clients stalled one after another, two 8 MiB
+              files apart (each holds different files), and one stalled client while one 1 GiB file (--quick:
+              64 MiB) is sent; sender peak RSS and the bytes queued to the clients (budget: 16 MiB each).
 
-Every process is started on free loopback ports, in its own session; all are stopped (SIGCONT first, for the
-stalled clients) and the work directory is removed at the end, also on errors, Ctrl-C and SIGTERM.
+The receiver fsyncs (its default) except where the table says otherwise. Every process is started on free
+loopback ports, in its own session; all are stopped (SIGCONT first, for the stalled clients) and the work
+directory is removed at the end, also on errors, Ctrl-C and SIGTERM. See benchmarks/RESULTS.md for figures.
 
 Internal: ``clients.py _client MODE COM_PORT REQUEST_PORT APPID`` is one client process (see ``client_main``).
 """
@@ -414,16 +418,17 @@ def storage_run(work: str, staged: str, ds: DataSet, stalled: int, timeout: floa
     return result
 
 
-def bench_stalled(work: str, staged: str, ds: DataSet, repeat: int, timeout: float, report: Report) -> None:
+def bench_stalled(work: str, staged: str, ds: DataSet, repeat: int, nclients: int, timeout: float,
+                  report: Report) -> None:
     runs: dict[str, list[StorageRun]] = {"none": [], "stalled": []}
     for rep in range(repeat):
         order = ["none", "stalled"] if rep % 2 == 0 else ["stalled", "none"]
         for mode in order:
-            runs[mode].append(storage_run(work, staged, ds, STALLED_CLIENTS if mode == "stalled" else 0, timeout,
+            runs[mode].append(storage_run(work, staged, ds, nclients if mode == "stalled" else 0, timeout,
                                           f"storage-{rep}-{mode}"))
     label = f"{ds.count} x 8 MiB"
     medians: dict[str, float | None] = {}
-    for mode, what in (("none", "no client"), ("stalled", f"{STALLED_CLIENTS} stalled STREAM clients")):
+    for mode, what in (("none", "no client"), ("stalled", f"{nclients} stalled STREAM clients")):
         ok = [r for r in runs[mode] if r.mib_s is not None]
         failed = [r.status for r in runs[mode] if r.mib_s is None]
         medians[mode] = statistics.median(r.mib_s for r in ok) if ok else None
@@ -567,6 +572,86 @@ def bench_streams(work: str, staged: str, ds: DataSet, timeout: float, report: R
             report.add("3", "ratio client / raw zmq", "on" if fsync else "off", f"{rate / raw:.2f}")
 
 
+# -- 4. what stalled clients pin in the sender's memory --------------------------------------------------------
+
+def write_file(run: str, name: str, size: int) -> None:
+    """``size`` random bytes written to the staging directory, then renamed into the source."""
+    with open(f"{run}/staging/{name}", "wb") as out:
+        left = size
+        while left:
+            piece = min(left, 8 * MiB)
+            out.write(os.urandom(piece))
+            left -= piece
+    os.rename(f"{run}/staging/{name}", f"{run}/source/{name}")
+
+
+def bench_staggered(work: str, nclients: int, timeout: float, report: Report) -> None:
+    """Clients stalled one after another, two 8 MiB files apart: each pins the files sent after its stall."""
+    run = os.path.join(work, "staggered")
+    os.makedirs(run)
+    os.sync()
+    pair = start_pair(run, fsync=True)
+    clients: list[ClientProc] = []
+    try:
+        clients = start_clients(pair, "STREAM", nclients, "staggered")
+        warm_up(pair, clients, MiB, 30)
+        base = pair.sender.peak_rss()
+        for i, client in enumerate(clients + [None]):
+            names = [f"stagger-{i:02d}-{j}.bin" for j in range(2)]
+            for name in names:
+                write_file(run, name, BIG)
+            if client is None:  # two more files for the last client stalled
+                break
+            client.wait_got(names[-1], 3.0)  # it may have been skipped (budget): then stall it anyway
+            client.pause()
+        time.sleep(2.0)  # let the sender admit and queue what it will
+        targets = hidra_status(pair.com_port)["targets"]
+        queued = [t["queued_bytes"] for t in targets]
+        rss = pair.sender.peak_rss()
+        report.add("4", f"sender peak RSS, {nclients} STREAM clients stalled one after another (2 x 8 MiB apart)",
+                   "on", f"{mib(rss)} MiB (after warm-up {mib(base)}); queued to the stalled clients "
+                   f"{sum(queued) / MiB:.0f} MiB in all, {max(queued) / MiB:.0f} MiB at most per client",
+                   "< 200 MiB", "met" if rss is not None and rss < 200 * MiB else "MISSED")
+    finally:
+        stop_clients(clients)
+        stop_pair(pair, report)
+        remove(run)
+
+
+def bench_large_file(work: str, size: int, timeout: float, report: Report) -> None:
+    """One STREAM client stalled, then one file far larger than the client budget (16 MiB)."""
+    run = os.path.join(work, "largefile")
+    os.makedirs(run)
+    os.sync()
+    pair = start_pair(run, fsync=True)
+    clients: list[ClientProc] = []
+    watcher = ArrivalWatcher(f"{run}/target", ["large.bin"])
+    watcher.start()
+    try:
+        clients = start_clients(pair, "STREAM", 1, "large")
+        warm_up(pair, clients, MiB, 30)
+        clients[0].pause()
+        base = pair.sender.peak_rss()
+        start = time.monotonic()
+        write_file(run, "large.bin", size)
+        stored = watcher.wait(timeout)
+        wall = time.monotonic() - start
+        time.sleep(1.0)
+        target = hidra_status(pair.com_port)["targets"][0]
+        rss = pair.sender.peak_rss()
+        report.add("4", f"sender peak RSS, one stalled STREAM client, one {size // MiB} MiB file", "on",
+                   f"{mib(rss)} MiB (after warm-up {mib(base)}); queued to the client {target['queued_bytes'] / MiB:.0f}"
+                   f" MiB (budget 16 MiB); stored {'yes' if stored else 'NO'} in {wall:.1f} s "
+                   f"(write + rename + store)", "< 200 MiB", "met" if rss is not None and rss < 200 * MiB else "MISSED")
+        if not stored:
+            report.failed = True
+    finally:
+        watcher.close()
+        stop_clients(clients)
+        stop_pair(pair, report)
+        remove(run)
+
+
 # -- report ------------------------------------------------------------------------------------------------------
 
 def machine_facts(work: str) -> list[str]:
@@ -614,7 +699,7 @@ def print_table(report: Report, facts: list[str], markdown: bool) -> None:
 
 # -- main --------------------------------------------------------------------------------------------------------
 
-PARTS = ("latency", "stalled", "stream")
+PARTS = ("latency", "stalled", "stream", "memory")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -625,6 +710,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "--quick 1)")
     p.add_argument("--latency-files", type=int, metavar="N", help="files of part 1 (default 1000; --quick 200)")
     p.add_argument("--big-files", type=int, metavar="N", help="8 MiB files of parts 2-3 (default 200; --quick 40)")
+    p.add_argument("--clients", type=int, default=10, metavar="N", help="stalled clients of parts 2 and 4 "
+                   "(default 10)")
+    p.add_argument("--large-file", type=int, metavar="MiB", help="file size of part 4 (default 1024; --quick 64)")
     p.add_argument("--workdir", metavar="DIR", help="where the work directory goes (default: under /tmp)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a run may take before it counts as failed")
     p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
@@ -671,10 +759,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# generating {big.count} x 8 MiB ...", file=sys.stderr)
             generate(staged, big)
             if "stalled" in parts:
-                attempt(report, "stalled clients", lambda: bench_stalled(work, staged, big, repeat, args.timeout,
-                                                                         report))
+                attempt(report, "stalled clients", lambda: bench_stalled(work, staged, big, repeat, args.clients,
+                                                                         args.timeout, report))
             if "stream" in parts:
                 attempt(report, "stream client", lambda: bench_streams(work, staged, big, args.timeout, report))
+            remove(staged)
+        if "memory" in parts:
+            attempt(report, "staggered stalls", lambda: bench_staggered(work, args.clients, args.timeout, report))
+            large = (args.large_file or (64 if args.quick else 1024)) * MiB
+            attempt(report, "large file", lambda: bench_large_file(work, large, args.timeout, report))
     except KeyboardInterrupt:
         print("# interrupted", file=sys.stderr)
         return 130

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any
 
 from stevedore import DriverManager
 from stevedore.exception import MultipleMatches, NoMatches

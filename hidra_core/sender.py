@@ -11,24 +11,22 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from hidra_core.config import DriverChoice, InstanceConfig
 from hidra_core.dispatch import ClientDispatcher
 from hidra_core.interfaces import WriteTarget
 from hidra_core.kernel import Endpoints, StopFlag, create_driver
 from hidra_core.ledger import CONFIRMED, REMOVED, UNCONFIRMED, Ledger
-from hidra_core.outgoing import ZERO_COPY_MIN, InFlight, Outgoing
+from hidra_core.outgoing import ZERO_COPY_MIN, Outgoing
 from hidra_core.plugins import PluginHost
-from hidra_core.protocol.confirmation import HEARTBEAT_TOPIC, decode_confirmation
-from hidra_core.errors import ProtocolError
+from hidra_core.protocol.confirmation import HEARTBEAT_TOPIC
 from hidra_core.source_thread import SourceThread
+from hidra_core.storage_link import StorageLink
 from hidra_core.types import FileEvent
 
 __all__ = ["Sender"]
@@ -36,11 +34,6 @@ __all__ = ["Sender"]
 log = logging.getLogger(__name__)
 
 _SLICE_S = 0.02  # longest the loop sends before it serves its other sockets again
-_BEACON_TIMEOUT_S = 3.0
-# NOTE: after connecting, wait this long for our receiver's beacon before assuming a receiver without one (a
-# HiDRA 4.x datareceiver); its confirmations carry no checksum, so they never allow removal unless
-# accept_legacy_confirmations is set.
-_BEACON_GRACE_S = 2.0
 # NOTE: events beyond this wait in the source's socket (then the kernel's inotify queue), which keeps the
 # sender's memory bounded on huge trees; an inotify overflow only costs a rescan, never a file.
 _MAX_QUEUED = 20_000
@@ -75,15 +68,10 @@ class Sender:
         self.stats = {"sent": 0, "bytes": 0, "confirmed": 0, "removed": 0, "resent": 0, "unconfirmed": 0}
         self._queue: deque[FileEvent] = deque()
         self._queued: dict[str, bool] = {}  # file_id -> force (send even if unchanged and in flight)
-        self._in_flight: OrderedDict[str, InFlight] = OrderedDict()
-        self._attempts: dict[str, int] = {}
+        self.link = StorageLink(cfg.storage)
         self._current: Outgoing | None = None
         self._stash: list[Any] | None = None
-        self._receiver: bytes | None = None
-        self._beacon_at = 0.0
-        self._connected_at: float | None = None  # storage data connection up since (monitor)
         self._waiting_since: float | None = None
-        self._legacy_ok = cfg.storage.accept_legacy_confirmations
         self._removing = cfg.storage.remove_source == "after_confirmation"
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -91,7 +79,7 @@ class Sender:
     def run(self) -> int:
         self.stop.install()
         self.host.startup(self)
-        if self._legacy_ok:
+        if self.config.storage.accept_legacy_confirmations:
             log.warning("accept_legacy_confirmations is on: confirmations without a checksum count as storage proof")
         self.ledger = Ledger(self.config.ledger.path, self.source.root)
         source = SourceThread(self.source, self.context, self.stop)
@@ -144,7 +132,7 @@ class Sender:
         counts = self.ledger.counts()
         self.ledger.close()
         self.context.destroy(linger=0)  # term() would hang forever on a socket an error path left open
-        pending = len(self._in_flight) + len(self._queue)
+        pending = len(self.link.in_flight) + len(self._queue)
         log.info("hidra sender stopped: %s; ledger %s; %d files pending (kept at the source, resumed at next start)",
                  self.stats, counts, pending)
         self.host.shutdown(self)
@@ -152,7 +140,7 @@ class Sender:
     def _resume(self) -> None:
         """Queue what a previous run left unfinished; the source's own start-up scan adds the rest."""
         for event, row in self.ledger.pending(include_confirmed=self._removing):
-            self._attempts[event.file_id] = row.attempts
+            self.link.attempts[event.file_id] = row.attempts
             self._enqueue(event, force=True)
         if self._queue:
             log.info("resuming %d files from the ledger", len(self._queue))
@@ -167,7 +155,7 @@ class Sender:
             now = time.monotonic()
             if self.stop.is_set() and drain_until is None:
                 drain_until = now + self.config.drain_timeout_s
-            link = self._link_up(now)
+            link = self.link.up(now)
             want = link and (self._current is not None or (self._queue and drain_until is None))
             poller.modify(self.data, zmq.POLLOUT if want else 0)
             poller.modify(self.events, zmq.POLLIN if len(self._queue) < _MAX_QUEUED else 0)
@@ -177,7 +165,7 @@ class Sender:
             if self.confirmations in ready:
                 self._take_confirmations()
             if self.data_monitor in ready:
-                self._storage_connection()
+                self.link.on_monitor(self.data_monitor)
             if self.data in ready:
                 self._pump(draining=drain_until is not None)
             housekeeping = now >= next_housekeeping
@@ -188,18 +176,18 @@ class Sender:
             self._serve_clients(ready, housekeeping)
             self.ledger.commit()
             if drain_until is not None and self._current is None and (
-                    not self._in_flight or time.monotonic() > drain_until):
+                    not self.link.in_flight or time.monotonic() > drain_until):
                 return
 
     def _warn_if_waiting(self, now: float, link: bool) -> None:
-        if link or not (self._queue or self._in_flight):
+        if link or not (self._queue or self.link.in_flight):
             self._waiting_since = None
             return
         if self._waiting_since is None:
             self._waiting_since = now
         elif now - self._waiting_since > 10:
             log.warning("storage receiver at %s not reachable (no beacon); %d files waiting",
-                        self.config.storage.data, len(self._queue) + len(self._in_flight))
+                        self.config.storage.data, len(self._queue) + len(self.link.in_flight))
             self._waiting_since = now
 
     def _serve_clients(self, ready: dict[Any, int], housekeeping: bool) -> None:
@@ -210,21 +198,6 @@ class Sender:
                 self.clients.housekeeping(time.monotonic())
         except Exception:
             log.exception("serving analysis clients failed; the storage path goes on")
-
-    def _link_up(self, now: float) -> bool:
-        """Send to storage while our receiver's beacon is fresh, or to a connected receiver that has none."""
-        if self._receiver is not None:
-            return now - self._beacon_at < _BEACON_TIMEOUT_S
-        # The grace also lets our confirmation subscription reach a beacon-less PUB before the first file.
-        return self._connected_at is not None and now - self._connected_at > _BEACON_GRACE_S
-
-    def _storage_connection(self) -> None:
-        while self.data_monitor.poll(0):
-            event = recv_monitor_message(self.data_monitor)["event"]
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._connected_at = time.monotonic()
-            elif event == zmq.EVENT_DISCONNECTED:
-                self._connected_at = None
 
     def _enqueue(self, event: FileEvent, force: bool = False) -> None:
         fid = event.file_id
@@ -284,7 +257,7 @@ class Sender:
         stat = self.fetcher.stat(event)
         if stat is None:
             log.debug("%s vanished before it was sent", fid)
-            if fid not in self._in_flight:
+            if fid not in self.link.in_flight:
                 self.ledger.forget(fid)
             return None
         row = self.ledger.get(fid)
@@ -293,7 +266,7 @@ class Sender:
                 self._remove(event, stat)
             if row.state in (CONFIRMED, REMOVED):
                 return None
-        flight = self._in_flight.get(fid)
+        flight = self.link.in_flight.get(fid)
         if not force and flight is not None and flight.stat == stat:
             return None
         base = {"confirmation_required": self.topic.decode(), "version": self.config.compat_version}
@@ -358,14 +331,9 @@ class Sender:
 
     def _finish(self, out: Outgoing) -> None:
         self._finish_local(out)
-        fid = out.event.file_id
         self.ledger.mark_sent(out.event, out.stat.size, out.stat.mtime_ns, out.checksum)
-        attempts = self._attempts.get(fid, 0) + 1
-        self._attempts[fid] = attempts
-        if attempts > 1:
+        if self.link.sent(out) > 1:
             self.stats["resent"] += 1
-        self._in_flight.pop(fid, None)
-        self._in_flight[fid] = InFlight(out.event, out.stat, out.checksum, out.chunk_count, time.monotonic())
         self.stats["sent"] += 1
 
     # -- confirmations ---------------------------------------------------------------------------------
@@ -376,48 +344,14 @@ class Sender:
                 frames = self.confirmations.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if frames[0] == HEARTBEAT_TOPIC:
-                self._beacon(frames)
-                continue
-            try:
-                conf = decode_confirmation(frames)
-            except ProtocolError as exc:
-                log.warning("ignoring confirmation: %s", exc)
-                continue
-            self._confirm(conf.file_id, conf.chunk_number, conf.checksum)
-
-    def _beacon(self, frames: list[bytes]) -> None:
-        self._beacon_at = time.monotonic()
-        instance = frames[1] if len(frames) > 1 else b""
-        if instance == self._receiver:
-            return
-        if self._receiver is not None:
-            log.warning("storage receiver restarted: sending %d unconfirmed files again", len(self._in_flight))
-        else:
-            log.info("storage receiver is up")
-        self._receiver = instance
-        for flight in list(self._in_flight.values()):
-            self._enqueue(flight.event, force=True)
-
-    def _confirm(self, fid: str, number: int, checksum: str | None) -> None:
-        flight = self._in_flight.get(fid)
-        if flight is None:
-            return
-        if checksum is not None:
-            if checksum != flight.checksum:
-                log.warning("%s: receiver stored checksum %s, sent %s; sending again", fid, checksum, flight.checksum)
-                self._enqueue(flight.event, force=True)
-                return
-            flight.proof = True
-        if 0 <= number < flight.chunk_count:
-            flight.confirmed.add(number)
-        if len(flight.confirmed) == flight.chunk_count and (flight.proof or self._legacy_ok):
-            del self._in_flight[fid]
-            self._attempts.pop(fid, None)
-            self.ledger.set_state(fid, CONFIRMED)
-            self.stats["confirmed"] += 1
-            if self._removing:
-                self._remove(flight.event, flight.stat)
+            resend, confirmed = self.link.on_message(frames)
+            for event in resend:
+                self._enqueue(event, force=True)
+            for flight in confirmed:
+                self.ledger.set_state(flight.event.file_id, CONFIRMED)
+                self.stats["confirmed"] += 1
+                if self._removing:
+                    self._remove(flight.event, flight.stat)
 
     def _remove(self, event: FileEvent, stat: Any) -> None:
         now = self.fetcher.stat(event)
@@ -435,17 +369,10 @@ class Sender:
         self.stats["removed"] += 1
 
     def _expire(self, now: float) -> None:
-        timeout = self.config.storage.confirmation_timeout_s
-        while self._in_flight:
-            fid, flight = next(iter(self._in_flight.items()))
-            if now - flight.sent_at < timeout:
-                return
-            del self._in_flight[fid]
-            if self._attempts.get(fid, 0) >= self.config.storage.max_attempts:
-                log.error("%s: not confirmed after %d attempts; kept at the source, retried at next start",
-                          fid, self._attempts[fid])
-                self.ledger.set_state(fid, UNCONFIRMED)
-                self.stats["unconfirmed"] += 1
-            else:
-                log.info("%s: no confirmation after %.0f s; sending again", fid, timeout)
-                self._enqueue(flight.event, force=True)
+        resend, given_up = self.link.expire(now)
+        for event in resend:
+            self._enqueue(event, force=True)
+        for fid, attempts in given_up:
+            log.error("%s: not confirmed after %d attempts; kept at the source, retried at next start", fid, attempts)
+            self.ledger.set_state(fid, UNCONFIRMED)
+            self.stats["unconfirmed"] += 1

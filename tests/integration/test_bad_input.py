@@ -10,7 +10,7 @@ import time
 import pytest
 import zmq
 
-from hidra_proc import intact, tree, wait_until, write_file
+from hidra_proc import tree, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -1,13 +1,12 @@
 """End to end through real ``hidra`` processes: watched directory -> storage receiver."""
 from __future__ import annotations
 
-import os
 import signal
 import time
 
 import pytest
 
-from hidra_proc import content, intact, no_part_files, tree, wait_until, write_file
+from hidra_proc import intact, no_part_files, tree, wait_until, write_file
 
 pytestmark = pytest.mark.integration
 
