@@ -10,7 +10,8 @@ import logging
 import socket
 import threading
 import time
-from typing import Callable, Iterable
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
 
 __all__ = ["AccessPolicy", "HostResolver"]
 
@@ -27,6 +28,16 @@ class HostResolver:
         self.timeout_s = timeout_s
         self._cache: dict[tuple[str, str], tuple[float, object]] = {}
         self._lock = threading.Lock()
+        self._deadline: float | None = None
+
+    @contextmanager
+    def budget(self, seconds: float) -> Iterator[None]:
+        """Bound all lookups inside the block together (one request may name several unknown hosts)."""
+        self._deadline = time.monotonic() + seconds
+        try:
+            yield
+        finally:
+            self._deadline = None
 
     def fqdn(self, host: str) -> str:
         host = host.strip().lower()
@@ -60,7 +71,10 @@ class HostResolver:
 
         worker = threading.Thread(target=run, name="hidra-lookup", daemon=True)
         worker.start()
-        worker.join(self.timeout_s)
+        wait = self.timeout_s
+        if self._deadline is not None:
+            wait = max(0.0, min(wait, self._deadline - time.monotonic()))
+        worker.join(wait)
         if result:
             return result[0]
         log.warning("looking up %s took longer than %.1f s; using %r for now", host, self.timeout_s, fallback)

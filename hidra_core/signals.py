@@ -51,7 +51,9 @@ class SignalHandler:
 
     def handle(self, frames: list[bytes], peer: str | None) -> list[bytes]:
         try:
-            return self._handle(frames, peer)
+            # NOTE: a 4.x client gives up after 1 s; unknown host names must not eat that window.
+            with self.resolver.budget(0.6):
+                return self._handle(frames, peer)
         except _Invalid as exc:
             log.info("com request refused (NO_VALID_SIGNAL) from %s: %s", peer or "local", exc)
             return NO_VALID_SIGNAL

@@ -140,3 +140,31 @@ def test_next_uses_newest_registration_and_cancel_clears():
     assert Registry.pick_query(new, "a", lambda _m: True).socket_id == f"{ME}:1"
     r.cancel(f"{ME}:1")
     assert not new.requests and Registry.pick_query(new, "b", lambda _m: True) is None
+
+
+def test_slow_lookups_are_bounded_per_request(monkeypatch):
+    """Five unknown target hosts whose lookups hang: together they may wait no longer than the request budget
+    (0.6 s), inside the 4.x client's 1 s window. Checked on the waits asked for, not on the wall clock."""
+    import threading
+
+    release = threading.Event()
+    monkeypatch.setattr(socket, "getfqdn", lambda host=None: (release.wait(10), str(host))[1])
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: (release.wait(10), [])[1])
+    waits: list[float] = []
+    join = threading.Thread.join
+
+    def recording_join(self, timeout=None):
+        if self.name == "hidra-lookup":
+            waits.append(timeout)
+        return join(self, timeout)
+
+    monkeypatch.setattr(threading.Thread, "join", recording_join)
+    try:
+        h = handler(whitelist=None, foreign=True)
+        waits.clear()
+        targets = [[f"slow{i}.invalid:600{i}", 1, ".*"] for i in range(5)]
+        reply = h.handle(req("START_STREAM", targets), "10.0.0.1")
+    finally:
+        release.set()
+    assert reply == [b"START_STREAM"]
+    assert len(waits) >= 5 and sum(waits) <= 0.6 + 1e-9, waits
