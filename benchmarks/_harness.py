@@ -5,6 +5,7 @@ import fcntl
 import filecmp
 import os
 import re
+import resource
 import signal
 import struct
 import subprocess
@@ -134,9 +135,11 @@ def thread_share(before: dict[str, float], after: dict[str, float], wall: float)
     return ", ".join(f"{name} {pct:.0f}%" for name, pct in sorted(shares.items(), key=lambda x: -x[1]) if pct >= 1)
 
 
-def _process_ticks() -> dict[int, int]:
-    """CPU ticks (user + system) of every user-space process."""
-    out = {}
+def _cpu_ticks() -> tuple[int, int, int]:
+    """Machine-wide user + system ticks, those of kernel threads, and those of this benchmark and its children."""
+    with open("/proc/stat") as stat:
+        user, nice, system = (int(x) for x in stat.readline().split()[1:4])
+    kernel = ours = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -145,21 +148,27 @@ def _process_ticks() -> dict[int, int]:
                 fields = stat.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if not int(fields[6]) & 0x00200000:  # PF_KTHREAD: kernel threads (writeback, ...) work for us too
-            out[int(entry)] = int(fields[11]) + int(fields[12])
-    return out
+        ticks = int(fields[11]) + int(fields[12])
+        if int(fields[6]) & 0x00200000:  # PF_KTHREAD: writeback and the like, partly on our behalf
+            kernel += ticks
+        elif int(entry) in _our_pids:
+            ours += ticks
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # children already reaped (cp, sync, ...)
+    ours += round((children.ru_utime + children.ru_stime) * os.sysconf("SC_CLK_TCK"))
+    return user + nice + system, kernel, ours
 
 
 class OtherLoad:
-    """CPU used by processes that are not this benchmark's: on a shared machine, what competed with a run."""
+    """CPU used by processes that are not this benchmark's (short-lived ones included): on a shared machine,
+    what competed with a run. Interrupt and softirq time (loopback TCP) is not counted."""
 
     def __init__(self) -> None:
-        self._start, self._t0 = _process_ticks(), time.monotonic()
+        self._start, self._t0 = _cpu_ticks(), time.monotonic()
 
     def percent(self) -> float:
-        end, wall = _process_ticks(), time.monotonic() - self._t0
-        ticks = sum(v - self._start.get(pid, 0) for pid, v in end.items() if pid not in _our_pids)
-        return 100 * ticks / os.sysconf("SC_CLK_TCK") / wall
+        end, wall = _cpu_ticks(), time.monotonic() - self._t0
+        busy, kernel, ours = (e - s for e, s in zip(end, self._start))
+        return max(0.0, 100 * (busy - kernel - ours) / os.sysconf("SC_CLK_TCK") / wall)
 
 
 def stop_all() -> None:

@@ -11,12 +11,12 @@
 2. stalled    200 x 8 MiB (--quick: 40) renamed into the source at once; time until all are at their final names
               at the storage target, with no client, and with 10 STREAM client processes (one appid each, so each
               set gets its own copy) that were SIGSTOPped after they received a warm-up file. Runs --repeat times
-              (default 3, --quick 1), alternating, median reported. Sender peak RSS (VmHWM) and the clients'
+              (default 5, --quick 1), alternating, median reported. Sender peak RSS (VmHWM) and the clients'
               skipped counters (HIDRA_STATUS on the com port).
 3. stream     the same 8 MiB files to one STREAM client (first to last arrival at the client), storage in the
               same run, and raw pyzmq PUSH/PULL of as many 8 MiB messages between two processes (_rawzmq.py).
               Runs with the receiver fsyncing (the default) and without, so the client is also seen when the
-              disk is not the limit.
+              disk is not the limit; each mode --repeat times (default 3, --quick 1), medians reported.
 4. memory     what stalled clients pin in the sender: 10 STREAM clients stalled one after another, two 8 MiB
               files apart (each holds different files), and one stalled client while one 1 GiB file (--quick:
               64 MiB) is sent; sender peak RSS and the bytes queued to the clients (budget: 16 MiB each).
@@ -49,7 +49,7 @@ from typing import Any, Callable
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from _harness import (MiB, ArrivalWatcher, Child, DataSet, OtherLoad, generate, move_all,  # noqa: E402
-                      percentile, stop_all, thread_share, warm_memory)
+                      percentile, set_topdir, stop_all, thread_share, warm_memory)
 
 HIDRA = [sys.executable, "-m", "hidra_core"]
 LATENCY_RATE = 100.0
@@ -163,7 +163,7 @@ class ClientProc(Child):
 
     def wait_got(self, name: str, timeout: float) -> bool:
         try:
-            self.wait_for(rf"^got {re.escape(name)} ", timeout)
+            self.wait_for(rf"(?m)^got {re.escape(name)} ", timeout)
             return True
         except TimeoutError:
             return False
@@ -200,7 +200,8 @@ def start_pair(run: str, fsync: bool) -> Pair:
     sender = Child([*HIDRA, "sender", "--set", f"sender.source.inotify.path={run}/source",
                     "--set", f"sender.storage.data={ready[1]}", "--set", f"sender.storage.confirmations={ready[2]}",
                     "--set", "sender.clients.com=tcp://127.0.0.1:0", "--set", "sender.clients.request=tcp://127.0.0.1:0",
-                    "--set", f"sender.ledger.path={run}/state/ledger.sqlite"], f"{run}/sender.log")
+                    "--set", f"sender.ledger.path={run}/state/ledger.sqlite",
+                    *(arg for kv in SENDER_SETS for arg in ("--set", kv))], f"{run}/sender.log")
     ports = sender.wait_for(r"hidra sender ready: .*com tcp://[^:]+:(\d+), request tcp://[^:]+:(\d+)", 60)
     sender.wait_for(r"storage receiver is up", 60)
     return Pair(sender, receiver, int(ports[1]), int(ports[2]), run)
@@ -215,7 +216,7 @@ def stop_pair(pair: Pair, report: Report) -> None:
 def start_clients(pair: Pair, mode: str, count: int, label: str) -> list[ClientProc]:
     clients = [ClientProc(mode, pair, f"{label}-{i}", f"{pair.run}/client-{label}-{i}.log") for i in range(count)]
     for client in clients:
-        client.wait_for(r"^ready (\S+)$", 60)
+        client.wait_for(r"(?m)^ready (\S+)$", 60)
     return clients
 
 
@@ -247,8 +248,31 @@ def stop_clients(clients: list[ClientProc]) -> None:
             pass
 
 
+def thread_cpu(child: Child) -> dict[str, float]:
+    """CPU seconds per thread label, like ``Child.thread_cpu`` but *summing* threads of the same name: a process
+    that sent with copy=False has a second ZMQ context (pyzmq's garbage collector) with its own, nearly idle,
+    "ZMQbg/IO/0" thread, which would otherwise replace the busy one."""
+    ticks, out = os.sysconf("SC_CLK_TCK"), {}
+    pid = child.popen.pid
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/task/{tid}/comm") as comm:
+                name = comm.read().strip()
+        except OSError:
+            continue
+        label = "main" if int(tid) == pid else name if name.startswith("ZMQ") else f"py-{tid}"
+        out[label] = out.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
 def cpu_sample(*children: Child) -> list[tuple[float, dict[str, float]]]:
-    return [(c.cpu_seconds(), c.thread_cpu()) for c in children]
+    return [(c.cpu_seconds(), thread_cpu(c)) for c in children]
 
 
 def cpu_account(who: tuple[str, ...], before: list, after: list, wall: float) -> tuple[str, str]:
@@ -268,6 +292,7 @@ def mib(n: int | None) -> str:
     return "?" if n is None else f"{n / MiB:.0f}"
 
 
+SENDER_SETS: list[str] = []  # --sender-set: extra sender config, e.g. sender.clients.budget_bytes=67108864
 KEEP = False  # --keep: leave every run directory (logs, target) for inspection
 
 
@@ -360,7 +385,10 @@ class StorageRun:
     skipped: list[int] = field(default_factory=list)
     abandoned: list[int] = field(default_factory=list)
     files: list[int] = field(default_factory=list)
+    connected_before: int = 0
     connected: int = 0
+    queued: int = 0
+    sender_cpu_s: float | None = None
     status: str = "ok"
     threads: str = ""
 
@@ -380,21 +408,25 @@ def storage_run(work: str, staged: str, ds: DataSet, stalled: int, timeout: floa
         if stalled:
             clients = start_clients(pair, "STREAM", stalled, "stalled")
             warm_up(pair, clients, MiB, 30)
-            for client in clients:
-                client.pause()
-            registered = hidra_status(pair.com_port)["registrations"]
-            if len(registered) != stalled:
-                raise RuntimeError(f"{len(registered)} registrations instead of {stalled}: {registered}")
         warm_memory(int(2.5 * ds.total))
         os.sync()
+        if stalled:
+            # NOTE: the files go in right after the stall. An idle stalled client misses the ZMTP heartbeats and
+            # is disconnected after sender heartbeat_timeout_ms (5 s), after which it costs nothing; the case
+            # to measure is the one where the stalled clients are still connected and take their budget.
+            for client in clients:
+                client.pause()
+            targets = hidra_status(pair.com_port)["targets"]
+            result.connected_before = sum(1 for t in targets if t["connected"])
         cpu0 = cpu_sample(pair.sender, pair.receiver)
         start = time.monotonic()
         move_all(names, staged, f"{run}/source")
         moved = True
         complete = watcher.wait(timeout)
         end = max(watcher.arrivals.values()) if complete else time.monotonic()
-        result.cpu, result.threads = cpu_account(("sender", "receiver"), cpu0, cpu_sample(pair.sender, pair.receiver),
-                                                 end - start)
+        cpu1 = cpu_sample(pair.sender, pair.receiver)
+        result.cpu, result.threads = cpu_account(("sender", "receiver"), cpu0, cpu1, end - start)
+        result.sender_cpu_s = cpu1[0][0] - cpu0[0][0]
         if complete:
             result.mib_s = ds.total / MiB / (end - start)
         else:
@@ -404,6 +436,7 @@ def storage_run(work: str, staged: str, ds: DataSet, stalled: int, timeout: floa
             result.skipped = [t["skipped"] for t in targets]
             result.abandoned = [t["abandoned"] for t in targets]
             result.files = [t["files"] for t in targets]
+            result.queued = sum(t["queued_bytes"] for t in targets)
             result.connected = sum(1 for t in targets if t["connected"])
         result.sender_rss, result.receiver_rss = pair.sender.peak_rss(), pair.receiver.peak_rss()
     finally:
@@ -428,14 +461,15 @@ def bench_stalled(work: str, staged: str, ds: DataSet, repeat: int, nclients: in
                                           f"storage-{rep}-{mode}"))
     label = f"{ds.count} x 8 MiB"
     medians: dict[str, float | None] = {}
+    cpu_s: dict[str, float | None] = {}
     for mode, what in (("none", "no client"), ("stalled", f"{nclients} stalled STREAM clients")):
         ok = [r for r in runs[mode] if r.mib_s is not None]
         failed = [r.status for r in runs[mode] if r.mib_s is None]
         medians[mode] = statistics.median(r.mib_s for r in ok) if ok else None
-        spread = ", ".join(f"{r.mib_s:.0f}" for r in runs[mode] if r.mib_s is not None)
-        report.add("2", f"storage MiB/s, {label}, {what} (median; each run)", "on",
-                   (f"{medians[mode]:.0f} ({spread})" if ok else "-") + ("; " + "; ".join(failed) if failed else "")
-                   + f"; CPU snd/rcv {', '.join(r.cpu for r in runs[mode])}")
+        cpu_s[mode] = statistics.median(r.sender_cpu_s for r in ok) if ok else None
+        spread = ", ".join(f"{r.mib_s:.0f}" for r in ok)
+        report.add("2", f"storage MiB/s, {label}, {what}: median (each run)", "on",
+                   (f"{medians[mode]:.0f} ({spread})" if ok else "-") + ("; " + "; ".join(failed) if failed else ""))
         if failed:
             report.failed = True
         report.threads += [f"storage {mode} run {i}: {r.threads}" for i, r in enumerate(runs[mode]) if r.threads]
@@ -443,26 +477,46 @@ def bench_stalled(work: str, staged: str, ds: DataSet, repeat: int, nclients: in
         ratio = medians["stalled"] / medians["none"]
         report.add("2", "ratio stalled / none (medians)", "on", f"{ratio:.2f}", ">= 0.90",
                    "met" if ratio >= 0.9 else "MISSED")
+    if cpu_s["none"] and cpu_s["stalled"]:
+        report.add("2", "sender CPU seconds for the whole set: stalled / none (medians; noise-free cost)", "on",
+                   f"{cpu_s['stalled']:.2f} / {cpu_s['none']:.2f} s ({cpu_s['stalled'] / cpu_s['none']:.2f}x)")
     rss = [r.sender_rss for r in runs["stalled"] if r.sender_rss]
     rss_none = [r.sender_rss for r in runs["none"] if r.sender_rss]
     rcv = [r.receiver_rss for r in runs["stalled"] + runs["none"] if r.receiver_rss]
     if rss:
-        report.add("2", "sender peak RSS (VmHWM), stalled clients / no client; receiver", "on",
+        report.add("2", "sender peak RSS (VmHWM, highest run), stalled clients / no client; receiver", "on",
                    f"{mib(max(rss))} / {mib(max(rss_none) if rss_none else None)} MiB; receiver "
                    f"{mib(max(rcv) if rcv else None)} MiB", "< 200 MiB", "met" if max(rss) < 200 * MiB else "MISSED")
-    for r in runs["stalled"]:
-        if r.skipped:
-            report.add("2", "stalled clients: skipped / files / abandoned per client (HIDRA_STATUS)", "on",
-                       f"skipped {min(r.skipped)}-{max(r.skipped)} of {ds.count}, files {min(r.files)}-{max(r.files)}"
-                       f" (incl. warm-up), abandoned {sum(r.abandoned)}; {r.connected} of {len(r.skipped)} "
-                       f"still connected")
-            break
+    stalled = [r for r in runs["stalled"] if r.skipped]
+    if stalled:
+        skipped = [n for r in stalled for n in r.skipped]
+        files = [n for r in stalled for n in r.files]
+        report.add("2", "stalled clients (HIDRA_STATUS, all runs): skipped, files sent (incl. warm-up), abandoned, "
+                   "queued at the end, connected before / after", "on",
+                   f"skipped {min(skipped)}-{max(skipped)} of {ds.count} per client, files {min(files)}-{max(files)}, "
+                   f"abandoned {sum(n for r in stalled for n in r.abandoned)}, queued "
+                   f"{min(r.queued for r in stalled) / MiB:.0f}-{max(r.queued for r in stalled) / MiB:.0f} MiB in all; "
+                   f"connected {'/'.join(str(r.connected_before) for r in stalled)} before, "
+                   f"{'/'.join(str(r.connected) for r in stalled)} after (of {nclients})")
 
 
 # -- 3. throughput to one STREAM client vs raw zmq ---------------------------------------------------------------
 
-def bench_stream(work: str, staged: str, ds: DataSet, fsync: bool, timeout: float, report: Report) -> float | None:
-    tag = f"stream-{'fsync' if fsync else 'nofsync'}"
+@dataclass
+class StreamRun:
+    fsync: bool
+    client_mib_s: float | None = None  # first -> last arrival at the client, files it got
+    got: int = 0
+    skipped: Any = "?"
+    storage_mib_s: float | None = None  # rename -> last file stored
+    cpu: str = ""
+    threads: str = ""
+    sender_rss: int | None = None
+    status: str = "ok"
+
+
+def stream_run(work: str, staged: str, ds: DataSet, fsync: bool, timeout: float, tag: str) -> StreamRun:
+    result = StreamRun(fsync)
     run = os.path.join(work, tag)
     os.makedirs(run)
     names = ds.names()
@@ -472,7 +526,6 @@ def bench_stream(work: str, staged: str, ds: DataSet, fsync: bool, timeout: floa
     watcher = ArrivalWatcher(f"{run}/target", names)
     watcher.start()
     moved = False
-    fs = "on" if fsync else "off"
     try:
         clients = start_clients(pair, "STREAM", 1, "stream")
         warm_up(pair, clients, MiB, 30)
@@ -506,40 +559,30 @@ def bench_stream(work: str, staged: str, ds: DataSet, fsync: bool, timeout: floa
             with open(f"{run}/timeline.json", "w") as out:
                 json.dump({"start": start, "storage": watcher.arrivals, "client": got}, out, indent=1)
         wall = max(ends) - start if ends else time.monotonic() - start
-        cpus, threads = cpu_account(("sender", "receiver", "client"), cpu0, cpu1, wall)
-        report.threads.append(f"stream ({'fsync' if fsync else 'no fsync'}): {threads}")
-        target = next(iter(hidra_status(pair.com_port)["targets"]), {})
-        rss = pair.sender.peak_rss()
-        client_rate = None
+        result.cpu, result.threads = cpu_account(("sender", "receiver", "client"), cpu0, cpu1, wall)
+        result.skipped = next(iter(hidra_status(pair.com_port)["targets"]), {}).get("skipped", "?")
+        result.sender_rss = pair.sender.peak_rss()
+        result.got = len(got)
         if len(got) >= 2:
             times = sorted(t for t, _size in got.values())
-            client_rate = (len(times) - 1) * ds.size / MiB / (times[-1] - times[0])
+            result.client_mib_s = (len(times) - 1) * ds.size / MiB / (times[-1] - times[0])
         wrong = sum(1 for _t, size in got.values() if size != ds.size)
-        report.add("3", f"one STREAM client, {ds.count} x 8 MiB: MiB/s first -> last arrival at the client", fs,
-                   ("-" if client_rate is None else f"{client_rate:.0f}")
-                   + f"; got {len(got)} of {ds.count}" + (f" ({wrong} of wrong size)" if wrong else "")
-                   + f", skipped {target.get('skipped', '?')}, abandoned {target.get('abandoned', '?')}")
         if complete:
-            arrivals = sorted(watcher.arrivals.values())
-            storage_rate = ds.total / MiB / (arrivals[-1] - start)
-            first_last = (len(arrivals) - 1) * ds.size / MiB / (arrivals[-1] - arrivals[0])
-            report.add("3", "storage in the same run: MiB/s rename -> last stored (first -> last stored)", fs,
-                       f"{storage_rate:.0f} ({first_last:.0f}); CPU snd/rcv/client {cpus}; "
-                       f"sender peak RSS {mib(rss)} MiB")
+            result.storage_mib_s = ds.total / MiB / (max(watcher.arrivals.values()) - start)
         else:
-            report.add("3", "storage in the same run", fs, f"FAILED: {len(watcher.arrivals)}/{ds.count} stored")
-            report.failed = True
-        if wrong or len(got) < ds.count:
-            report.notes.append(f"stream ({'fsync' if fsync else 'no fsync'}): the client got {len(got)} of "
-                                f"{ds.count} files")
-        return client_rate
+            result.status = f"FAILED: {len(watcher.arrivals)}/{ds.count} stored after {timeout:.0f} s"
+        if wrong:
+            result.status = f"FAILED: {wrong} files of the wrong size at the client"
     finally:
         watcher.close()
         stop_clients(clients)
-        stop_pair(pair, report)
+        for child in (pair.sender, pair.receiver):
+            child.stop()
         if moved:
             move_all(names, f"{run}/source", staged)
         remove(run)
+    print(f"# stream run {tag}: {result}", file=sys.stderr)
+    return result
 
 
 def raw_zmq(work: str, ds: DataSet, timeout: float) -> float:
@@ -563,13 +606,40 @@ def raw_zmq(work: str, ds: DataSet, timeout: float) -> float:
         remove(run)
 
 
-def bench_streams(work: str, staged: str, ds: DataSet, timeout: float, report: Report) -> None:
-    rates = {fsync: bench_stream(work, staged, ds, fsync, timeout, report) for fsync in (True, False)}
-    raw = raw_zmq(work, ds, timeout)
-    report.add("3", f"raw pyzmq PUSH/PULL, {ds.count} x 8 MiB messages, first -> last arrival", "-", f"{raw:.0f}")
-    for fsync, rate in rates.items():
-        if rate:
-            report.add("3", "ratio client / raw zmq", "on" if fsync else "off", f"{rate / raw:.2f}")
+def bench_streams(work: str, staged: str, ds: DataSet, repeat: int, timeout: float, report: Report) -> None:
+    runs: dict[str, list[Any]] = {"on": [], "off": [], "raw": []}
+    for rep in range(repeat):
+        modes = ["on", "off", "raw"]
+        for mode in modes[rep % 3:] + modes[:rep % 3]:
+            if mode == "raw":
+                runs[mode].append(raw_zmq(work, ds, timeout))
+            else:
+                runs[mode].append(stream_run(work, staged, ds, mode == "on", timeout, f"stream-{rep}-{mode}"))
+    raw = statistics.median(runs["raw"])
+
+    def med(values: list[float | None]) -> str:
+        ok = [v for v in values if v is not None]
+        return f"{statistics.median(ok):.0f} ({', '.join(f'{v:.0f}' for v in ok)})" if ok else "-"
+
+    for fs in ("on", "off"):
+        rr = runs[fs]
+        failed = [r.status for r in rr if r.status != "ok"]
+        if failed:
+            report.failed = True
+        report.add("3", f"one STREAM client, {ds.count} x 8 MiB: MiB/s first -> last arrival at the client, median "
+                   "(each run)", fs, med([r.client_mib_s for r in rr]) + ("; " + "; ".join(failed) if failed else ""))
+        report.add("3", "files the client got (skipped by the sender's client budget)", fs,
+                   ", ".join(f"{r.got} ({r.skipped})" for r in rr) + f" of {ds.count}")
+        report.add("3", "storage in the same runs: MiB/s rename -> last stored, median (each run)", fs,
+                   med([r.storage_mib_s for r in rr]) + f"; CPU snd/rcv/client {', '.join(r.cpu for r in rr)}; "
+                   f"sender peak RSS {mib(max((r.sender_rss or 0) for r in rr))} MiB")
+        report.threads += [f"stream fsync {fs} run {i}: {r.threads}" for i, r in enumerate(rr) if r.threads]
+    report.add("3", f"raw pyzmq PUSH/PULL, {ds.count} x 8 MiB messages, first -> last arrival, median (each run)", "-",
+               med(runs["raw"]))
+    for fs in ("on", "off"):
+        rates = [r.client_mib_s for r in runs[fs] if r.client_mib_s is not None]
+        if rates:
+            report.add("3", "ratio client / raw zmq (medians)", fs, f"{statistics.median(rates) / raw:.2f}")
 
 
 # -- 4. what stalled clients pin in the sender's memory --------------------------------------------------------
@@ -604,13 +674,17 @@ def bench_staggered(work: str, nclients: int, timeout: float, report: Report) ->
                 break
             client.wait_got(names[-1], 3.0)  # it may have been skipped (budget): then stall it anyway
             client.pause()
-        time.sleep(2.0)  # let the sender admit and queue what it will
+            if i == 0:
+                first_stall = time.monotonic()
+        spent = time.monotonic() - first_stall
+        time.sleep(0.5)  # let the sender admit and queue what it will
         targets = hidra_status(pair.com_port)["targets"]
         queued = [t["queued_bytes"] for t in targets]
         rss = pair.sender.peak_rss()
         report.add("4", f"sender peak RSS, {nclients} STREAM clients stalled one after another (2 x 8 MiB apart)",
                    "on", f"{mib(rss)} MiB (after warm-up {mib(base)}); queued to the stalled clients "
-                   f"{sum(queued) / MiB:.0f} MiB in all, {max(queued) / MiB:.0f} MiB at most per client",
+                   f"{sum(queued) / MiB:.0f} MiB in all, {max(queued) / MiB:.0f} MiB at most per client, "
+                   f"{sum(1 for t in targets if t['connected'])} connected; {spent:.1f} s from first to last stall",
                    "< 200 MiB", "met" if rss is not None and rss < 200 * MiB else "MISSED")
     finally:
         stop_clients(clients)
@@ -704,15 +778,18 @@ PARTS = ("latency", "stalled", "stream", "memory")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="200 latency files, 40 x 8 MiB, one run per mode")
+    p.add_argument("--quick", action="store_true", help="200 latency files, 40 x 8 MiB, one run per mode, a 64 MiB "
+                   "large file")
     p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
-    p.add_argument("--repeat", type=int, metavar="N", help="runs per mode of part 2, alternating (default 3; "
-                   "--quick 1)")
+    p.add_argument("--repeat", type=int, metavar="N", help="runs per mode of parts 2 and 3, in rotated order "
+                   "(default 5 for part 2 and 3 for part 3; --quick 1)")
     p.add_argument("--latency-files", type=int, metavar="N", help="files of part 1 (default 1000; --quick 200)")
     p.add_argument("--big-files", type=int, metavar="N", help="8 MiB files of parts 2-3 (default 200; --quick 40)")
     p.add_argument("--clients", type=int, default=10, metavar="N", help="stalled clients of parts 2 and 4 "
                    "(default 10)")
     p.add_argument("--large-file", type=int, metavar="MiB", help="file size of part 4 (default 1024; --quick 64)")
+    p.add_argument("--sender-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra `--set` for every sender (what-if runs; the table header names them)")
     p.add_argument("--workdir", metavar="DIR", help="where the work directory goes (default: under /tmp)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a run may take before it counts as failed")
     p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
@@ -738,18 +815,23 @@ def main(argv: list[str] | None = None) -> int:
     global KEEP
     args = parse_args(argv)
     KEEP = args.keep
+    SENDER_SETS[:] = args.sender_set
     parts = [p for p in args.only.split(",") if p]
     unknown = set(parts) - set(PARTS)
     if unknown:
         sys.exit(f"unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
     lat_files = args.latency_files or (200 if args.quick else 1000)
     big = DataSet("8MiB", args.big_files or (40 if args.quick else 200), BIG)
-    repeat = args.repeat or (1 if args.quick else 3)
+    repeat = args.repeat or (1 if args.quick else 5)
+    stream_repeat = args.repeat or (1 if args.quick else 3)
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="hidra-clients-", dir=args.workdir)
+    set_topdir(work)  # each run's directory in a block group of its own (see benchmarks/README.md, ext4)
     signal.signal(signal.SIGTERM, _interrupt)
     report, facts = Report(), machine_facts(work)
+    if SENDER_SETS:
+        facts.append(f"sender config changed: {', '.join(SENDER_SETS)}")
     print(f"# {datetime.now().isoformat(timespec='seconds')}  work dir {work}", file=sys.stderr)
     try:
         if "latency" in parts:
@@ -762,7 +844,8 @@ def main(argv: list[str] | None = None) -> int:
                 attempt(report, "stalled clients", lambda: bench_stalled(work, staged, big, repeat, args.clients,
                                                                          args.timeout, report))
             if "stream" in parts:
-                attempt(report, "stream client", lambda: bench_streams(work, staged, big, args.timeout, report))
+                attempt(report, "stream client", lambda: bench_streams(work, staged, big, stream_repeat, args.timeout,
+                                                                      report))
             remove(staged)
         if "memory" in parts:
             attempt(report, "staggered stalls", lambda: bench_staggered(work, args.clients, args.timeout, report))

@@ -236,19 +236,24 @@ class Bench:
 
 # -- report ------------------------------------------------------------------------------------------------
 
-def median_run(runs: list[Result]) -> Result:
-    """The run with the median MiB/s (latency: median p50), its RSS the highest of all runs."""
+def median_run(runs: list[Result], max_other: float) -> Result:
+    """The run with the median MiB/s (latency: median p50) among the undisturbed ones; the highest RSS of all."""
     ok = [r for r in runs if r.status == "ok"]
     if not ok:
         return runs[-1]
+    quiet = [r for r in ok if r.other_cpu is None or r.other_cpu <= max_other] or ok
     latency = ok[0].p50_ms is not None
-    ok.sort(key=lambda r: r.p50_ms if latency else -(r.mib_s or 0))
-    out = dataclasses.replace(ok[(len(ok) - 1) // 2], notes=list(ok[(len(ok) - 1) // 2].notes))
+    quiet.sort(key=lambda r: r.p50_ms if latency else -(r.mib_s or 0))
+    out = dataclasses.replace(quiet[(len(quiet) - 1) // 2], notes=list(quiet[(len(quiet) - 1) // 2].notes))
     out.rss = tuple(max((x for x in col if x is not None), default=None) for col in zip(*(r.rss for r in ok)))
-    if len(ok) > 1 and not latency:
-        out.spread = (min(r.mib_s or 0 for r in ok), max(r.mib_s or 0 for r in ok))
-    elif len(ok) > 1:
-        out.notes.append("p50 over runs " + "/".join(f"{r.p50_ms:.1f}" for r in ok))
+    if len(quiet) > 1 and not latency:
+        out.spread = (min(r.mib_s or 0 for r in quiet), max(r.mib_s or 0 for r in quiet))
+    elif len(quiet) > 1:
+        out.notes.append("p50 over runs " + "/".join(f"{r.p50_ms:.1f}" for r in quiet))
+    if len(quiet) < len(ok):
+        out.notes.append(f"{len(ok) - len(quiet)} disturbed run{'s' if len(ok) - len(quiet) > 1 else ''} left out")
+    elif out.other_cpu is not None and out.other_cpu > max_other:
+        out.notes.append("every run disturbed")
     failed = [r for r in runs if r.status != "ok"]
     if failed:
         out.notes.append(f"{len(failed)} of {len(runs)} runs {failed[0].status}")
@@ -308,13 +313,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sets", default=",".join(s.name for s in SETS), help="comma-separated subset of the data sets")
     p.add_argument("--no-latency", action="store_true", help="skip the latency runs")
     p.add_argument("--no-warmup", action="store_true", help="do not make RAM resident before each run")
+    p.add_argument("--max-other", type=float, default=25.0, metavar="PCT",
+                   help="a run during which other processes used more CPU (%% of one core) counts as disturbed")
+    p.add_argument("--retries", type=int, default=2, help="extra attempts of a disturbed run")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before a run counts as failed")
     p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     return p.parse_args(argv)
 
 
-def attempt(runs: list[Result], label: str, run: Callable[[], list[Result]]) -> None:
+def attempt(label: str, run: Callable[[], list[Result]]) -> list[Result]:
     """Run one measurement; a failure is recorded as a result and the benchmark goes on."""
     try:
         new = run()
@@ -326,17 +334,25 @@ def attempt(runs: list[Result], label: str, run: Callable[[], list[Result]]) -> 
               + ("" if r.p50_ms is None else f", p50 {r.p50_ms:.1f} ms p99 {r.p99_ms:.1f} ms")
               + f", {r.status}" + (f" [CPU {r.threads}]" if r.threads else "")
               + ("" if r.other_cpu is None else f" [other processes {r.other_cpu:.0f}%]"), file=sys.stderr)
-    runs += new
+    return new
 
 
-def measure(plan: dict[str, Callable[[], list[Result]]], label: str, repeat: int) -> list[Result]:
-    """Every entry of ``plan`` ``repeat`` times, in rotated order; the median run of each mode."""
+def measure(plan: dict[str, Callable[[], list[Result]]], label: str, args: argparse.Namespace) -> list[Result]:
+    """Every entry of ``plan`` ``args.repeat`` times, in rotated order; a run during which other processes used
+    more than ``args.max_other`` % CPU is tried again (at most ``args.retries`` times). The median run of each."""
     names, runs = list(plan), []
-    for rep in range(repeat):
+    for rep in range(args.repeat):
         for name in names[rep % len(names):] + names[:rep % len(names)]:
-            attempt(runs, label, plan[name])
+            for retry in range(args.retries + 1):
+                new = attempt(label, plan[name])
+                runs += new
+                busy = max((r.other_cpu or 0 for r in new), default=0)
+                if busy <= args.max_other or retry == args.retries:
+                    break
+                print(f"# other processes used {busy:.0f}% CPU meanwhile: once more", file=sys.stderr)
+                time.sleep(5)
     modes = list(dict.fromkeys(r.mode for r in runs))
-    return [median_run([r for r in runs if r.mode == m]) for m in modes]
+    return [median_run([r for r in runs if r.mode == m], args.max_other) for m in modes]
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -348,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     sets = [s for s in SETS if s.name in args.sets.split(",")]
     if args.quick:
         sets = [DataSet(s.name, max(1, s.count // 10), s.size) for s in sets]
-    repeat = args.repeat or (1 if args.quick else 3)
+    args.repeat = args.repeat or (1 if args.quick else 3)
     modes = [m for m in (True, False) if not (args.fsync_only and not m) and not (args.no_fsync_only and m)]
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
@@ -360,14 +376,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.no_latency:
             plan = {f"hidra {m}": (lambda m=m: [bench.hidra_latency(m)]) for m in modes}
-            results += measure(plan, "latency", repeat)
+            results += measure(plan, "latency", args)
         for ds in sets:
             print(f"# generating {ds.count} x {ds.size} B ...", file=sys.stderr)
             generate(os.path.join(bench.staging, ds.name), ds)
             plan = {f"hidra {m}": (lambda m=m: [bench.hidra_throughput(ds, m)]) for m in modes}
             plan["cp"] = lambda: bench.copy(ds)
             plan["raw zmq"] = lambda: [bench.raw_zmq(ds)]
-            results += measure(plan, ds.name, repeat)
+            results += measure(plan, ds.name, args)
             bench.done(os.path.join(bench.staging, ds.name), ds.count)
     except KeyboardInterrupt:
         print("# interrupted", file=sys.stderr)
