@@ -84,7 +84,10 @@ class ClientsConfig(_Section):
     registration_ttl_s: float = Field(60.0, gt=0,
                                       description="drop a target disconnected this long, or a query set idle this long")
     budget_messages: int = Field(1000, ge=1, description="messages queued towards one client before files are skipped")
-    budget_bytes: int = Field(16 * MiB, ge=1, description="bytes queued towards one client before files are skipped")
+    budget_bytes: int = Field(64 * MiB, ge=1, description="bytes queued towards one client before files are skipped")
+    stall_timeout_s: float = Field(
+        5.0, gt=0, description="a client with queued data that takes nothing for this long has its queue dropped"
+        " (memory freed, counted as cut_off) and is reconnected")
     lookup_timeout_s: float = Field(0.5, gt=0, description="longest a host name lookup may take (1 s reply window)")
     control_shim: Optional[Endpoint] = Field(
         None, description="bind a read-only 4.x control-server shim here (e.g. tcp://0.0.0.0:51000) so clients using"

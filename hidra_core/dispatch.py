@@ -41,7 +41,8 @@ class ClientDispatcher:
                                    authorize)
         self.registries = {"streams": Registry("streams"), "queries": Registry("queries")}
         self.signals = SignalHandler(version, self.registries, self.policy, self.resolver, storing, self.status)
-        self.targets = ClientTargets(endpoints, config.budget_messages, config.budget_bytes, config.registration_ttl_s)
+        self.targets = ClientTargets(endpoints, config.budget_messages, config.budget_bytes, config.registration_ttl_s,
+                                     config.stall_timeout_s)
         self.com: zmq.Socket | None = None
         self.request: zmq.Socket | None = None
         self.shim: zmq.Socket | None = None
@@ -183,10 +184,13 @@ class ClientDispatcher:
         for d in deliveries:
             if d.member.delivery != DATA or d.broken:
                 continue
-            if not d.target.send(meta, payload, size):
+            # NOTE(D6): a file was admitted whole, but a client that falls behind mid-file must not make the
+            # sender hold more than its budget: the rest of that file is abandoned for it, and counted.
+            if d.target is not self.targets.targets.get(d.target.socket_id) or not self.targets.room_for(
+                    d.target, size) or not d.target.send(meta, payload, size):
                 d.broken = True
                 d.target.abandoned += 1
-                log.warning("client %s: queue full mid-file; rest of the file not sent", d.target.socket_id)
+                log.info("client %s fell behind mid-file; rest of the file abandoned for it", d.target.socket_id)
             elif last:
                 d.target.files += 1
 
@@ -196,6 +200,7 @@ class ClientDispatcher:
                 d.target.files += 1
 
     def housekeeping(self, now: float) -> None:
+        self.targets.cut_stalled(now)
         ttl = self.config.registration_ttl_s
         gone = set(self.targets.expired(now))
         connected = self.targets.connected

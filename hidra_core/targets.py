@@ -37,20 +37,28 @@ class ClientTarget:
     abandoned: int = 0
     queued_messages: int = 0
     queued_bytes: int = 0
+    progress_at: float = field(default_factory=time.monotonic)  # last time a queued message went out
+    cut_off: int = 0
     _trackers: deque[tuple[zmq.MessageTracker, int]] = field(default_factory=deque)
 
     def settle(self) -> None:
         """Forget messages the kernel has taken."""
+        moved = False
         while self._trackers and self._trackers[0][0].done:
             _tracker, size = self._trackers.popleft()
             self.queued_messages -= 1
             self.queued_bytes -= size
+            moved = True
+        if moved:
+            self.progress_at = time.monotonic()
 
     def send(self, meta: bytes, payload: Any, size: int) -> bool:
         try:
             tracker = self.socket.send_multipart([meta, payload], flags=zmq.NOBLOCK, copy=False, track=True)
         except zmq.Again:
             return False
+        if not self._trackers:
+            self.progress_at = time.monotonic()  # the stall clock starts with the first queued message
         self._trackers.append((tracker, size))
         self.queued_messages += 1
         self.queued_bytes += size
@@ -60,7 +68,8 @@ class ClientTarget:
     def describe(self) -> dict[str, Any]:
         self.settle()
         return {"id": self.socket_id, "connected": self.connected, "files": self.files, "bytes": self.bytes,
-                "skipped": self.skipped, "abandoned": self.abandoned, "queued_messages": self.queued_messages,
+                "skipped": self.skipped, "abandoned": self.abandoned, "cut_off": self.cut_off,
+                "queued_messages": self.queued_messages,
                 "queued_bytes": self.queued_bytes,
                 "last_seen_s_ago": round(time.monotonic() - self.last_seen, 3) if self.last_seen else None}
 
@@ -68,11 +77,13 @@ class ClientTarget:
 class ClientTargets:
     """Owns every client data socket (router thread only)."""
 
-    def __init__(self, endpoints: Any, budget_messages: int, budget_bytes: int, ttl_s: float) -> None:
+    def __init__(self, endpoints: Any, budget_messages: int, budget_bytes: int, ttl_s: float,
+                 stall_timeout_s: float) -> None:
         self.endpoints = endpoints
         self.budget_messages = budget_messages
         self.budget_bytes = budget_bytes
         self.ttl_s = ttl_s
+        self.stall_timeout_s = stall_timeout_s
         self.targets: dict[str, ClientTarget] = {}
         self.poller: zmq.Poller | None = None
 
@@ -83,6 +94,34 @@ class ClientTargets:
             self._close(self.targets.pop(socket_id))
         for socket_id in wanted - set(self.targets):
             self.targets[socket_id] = self._open(socket_id)
+
+    def room_for(self, target: ClientTarget, size: int) -> bool:
+        """Can one more chunk of a file already started go to ``target`` without passing its budget?"""
+        target.settle()
+        return target.queued_messages == 0 or (target.queued_bytes + size <= self.budget_bytes
+                                               and target.queued_messages < self.budget_messages)
+
+    def cut_stalled(self, now: float) -> list[str]:
+        """Targets with queued data and no progress for ``stall_timeout_s``: drop their queue, reconnect.
+
+        A peer that stopped reading (SIGSTOP, a hung analysis) keeps its TCP connection and may answer
+        keepalives, so neither heartbeats nor the monitor notice it; its queued chunks would stay pinned in
+        the sender's memory. Closing the socket frees them; the new connection serves the client if it resumes.
+        """
+        cut = []
+        for socket_id, target in list(self.targets.items()):
+            target.settle()
+            if target.queued_messages and now - target.progress_at > self.stall_timeout_s:
+                log.warning("client target %s: no progress for %.0f s; dropping its %d queued messages (%d bytes)"
+                            " and reconnecting", socket_id, now - target.progress_at, target.queued_messages,
+                            target.queued_bytes)
+                fresh = self._open(socket_id)
+                fresh.files, fresh.bytes, fresh.skipped = target.files, target.bytes, target.skipped
+                fresh.abandoned, fresh.cut_off = target.abandoned, target.cut_off + 1
+                self._close(target)
+                self.targets[socket_id] = fresh
+                cut.append(socket_id)
+        return cut
 
     def _open(self, socket_id: str) -> ClientTarget:
         host, _, port = socket_id.rpartition(":")

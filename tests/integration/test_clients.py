@@ -107,7 +107,9 @@ def _connected(pair, worker: Worker) -> bool:
 
 
 @pytest.mark.parametrize("clients_path", [["sender.clients.budget_bytes=262144", "sender.clients.budget_messages=64",
-                                           "sender.transports.tcp.heartbeat_timeout_ms=2000"]], indirect=True)
+                                           "sender.transports.tcp.heartbeat_timeout_ms=2000",
+                                           "sender.clients.stall_timeout_s=2", "sender.chunksize=65536"]],
+                         indirect=True)
 def test_stalled_stream_client_never_slows_storage_and_resumes(clients_path):
     pair = clients_path
     worker = _worker(pair, "stalled")
@@ -116,13 +118,18 @@ def test_stalled_stream_client_never_slows_storage_and_resumes(clients_path):
     wait_until(lambda: worker.files().get("warmup.dat") == 1000, 20, "the client's first file")
 
     worker.proc.send_signal(signal.SIGSTOP)
-    expected = {f"burst/{i:03d}.dat": 40_000 + i for i in range(500)}
+    expected = {"burst/big.dat": 4 * 2**20}  # 64 chunks, far over the client's budget: cut off mid-file
+    expected.update({f"burst/{i:03d}.dat": 40_000 + i for i in range(500)})
     for rel, size in expected.items():
         write_file(pair.source / rel, size)
     wait_until(lambda: all(intact(pair.target, r, s) for r, s in expected.items()), 120, "storage of all 500 files")
     stats = pair.com.target(worker.socket_id)
     assert stats["skipped"] > 0, stats
-    assert stats["queued_bytes"] <= 262144 + 40_500, stats  # never more than its budget (plus one admitted file)
+    assert stats["queued_bytes"] <= 262144 + 65536, stats  # never more than its budget plus one chunk
+    # No progress for stall_timeout_s: its queue is dropped (memory freed) and it is reconnected.
+    stats = wait_until(lambda: (t := pair.com.target(worker.socket_id)) and t["cut_off"] >= 1 and t, 30,
+                       "the stalled client's queue to be dropped")
+    assert stats["queued_bytes"] == 0  # the pinned chunks were released
 
     worker.proc.send_signal(signal.SIGCONT)
     wait_until(lambda: _connected(pair, worker), 30, "the client's reconnection after SIGCONT")
