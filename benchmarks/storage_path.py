@@ -28,8 +28,8 @@ from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import (MiB, ArrivalWatcher, Child, DataSet, Result, generate, move_all,  # noqa: E402
-                      OtherLoad, percentile, set_topdir, stop_all, thread_share, verify,
-                      warm_memory)
+                      Ballast, OtherLoad, percentile, read_all, set_topdir, stop_all,
+                      thread_share, verify)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HIDRA = [sys.executable, "-m", "hidra_core"]
@@ -38,6 +38,7 @@ SETS = [DataSet("1MiB", 1000, MiB), DataSet("8MiB", 200, 8 * MiB), DataSet("100M
         DataSet("4KiB", 5000, 4096)]
 LATENCY_FILES, LATENCY_RATE = 200, 50.0
 EXT4_RECENT_S, EXT4_RECENT_MIN = 65.0, 100  # ext4 without a journal avoids inodes deleted < 60 s ago
+BALLAST_FREE = 256 * MiB  # free memory left beside the ballast: a little above the kernel's high watermark
 
 
 def cpu_sample(*children: Child) -> list[tuple[float, dict[str, float]]]:
@@ -53,12 +54,13 @@ def cpu_account(result: Result, children: tuple[Child, Child], before: list, wal
 
 
 class Bench:
-    def __init__(self, work: str, timeout: float, keep: bool, warmup: bool) -> None:
-        self.work, self.timeout, self.keep, self.warmup = work, timeout, keep, warmup
+    def __init__(self, work: str, timeout: float, keep: bool, ballast: bool) -> None:
+        self.work, self.timeout, self.keep = work, timeout, keep
         self.staging = os.path.join(work, "staging")
         self._runs = 0
         self._deleted, self._deleted_at = 0, -math.inf  # inodes deleted lately, and when
         self.topdir = set_topdir(work)
+        self.ballast = Ballast(work, BALLAST_FREE) if ballast else None
 
     def rundir(self, label: str) -> str:
         self._runs += 1
@@ -74,21 +76,23 @@ class Bench:
         if files:
             self._deleted, self._deleted_at = self._deleted + files, time.monotonic()
 
-    def settle(self, nbytes: int = 0) -> None:
+    def settle(self, staged: str | None = None) -> None:
         """Before a measurement. This disk is ext4 without a journal: allocating an inode scans past every inode
         of its block group deleted in the last 60 s, which cuts file creation from ~40,000/s to ~2,500/s. The
         work dir is marked a top directory, so each run's directory starts in a block group of its own and
         deletions elsewhere do not matter; where that flag cannot be set, wait out the 60 s after deleting
-        many files. Then flush dirty pages, so no run pays for another's, and make ``nbytes`` of RAM resident
-        (see warm_memory)."""
+        many files. Then flush dirty pages, so no run pays for another's, fill free memory with the ballast again
+        (see Ballast) and read the ``staged`` files once more, so that the ballast goes before they do."""
         wait = self._deleted_at + EXT4_RECENT_S - time.monotonic()
         if not self.topdir and self._deleted >= EXT4_RECENT_MIN and wait > 0:
             print(f"# waiting {wait:.0f} s: ext4 shuns the {self._deleted} inodes just deleted", file=sys.stderr)
             time.sleep(wait)
             self._deleted = 0
         os.sync()
-        if self.warmup and nbytes:
-            warm_memory(nbytes)
+        if self.ballast is not None:
+            self.ballast.top_up()
+            if staged:
+                read_all(staged)
 
     # -- a real receiver and sender ----------------------------------------------------------------------
 
@@ -120,14 +124,12 @@ class Bench:
         result = Result(ds.name, f"hidra {'fsync' if fsync else 'no-fsync'}")
         run = self.rundir(f"{ds.name}-{'fsync' if fsync else 'nofsync'}")
         staged, names = os.path.join(self.staging, ds.name), ds.names()
-        self.settle()
+        self.settle(staged)
         sender, receiver = self.start_pair(run, fsync)
         watcher = ArrivalWatcher(f"{run}/target", names)
         watcher.start()
         moved = False
         try:
-            if self.warmup:
-                warm_memory(int(2.5 * ds.total))
             cpu0, others, start = cpu_sample(sender, receiver), OtherLoad(), time.monotonic()
             move_all(names, staged, f"{run}/source")
             moved = True
@@ -159,8 +161,6 @@ class Bench:
         watcher = ArrivalWatcher(f"{run}/target", names)
         watcher.start()
         try:
-            if self.warmup:
-                warm_memory(3 * LATENCY_FILES * MiB)
             closed: dict[str, float] = {}
             cpu0, others, start = cpu_sample(sender, receiver), OtherLoad(), time.monotonic()
             for i, name in enumerate(names):  # write each file just in time, then rename it in: its "close"
@@ -193,7 +193,7 @@ class Bench:
         """``cp -r`` of the staged set, then ``sync``: one run gives both the cp and the cp+sync figure."""
         run = self.rundir(f"{ds.name}-cp")
         dest = os.path.join(run, "dest")
-        self.settle(int(2.5 * ds.total))
+        self.settle(os.path.join(self.staging, ds.name))
         others, start = OtherLoad(), time.monotonic()
         subprocess.run(["cp", "-r", os.path.join(self.staging, ds.name), dest], check=True, timeout=self.timeout)
         copied = time.monotonic()
@@ -213,7 +213,7 @@ class Bench:
         if size != ds.size:
             result.notes.append(f"{count} messages of {size // MiB} MiB")
         run = self.rundir(f"{ds.name}-zmq")
-        self.settle(int(2.5 * ds.total))
+        self.settle()
         worker = [sys.executable, os.path.join(HERE, "_rawzmq.py")]
         pull, others = Child([*worker, "pull", str(size), str(count)], f"{run}/pull.log"), OtherLoad()
         try:
@@ -312,7 +312,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, metavar="N", help="runs per mode, median reported (default 3; --quick 1)")
     p.add_argument("--sets", default=",".join(s.name for s in SETS), help="comma-separated subset of the data sets")
     p.add_argument("--no-latency", action="store_true", help="skip the latency runs")
-    p.add_argument("--no-warmup", action="store_true", help="do not make RAM resident before each run")
+    p.add_argument("--no-ballast", action="store_true", help="leave free memory free (see Ballast in _harness.py)")
     p.add_argument("--max-other", type=float, default=25.0, metavar="PCT",
                    help="a run during which other processes used more CPU (%% of one core) counts as disturbed")
     p.add_argument("--retries", type=int, default=2, help="extra attempts of a disturbed run")
@@ -370,10 +370,13 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(args.workdir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="hidra-bench-", dir=args.workdir)
     signal.signal(signal.SIGTERM, _interrupt)
-    bench, results = Bench(work, args.timeout, args.keep, not args.no_warmup), []
+    bench, results = Bench(work, args.timeout, args.keep, not args.no_ballast), []
     print(f"# {datetime.now().isoformat(timespec='seconds')}  work dir {work}"
           + ("" if bench.topdir else " (not a top directory: waits after deleting files)"), file=sys.stderr)
     try:
+        if bench.ballast is not None:
+            print("# filling free memory with the ballast ...", file=sys.stderr)
+            bench.ballast.top_up()
         if not args.no_latency:
             plan = {f"hidra {m}": (lambda m=m: [bench.hidra_latency(m)]) for m in modes}
             results += measure(plan, "latency", args)
@@ -390,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         stop_all()
+        if bench.ballast is not None:
+            bench.ballast.close()
         if args.keep:
             print(f"# kept {work}", file=sys.stderr)
         else:

@@ -145,7 +145,7 @@ class ReceiverConfig(BaseModel):
     status: Endpoint = Field("tcp://127.0.0.1:50050", description="4.x STATUS_CHECK endpoint to bind (REP)")
     writers: list[str] = Field(default_factory=lambda: ["files"], min_length=1,
                                description="writer drivers (hidra.writers), in the order they are called")
-    hwm: int = Field(16, ge=1, description="chunks buffered on the data socket")
+    hwm: int = Field(8, ge=1, description="chunks buffered on the data socket (each up to chunksize bytes of memory)")
     commit_batch: int = Field(256, ge=1, description="most files made durable together in one commit")
     transports: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                   description="options per transport driver, keyed by URL scheme")

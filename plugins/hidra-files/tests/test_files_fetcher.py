@@ -85,3 +85,21 @@ def test_large_file_in_many_chunks_is_read_exactly(tmp_path: Path, fetcher: File
     chunks = list(fetcher.chunks(event, stat, 2**20))
     assert [len(c) for c in chunks] == [2**20, 2**20, 2**20, 17]
     assert b"".join(chunks) == data
+
+
+def test_pooled_buffers_are_never_reused_while_a_chunk_is_still_held(tmp_path: Path, fetcher: FileFetcher) -> None:
+    """Chunks go to ZeroMQ without a copy: a buffer someone still holds must not be read into again."""
+    chunk = 1 << 20
+    data = os.urandom(6 * chunk)
+    (tmp_path / "big.bin").write_bytes(data)
+    event = FileEvent(str(tmp_path), "", "big.bin")
+    stat = fetcher.stat(event)
+    held = list(fetcher.chunks(event, stat, chunk))  # like ZeroMQ queues that have not sent anything yet
+    assert [bytes(c) for c in held] == [data[i:i + chunk] for i in range(0, len(data), chunk)]
+    first_round = {id(c.obj) for c in held}
+    assert len(first_round) == 6
+    del held
+    again = [bytes(c) for c in fetcher.chunks(event, stat, chunk)]  # released: the pool is reused
+    assert again == [data[i:i + chunk] for i in range(0, len(data), chunk)]
+    reused = {id(c.obj) for c in fetcher.chunks(event, stat, chunk) if len(c) == chunk}
+    assert reused & first_round
