@@ -286,7 +286,10 @@ class Ballast:
 
     def close(self) -> None:
         os.close(self._fd)
-        os.unlink(self.path)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:  # the work directory went away under us
+            pass
 
 
 def warm_memory(nbytes: int) -> None:

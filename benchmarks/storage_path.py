@@ -337,10 +337,11 @@ def attempt(label: str, run: Callable[[], list[Result]]) -> list[Result]:
     return new
 
 
-def measure(plan: dict[str, Callable[[], list[Result]]], label: str, args: argparse.Namespace) -> list[Result]:
-    """Every entry of ``plan`` ``args.repeat`` times, in rotated order; a run during which other processes used
-    more than ``args.max_other`` % CPU is tried again (at most ``args.retries`` times). The median run of each."""
-    names, runs = list(plan), []
+def measure(plan: dict[str, Callable[[], list[Result]]], label: str, args: argparse.Namespace,
+            runs: list[Result]) -> None:
+    """Every entry of ``plan`` ``args.repeat`` times, in rotated order, each run appended to ``runs``; a run
+    during which other processes used more than ``args.max_other`` % CPU is tried again (``args.retries``)."""
+    names = list(plan)
     for rep in range(args.repeat):
         for name in names[rep % len(names):] + names[:rep % len(names)]:
             for retry in range(args.retries + 1):
@@ -351,8 +352,12 @@ def measure(plan: dict[str, Callable[[], list[Result]]], label: str, args: argpa
                     break
                 print(f"# other processes used {busy:.0f}% CPU meanwhile: once more", file=sys.stderr)
                 time.sleep(5)
-    modes = list(dict.fromkeys(r.mode for r in runs))
-    return [median_run([r for r in runs if r.mode == m], args.max_other) for m in modes]
+
+
+def medians(runs: list[Result], max_other: float) -> list[Result]:
+    """The median run of each set and mode, in the order they first ran."""
+    keys = list(dict.fromkeys((r.set, r.mode) for r in runs))
+    return [median_run([r for r in runs if (r.set, r.mode) == key], max_other) for key in keys]
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -370,7 +375,11 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(args.workdir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="hidra-bench-", dir=args.workdir)
     signal.signal(signal.SIGTERM, _interrupt)
-    bench, results = Bench(work, args.timeout, args.keep, not args.no_ballast), []
+    try:
+        bench, runs = Bench(work, args.timeout, args.keep, not args.no_ballast), []
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     print(f"# {datetime.now().isoformat(timespec='seconds')}  work dir {work}"
           + ("" if bench.topdir else " (not a top directory: waits after deleting files)"), file=sys.stderr)
     try:
@@ -379,19 +388,23 @@ def main(argv: list[str] | None = None) -> int:
             bench.ballast.top_up()
         if not args.no_latency:
             plan = {f"hidra {m}": (lambda m=m: [bench.hidra_latency(m)]) for m in modes}
-            results += measure(plan, "latency", args)
+            measure(plan, "latency", args, runs)
         for ds in sets:
             print(f"# generating {ds.count} x {ds.size} B ...", file=sys.stderr)
             generate(os.path.join(bench.staging, ds.name), ds)
             plan = {f"hidra {m}": (lambda m=m: [bench.hidra_throughput(ds, m)]) for m in modes}
             plan["cp"] = lambda: bench.copy(ds)
             plan["raw zmq"] = lambda: [bench.raw_zmq(ds)]
-            results += measure(plan, ds.name, args)
+            measure(plan, ds.name, args, runs)
             bench.done(os.path.join(bench.staging, ds.name), ds.count)
     except KeyboardInterrupt:
-        print("# interrupted", file=sys.stderr)
+        print("# interrupted: the table shows the runs that finished", file=sys.stderr)
         return 130
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not stop the clean-up half-way
+            signal.signal(sig, signal.SIG_IGN)
+        if runs:
+            print_table(medians(runs, args.max_other), args.markdown)
         stop_all()
         if bench.ballast is not None:
             bench.ballast.close()
@@ -399,9 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# kept {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-        if results:
-            print_table(results, args.markdown)
-    return 0 if all(r.status == "ok" for r in results) else 1
+    return 0 if all(r.status == "ok" for r in runs) else 1
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ class FileFetcherConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    pool_buffers: int = Field(8, ge=0, description="chunk buffers kept for reuse (each chunksize bytes); 0: none")
+    pool_buffers: int = Field(8, ge=0, description="chunk buffers kept for reuse (each the size of a chunk); 0: none")
 
 
 def path_of(event: FileEvent) -> str:
@@ -40,20 +40,26 @@ class FileFetcher(Fetcher):
         super().__init__(config)
         self._pool: list[bytearray] = []
 
-    def _buffer(self, capacity: int) -> bytearray:
-        """A buffer nobody else holds any more, or a new one.
+    def _buffer(self, length: int) -> bytearray | None:
+        """A pooled buffer of exactly ``length`` bytes that nobody else holds any more, or None.
 
         NOTE: a chunk goes to ZeroMQ without a copy, and ZeroMQ keeps a reference to it until the bytes are on
         the wire; only the pool's own reference left (getrefcount: the list's and the argument's) means free.
         Fresh buffers cost a page fault per 4 KiB on first touch, a fifth of the sender's time at 1 GiB/s.
         """
+        free_other = None
         for i in range(len(self._pool)):  # by index: a loop variable would add a reference of its own
-            if len(self._pool[i]) == capacity and sys.getrefcount(self._pool[i]) == 2:
-                return self._pool[i]
-        buf = bytearray(capacity)
+            if sys.getrefcount(self._pool[i]) == 2:
+                if len(self._pool[i]) == length:
+                    return self._pool[i]
+                free_other = i
         if len(self._pool) < self.config.pool_buffers:
-            self._pool.append(buf)
-        return buf
+            self._pool.append(bytearray(length))
+            return self._pool[-1]
+        if free_other is not None:  # the file sizes changed: recycle a free buffer of another size
+            self._pool[free_other] = bytearray(length)
+            return self._pool[free_other]
+        return None
 
     def stat(self, event: FileEvent) -> FileStat | None:
         try:
@@ -81,11 +87,14 @@ class FileFetcher(Fetcher):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             for offset in range(0, size, chunksize):
                 length = min(chunksize, size - offset)
-                if length >= _POOLED_MIN:
-                    view = memoryview(self._buffer(chunksize))[:length]
+                buf = self._buffer(length) if length >= _POOLED_MIN else None
+                if buf is None:  # pread allocates without zero-filling, unlike bytearray()
+                    view = os.pread(fd, length, offset)
+                    got = len(view)
                 else:
-                    view = memoryview(bytearray(length))
-                got = os.preadv(fd, [view], offset)
+                    view = memoryview(buf)
+                    got = os.preadv(fd, [view], offset)
+                del buf
                 if got != length:
                     raise OSError(f"{path_of(event)} shrank while being sent (short read at {offset})")
                 yield view
