@@ -89,7 +89,11 @@ class Child:
         return times.user + times.system
 
     def thread_cpu(self) -> dict[str, float]:
-        """CPU seconds per thread: "main" (tid = pid), libzmq's "ZMQbg/..." threads, other threads "py-<tid>"."""
+        """CPU seconds per thread: "main" (tid = pid), libzmq's "ZMQbg/..." threads, other threads "py-<tid>".
+
+        Threads of the same name are summed: a process that sent with copy=False has a second ZMQ context
+        (pyzmq's garbage collector) with its own, nearly idle, "ZMQbg/IO/0" thread.
+        """
         ticks, out = os.sysconf("SC_CLK_TCK"), {}
         pid = self.popen.pid
         for tid in os.listdir(f"/proc/{pid}/task"):
@@ -101,7 +105,7 @@ class Child:
             except OSError:
                 continue
             label = "main" if int(tid) == pid else name if name.startswith("ZMQ") else f"py-{tid}"
-            out[label] = (int(fields[11]) + int(fields[12])) / ticks
+            out[label] = out.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
         return out
 
     def peak_rss(self) -> int | None:

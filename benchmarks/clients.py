@@ -248,31 +248,8 @@ def stop_clients(clients: list[ClientProc]) -> None:
             pass
 
 
-def thread_cpu(child: Child) -> dict[str, float]:
-    """CPU seconds per thread label, like ``Child.thread_cpu`` but *summing* threads of the same name: a process
-    that sent with copy=False has a second ZMQ context (pyzmq's garbage collector) with its own, nearly idle,
-    "ZMQbg/IO/0" thread, which would otherwise replace the busy one."""
-    ticks, out = os.sysconf("SC_CLK_TCK"), {}
-    pid = child.popen.pid
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{pid}/task/{tid}/comm") as comm:
-                name = comm.read().strip()
-        except OSError:
-            continue
-        label = "main" if int(tid) == pid else name if name.startswith("ZMQ") else f"py-{tid}"
-        out[label] = out.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
-    return out
-
-
 def cpu_sample(*children: Child) -> list[tuple[float, dict[str, float]]]:
-    return [(c.cpu_seconds(), thread_cpu(c)) for c in children]
+    return [(c.cpu_seconds(), c.thread_cpu()) for c in children]
 
 
 def cpu_account(who: tuple[str, ...], before: list, after: list, wall: float) -> tuple[str, str]:
