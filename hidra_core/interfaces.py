@@ -107,7 +107,9 @@ class Transport(ABC):
     @staticmethod
     def endpoint_of(socket: zmq.Socket) -> str:
         """The endpoint a bound socket really listens on (port 0 resolved)."""
-        return socket.getsockopt_string(__import__("zmq").LAST_ENDPOINT)
+        import zmq  # NOTE: only here, so that importing the interfaces stays cheap for plugin tooling
+
+        return socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
 @dataclass(frozen=True)

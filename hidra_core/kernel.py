@@ -10,6 +10,7 @@ import zmq
 
 from hidra_core.config import validate_section
 from hidra_core.drivers import build_driver, load_driver_class
+from hidra_core.interfaces import Transport
 
 __all__ = ["Endpoints", "StopFlag", "create_driver"]
 
@@ -47,9 +48,7 @@ class Endpoints:
         return self.driver(endpoint).open_socket(self.context, socket_type, endpoint, bind=bind, hwm=hwm,
                                                  prepare=prepare)
 
-    @staticmethod
-    def bound(sock: zmq.Socket) -> str:
-        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    bound = staticmethod(Transport.endpoint_of)
 
 
 class StopFlag:

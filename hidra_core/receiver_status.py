@@ -19,11 +19,6 @@ class StatusBoard:
         with self._lock:
             self._error = [b"ERROR", stamp.encode(), type(exc).__name__.encode(), str(exc).encode()]
 
-    @property
-    def ok(self) -> bool:
-        with self._lock:
-            return self._error is None
-
     def answer(self, request: list[bytes]) -> list[bytes]:
         with self._lock:
             if request == [b"STATUS_CHECK"]:
