@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+from hidra_core.errors import HidraError
 from hidra_core.types import FileEvent
 
 __all__ = ["CONFIRMED", "Ledger", "LedgerRow", "REMOVED", "SEEN", "SENT", "STATE_NAMES", "UNCONFIRMED"]
@@ -47,7 +48,7 @@ class LedgerRow:
     attempts: int
 
 
-class LedgerMismatch(RuntimeError):
+class LedgerMismatch(HidraError):
     """The ledger file belongs to another source."""
 
 
