@@ -417,13 +417,7 @@ def storage_run(work: str, staged: str, ds: DataSet, stalled: int, timeout: floa
             result.connected = sum(1 for t in targets if t["connected"])
         result.sender_rss, result.receiver_rss = pair.sender.peak_rss(), pair.receiver.peak_rss()
     finally:
-        watcher.close()
-        stop_clients(clients)
-        for child in (pair.sender, pair.receiver):
-            child.stop()
-        if moved:
-            move_all(names, f"{run}/source", staged)
-        remove(run)
+        _tear_down(watcher, clients, pair, moved, names, run, staged)
     print(f"# stalled-clients run {tag}: {result}", file=sys.stderr)
     return result
 
@@ -551,15 +545,21 @@ def stream_run(work: str, staged: str, ds: DataSet, fsync: bool, timeout: float,
         if wrong:
             result.status = f"FAILED: {wrong} files of the wrong size at the client"
     finally:
-        watcher.close()
-        stop_clients(clients)
-        for child in (pair.sender, pair.receiver):
-            child.stop()
-        if moved:
-            move_all(names, f"{run}/source", staged)
-        remove(run)
+        _tear_down(watcher, clients, pair, moved, names, run, staged)
     print(f"# stream run {tag}: {result}", file=sys.stderr)
     return result
+
+
+def _tear_down(watcher: Any, clients: list[Any], pair: Any, moved: bool, names: list[str], run: str,
+               staged: str) -> None:
+    """Stop the watcher, the clients and the pair, put the staged files back and remove the run dir."""
+    watcher.close()
+    stop_clients(clients)
+    for child in (pair.sender, pair.receiver):
+        child.stop()
+    if moved:
+        move_all(names, f"{run}/source", staged)
+    remove(run)
 
 
 def raw_zmq(work: str, ds: DataSet, timeout: float) -> float:

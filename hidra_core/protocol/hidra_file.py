@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from hidra_core.errors import ProtocolError
+from hidra_core.types import file_id_of
 
 __all__ = ["ALIVE_TEST", "HTYPE", "DataMessage", "decode_data", "encode_metadata", "is_alive_test"]
 
@@ -43,8 +44,7 @@ class DataMessage:
 
     @property
     def file_id(self) -> str:
-        rel = self.relative_path[1:] if self.relative_path.startswith("/") else self.relative_path
-        return f"{rel}/{self.filename}" if rel else self.filename
+        return file_id_of(self.relative_path, self.filename)
 
 
 def _int_field(meta: Mapping[str, Any], key: str, minimum: int) -> int:
