@@ -18,7 +18,7 @@ from inotify_simple import INotify, flags
 
 MiB = 1 << 20
 
-_children: list["Child"] = []  # every child still running; stop_all() ends them
+_children: list[Child] = []  # every child still running; stop_all() ends them
 _our_pids: set[int] = {os.getpid()}  # this benchmark and every child it ever started
 
 

@@ -19,7 +19,8 @@
               disk is not the limit; each mode --repeat times (default 3, --quick 1), medians reported.
 4. memory     what stalled clients pin in the sender: 10 STREAM clients stalled one after another, two 8 MiB
               files apart (each holds different files), and one stalled client while one 1 GiB file (--quick:
-              64 MiB) is sent; sender peak RSS and the bytes queued to the clients (budget: sender.clients.budget_bytes each, 64 MiB by default).
+              64 MiB) is sent; sender peak RSS and the bytes queued to the clients (budget:
+              sender.clients.budget_bytes each, 64 MiB by default).
 
 The receiver fsyncs (its default) except where the table says otherwise. Every process is started on free
 loopback ports, in its own session; all are stopped (SIGCONT first, for the stalled clients) and the work
@@ -691,8 +692,9 @@ def bench_large_file(work: str, size: int, timeout: float, report: Report) -> No
         target = hidra_status(pair.com_port)["targets"][0]
         rss = pair.sender.peak_rss()
         report.add("4", f"sender peak RSS, one stalled STREAM client, one {size // MiB} MiB file", "on",
-                   f"{mib(rss)} MiB (after warm-up {mib(base)}); queued to the client {target['queued_bytes'] / MiB:.0f}"
-                   f" MiB (budget: sender.clients.budget_bytes); stored {'yes' if stored else 'NO'} in {wall:.1f} s "
+                   f"{mib(rss)} MiB (after warm-up {mib(base)}); queued to the client"
+                   f" {target['queued_bytes'] / MiB:.0f} MiB (budget: sender.clients.budget_bytes);"
+                   f" stored {'yes' if stored else 'NO'} in {wall:.1f} s "
                    f"(write + rename + store)", "< 200 MiB", "met" if rss is not None and rss < 200 * MiB else "MISSED")
         if not stored:
             report.failed = True

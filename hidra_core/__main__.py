@@ -1,5 +1,5 @@
 import sys
 
-from hidra_core.cli import main
+from hidra_core.cli.main import main
 
 sys.exit(main())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Mapping, Optional
+from typing import Annotated, Any, Iterable, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hidra_core.errors import ConfigError
 
 __all__ = [
-    "ClientsConfig", "DriverChoice", "InstanceConfig", "LocalTargetConfig", "LedgerConfig", "PluginsConfig", "ReceiverConfig", "SenderConfig",
-    "StorageTarget", "apply_override", "load_config", "validate_section",
+    "ClientsConfig", "DriverChoice", "InstanceConfig", "LedgerConfig", "LocalTargetConfig", "PluginsConfig",
+    "ReceiverConfig", "SenderConfig", "StorageTarget", "apply_override", "load_config", "validate_section",
 ]
 
 MiB = 2**20
@@ -73,7 +73,7 @@ class ClientsConfig(_Section):
     enabled: bool = Field(True, description="open the com and request ports (also off when whitelist is [])")
     com: Endpoint = Field("tcp://0.0.0.0:50000", description="signal endpoint to bind (REP); clients connect")
     request: Endpoint = Field("tcp://0.0.0.0:50001", description="NEXT/CANCEL endpoint to bind (PULL)")
-    whitelist: Optional[list[str]] = Field(
+    whitelist: list[str] | None = Field(
         default_factory=lambda: ["localhost"],
         description="hosts allowed to register and to receive data; null: anybody, []: nobody. 'localhost' means"
         " this machine (loopback and its own names)")
@@ -89,10 +89,10 @@ class ClientsConfig(_Section):
         5.0, gt=0, description="a client with queued data that takes nothing for this long has its queue dropped"
         " (memory freed, counted as cut_off) and is reconnected")
     lookup_timeout_s: float = Field(0.5, gt=0, description="longest a host name lookup may take (1 s reply window)")
-    control_shim: Optional[Endpoint] = Field(
+    control_shim: Endpoint | None = Field(
         None, description="bind a read-only 4.x control-server shim here (e.g. tcp://0.0.0.0:51000) so clients using"
         " Transfer(..., detector_id=...) find the com and request ports")
-    detector_id: Optional[str] = Field(None, description="the detector id the shim answers for (null: any)")
+    detector_id: str | None = Field(None, description="the detector id the shim answers for (null: any)")
 
 
 class LocalTargetConfig(_Section):
@@ -111,7 +111,7 @@ class LedgerConfig(_Section):
 class SenderConfig(_Section):
     source: DriverChoice = Field(default_factory=lambda: DriverChoice(type=DEFAULT_SOURCE),
                                  description="event source driver (entry point in hidra.event_sources)")
-    fetcher: Optional[DriverChoice] = Field(
+    fetcher: DriverChoice | None = Field(
         None, description="fetcher driver (hidra.fetchers); default: the one the source names")
     storage: StorageTarget = Field(default_factory=StorageTarget)
     chunksize: int = Field(10 * MiB, gt=0, description="bytes per data message")
@@ -120,7 +120,7 @@ class SenderConfig(_Section):
                                 description="HiDRA 4.x version announced on the wire (never the package version)")
     drain_timeout_s: float = Field(10.0, ge=0, description="on SIGTERM, wait this long for open confirmations")
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
-    local_target: Optional[LocalTargetConfig] = Field(
+    local_target: LocalTargetConfig | None = Field(
         None, description="keep a durable local copy of every file (required by the metadata modes)")
     transports: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="options per transport driver, keyed by URL scheme (tcp, ipc, ...)")

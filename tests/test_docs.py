@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hidra_core import hookspecs
-from hidra_core.reference import FIRST_PARTY, render
+from hidra_core.cli.reference import FIRST_PARTY, render
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"

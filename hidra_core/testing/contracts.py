@@ -57,7 +57,7 @@ class _DriverContract:
 
     def build(self, tmp_path: Path, options: Mapping[str, Any] | None = None) -> Any:
         """The driver as the kernel builds it: loaded by name, options validated against its config model."""
-        from hidra_core.kernel import create_driver
+        from hidra_core.host.kernel import create_driver
 
         assert self.driver_name, f"{type(self).__name__} must set driver_name"
         options = self.make_config(tmp_path) if options is None else options
@@ -65,8 +65,8 @@ class _DriverContract:
                              **self.driver_kwargs(tmp_path))
 
     def test_driver_loads_by_name_through_stevedore(self) -> None:
-        from hidra_core.drivers import ROLES, load_driver_class
-        from hidra_core.plugins import entry_points_of
+        from hidra_core.host.drivers import ROLES, load_driver_class
+        from hidra_core.host.plugins import entry_points_of
 
         group, base = ROLES[self.role]
         cls = load_driver_class(self.role, self.driver_name)
@@ -76,7 +76,7 @@ class _DriverContract:
         assert eps[0].load() is cls
 
     def test_config_class_is_frozen_and_refuses_extra_keys(self, tmp_path: Path) -> None:
-        from hidra_core.drivers import load_driver_class
+        from hidra_core.host.drivers import load_driver_class
 
         model = load_driver_class(self.role, self.driver_name).config_class
         assert model.model_config.get("frozen") is True, f"{model.__name__} must be frozen"
@@ -132,7 +132,7 @@ class EventSourceContract(_DriverContract):
         assert event.filename not in ("", ".", "..") and "/" not in event.filename, f"filename {event.filename!r}"
 
     def test_default_fetcher_is_installed(self) -> None:
-        from hidra_core.drivers import load_driver_class
+        from hidra_core.host.drivers import load_driver_class
 
         cls = load_driver_class(self.role, self.driver_name)
         assert issubclass(load_driver_class("fetcher", cls.default_fetcher), Fetcher)

@@ -14,7 +14,7 @@ import zmq
 
 if TYPE_CHECKING:  # pragma: no cover
     from hidra_core.interfaces import EventSource, Transport
-    from hidra_core.plugins import PluginHost
+    from hidra_core.host.plugins import PluginHost
     from hidra_core.types import FileEvent
 
 __all__ = [
@@ -43,7 +43,7 @@ class TrackingContext(zmq.Context):
         self._hidra_sockets = []
         self._hidra_lock = threading.Lock()
 
-    def socket(self, socket_type: int, *args: Any, **kwargs: Any) -> zmq.Socket:  # type: ignore[override]
+    def socket(self, socket_type: int, *args: Any, **kwargs: Any) -> zmq.Socket:
         sock = super().socket(socket_type, *args, **kwargs)
         with self._hidra_lock:
             self._hidra_sockets.append(sock)
@@ -58,7 +58,7 @@ class TrackingContext(zmq.Context):
 def _describe(sock: zmq.Socket) -> str:
     try:
         endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT) or "unbound"
-        return f"{zmq.SocketType(sock.type).name} ({endpoint})"
+        return f"{zmq.SocketType(int(sock.type)).name} ({endpoint})"
     except zmq.ZMQError:
         return repr(sock)
 
@@ -150,7 +150,7 @@ def bound_pair(socket: Callable[..., zmq.Socket], ipc_dir: Path) -> Callable[...
 @pytest.fixture
 def inproc_transport() -> Transport:
     """The installed ``inproc`` transport driver, built with its default config as the kernel would build it."""
-    from hidra_core.kernel import create_driver
+    from hidra_core.host.kernel import create_driver
 
     return create_driver("transport", "inproc", {}, "<hidra_core.testing>", "transports.inproc")
 
@@ -158,7 +158,7 @@ def inproc_transport() -> Transport:
 @pytest.fixture
 def plugin_host() -> PluginHost:
     """A fresh ``PluginHost`` with the hook specs and no entry points loaded (``load_entry_points()`` adds them)."""
-    from hidra_core.plugins import PluginHost
+    from hidra_core.host.plugins import PluginHost
 
     return PluginHost()
 

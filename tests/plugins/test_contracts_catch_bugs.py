@@ -339,7 +339,7 @@ import pytest
 import zmq
 
 from hidra_core import hookimpl
-from hidra_core.plugins import PluginHost
+from hidra_core.host.plugins import PluginHost
 
 
 @pytest.fixture(scope="module")

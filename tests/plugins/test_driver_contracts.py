@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from hidra_core.drivers import ROLES, load_driver_class
-from hidra_core.plugins import _dist_name, entry_points_of
-from hidra_core.reference import FIRST_PARTY
+from hidra_core.host.drivers import ROLES, load_driver_class
+from hidra_core.host.plugins import _dist_name, entry_points_of
+from hidra_core.cli.reference import FIRST_PARTY
 
 REPO = Path(__file__).resolve().parents[2]
 CONTRACTS = {"event source": "EventSourceContract", "fetcher": "FetcherContract",

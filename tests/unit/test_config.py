@@ -8,7 +8,7 @@ import pydantic
 import pytest
 
 from hidra_core import ConfigError, DriverLoadFailure
-from hidra_core.commands import check_drivers
+from hidra_core.cli.commands import check_drivers
 from hidra_core.config import InstanceConfig, ReceiverConfig, SenderConfig, apply_override, load_config
 
 
@@ -320,7 +320,7 @@ def test_section_models_forbid_extra_and_are_frozen() -> None:
 
 
 def test_cli_config_check_refuses_unknown_driver_option(write, capsys: pytest.CaptureFixture[str]) -> None:
-    from hidra_core.cli import main
+    from hidra_core.cli.main import main
 
     path = write("sender: {source: {type: inotify, inotify: {bogus: 1}}}")
     assert main(["config", "check", str(path)]) == 2
@@ -330,7 +330,7 @@ def test_cli_config_check_refuses_unknown_driver_option(write, capsys: pytest.Ca
 
 
 def test_cli_config_check_refuses_unknown_top_level_key(write, capsys: pytest.CaptureFixture[str]) -> None:
-    from hidra_core.cli import main
+    from hidra_core.cli.main import main
 
     path = write("sender: {chunksize: 4096}\nbogus: true\n")
     assert main(["config", "check", str(path)]) == 2
@@ -339,7 +339,7 @@ def test_cli_config_check_refuses_unknown_top_level_key(write, capsys: pytest.Ca
 
 
 def test_cli_config_check_unknown_driver(write, capsys: pytest.CaptureFixture[str]) -> None:
-    from hidra_core.cli import main
+    from hidra_core.cli.main import main
 
     path = write("sender: {source: {type: nosuch}}")
     assert main(["config", "check", str(path)]) == 2
@@ -348,7 +348,7 @@ def test_cli_config_check_unknown_driver(write, capsys: pytest.CaptureFixture[st
 
 
 def test_cli_config_check_missing_secret_file(write, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from hidra_core.cli import main
+    from hidra_core.cli.main import main
 
     path = write(f"sender: {{storage: {{data: {{$file: {tmp_path / 'gone'}}}}}}}")
     assert main(["config", "check", str(path)]) == 2
@@ -356,7 +356,7 @@ def test_cli_config_check_missing_secret_file(write, tmp_path: Path, capsys: pyt
 
 
 def test_cli_config_check_ok(write, capsys: pytest.CaptureFixture[str]) -> None:
-    from hidra_core.cli import main
+    from hidra_core.cli.main import main
 
     path = write("sender: {source: {type: inotify, inotify: {path: /ramdisk}}}\nreceiver: {files: {fsync: false}}\n")
     assert main(["config", "check", str(path)]) == 0
@@ -364,7 +364,7 @@ def test_cli_config_check_ok(write, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_cli_config_check_with_set(write, capsys: pytest.CaptureFixture[str]) -> None:
-    from hidra_core.cli import main
+    from hidra_core.cli.main import main
 
     path = write("{}")
     assert main(["config", "check", str(path), "--set", "sender.source.inotify.bogus=1"]) == 2

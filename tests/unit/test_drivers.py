@@ -10,8 +10,8 @@ import pytest
 from pydantic import BaseModel
 
 from hidra_core import ConfigError, DriverLoadFailure, EmptyConfig, EventSource, Fetcher, Transport, Writer
-from hidra_core.drivers import ROLES, build_driver, discover, driver_config_class, load_driver_class
-from hidra_core.kernel import create_driver
+from hidra_core.host.drivers import ROLES, build_driver, discover, driver_config_class, load_driver_class
+from hidra_core.host.kernel import create_driver
 
 ES = "event source"
 

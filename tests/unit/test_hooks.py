@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from hidra_core import FileEvent, hookimpl
-from hidra_core.plugins import PluginHost
+from hidra_core.host.plugins import PluginHost
 
 
 def _hook_names() -> list[str]:
@@ -181,7 +181,7 @@ def test_hook_hidra_on_plugin_error(host: PluginHost) -> None:
 
 
 def test_hook_hidra_authorize_receiver(host: PluginHost) -> None:
-    from hidra_core.hosts import AccessPolicy, HostResolver
+    from hidra_core.sender.clients.hosts import AccessPolicy, HostResolver
 
     class Netgroup(Recorder):
         @hookimpl

@@ -15,8 +15,8 @@ KERNEL_DIR = Path(hidra_core.__file__).parent
 PLUGIN_PACKAGES = ("hidra_inotify", "hidra_files", "hidra_zmq")
 HEAVY = ("inotify_simple", "h5py", "hdf5plugin", "bsread", "cbor2", "requests", "httpx", "fastapi", "uvicorn",
          "watchdog", "bitshuffle", *PLUGIN_PACKAGES)
-MODULES = ["hidra_core", "hidra_core.config", "hidra_core.plugins", "hidra_core.drivers", "hidra_core.sender",
-           "hidra_core.receiver", "hidra_core.cli"]
+MODULES = ["hidra_core", "hidra_core.config", "hidra_core.host.plugins", "hidra_core.host.drivers",
+           "hidra_core.sender.router", "hidra_core.receiver.loop", "hidra_core.cli.main"]
 
 _PROBE = """
 import importlib, json, sys
@@ -67,3 +67,27 @@ def test_the_import_scan_sees_every_form_of_import() -> None:
     sample = ("import os, hidra_zmq\nfrom hidra_files.writer import FilesWriter\n"
               "x = importlib.import_module('hidra_inotify.source')\nfrom . import hidra_zmq\ny = 'hidra_zmqx'\n")
     assert _plugin_imports(sample) == [(1, "hidra_zmq"), (2, "hidra_files.writer"), (3, "hidra_inotify.source")]
+
+
+_PUBLIC = ("hidra_core", "hidra_core.testing")
+
+
+def _kernel_imports(source: str) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names if alias.name.startswith("hidra_core")]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("hidra_core"):
+            found.append((node.lineno, node.module or ""))
+    return found
+
+
+def test_plugins_use_only_the_public_surface() -> None:
+    """Plugins import ``hidra_core`` and ``hidra_core.testing`` only, so moving a kernel module never breaks one."""
+    root = KERNEL_DIR.parent
+    sources = sorted([*root.glob("plugins/*/hidra_*/**/*.py"), *root.glob("plugins/*/tests/*.py"),
+                      *root.glob("contrib/*/hidra_*/**/*.py"), *root.glob("contrib/*/tests/*.py")])
+    assert len(sources) > 8, sources
+    offenders = [f"{path.relative_to(root)}:{line}: {name}" for path in sources
+                 for line, name in _kernel_imports(path.read_text()) if name not in _PUBLIC]
+    assert offenders == []

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hidra_core import FileEvent
-from hidra_core.ledger import CONFIRMED, REMOVED, SEEN, SENT, UNCONFIRMED, Ledger, LedgerMismatch, LedgerRow
+from hidra_core.sender.ledger import CONFIRMED, REMOVED, SEEN, SENT, UNCONFIRMED, Ledger, LedgerMismatch, LedgerRow
 
 ROOT = "/ramdisk/det1"
 
@@ -121,7 +121,7 @@ def test_committed_rows_survive_a_killed_process(db_path: str, tmp_path: Path) -
     script = textwrap.dedent(f"""
         import os
         from hidra_core import FileEvent
-        from hidra_core.ledger import Ledger
+        from hidra_core.sender.ledger import Ledger
         led = Ledger({db_path!r}, {ROOT!r})
         led.record_seen([FileEvent({ROOT!r}, "", "committed")])
         led.commit()

@@ -13,9 +13,9 @@ from typing import Any
 import pluggy
 import pytest
 
-import hidra_core.plugins as plugins_module
+import hidra_core.host.plugins as plugins_module
 from hidra_core import FileEvent, hookimpl
-from hidra_core.plugins import PluginHost, is_selected
+from hidra_core.host.plugins import PluginHost, is_selected
 
 GOOD = "hidra_fake_hooks"
 BROKEN = {"hidra_fake_importerror", "hidra_fake_badargs", "hidra_fake_unknownhook"}
@@ -55,7 +55,7 @@ def fake_reports() -> Any:
 
 def test_good_plugin_loads_and_broken_ones_are_reported_with_their_cause(caplog: pytest.LogCaptureFixture) -> None:
     host = PluginHost()
-    with caplog.at_level(logging.WARNING, logger="hidra_core.plugins"):
+    with caplog.at_level(logging.WARNING, logger="hidra_core.host.plugins"):
         statuses = _by_name(host.load_entry_points())
 
     assert set(statuses) == FAKES
@@ -337,7 +337,7 @@ def test_a_raising_error_observer_does_not_hide_the_error(caplog: pytest.LogCapt
     host.register(_Enricher(ValueError("enrich broke")), name="raiser")
     host.register(_Enricher({"kept": 1}), name="fine")
 
-    with caplog.at_level(logging.ERROR, logger="hidra_core.plugins"):
+    with caplog.at_level(logging.ERROR, logger="hidra_core.host.plugins"):
         assert host.enrich_metadata(_event(), {}) == {"kept": 1}
     assert [r["plugin"] for r in recorder.reports] == ["raiser"]
     assert any("bad-observer" in r.getMessage() for r in caplog.records)
@@ -347,7 +347,7 @@ def test_a_raising_error_observer_does_not_hide_the_error(caplog: pytest.LogCapt
 
 
 def test_cli_plugins_lists_fakes_with_failed_lines(capsys: pytest.CaptureFixture[str]) -> None:
-    from hidra_core.cli import main
+    from hidra_core.cli.main import main
 
     assert main(["plugins"]) == 0
     lines = capsys.readouterr().out.splitlines()

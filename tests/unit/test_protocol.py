@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from hidra_core import FileEvent, FileStat, ProtocolError
-from hidra_core.outgoing import Outgoing
+from hidra_core.sender.outgoing import Outgoing
 from hidra_core.protocol import ALIVE_TEST, HTYPE, decode_data, encode_metadata, is_alive_test
 from hidra_core.protocol.confirmation import (
     HEARTBEAT_TOPIC,

@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
-from hidra_core.hosts import AccessPolicy, HostResolver
-from hidra_core.registry import Member, Registry, suffixes_to_pattern
-from hidra_core.signals import SignalHandler
+from hidra_core.sender.clients.hosts import AccessPolicy, HostResolver
+from hidra_core.sender.clients.registry import Member, Registry, suffixes_to_pattern
+from hidra_core.sender.clients.signals import SignalHandler
 
 ME = socket.getfqdn().lower()
 LOCAL_PEER = "127.0.0.1"

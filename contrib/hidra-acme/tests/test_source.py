@@ -11,7 +11,7 @@ import zmq
 pytest.importorskip("hidra_acme", reason="install it first: pip install -e contrib/hidra-acme")
 
 from hidra_core import FileEvent  # noqa: E402
-from hidra_core.kernel import create_driver  # noqa: E402
+from hidra_core import create_driver  # noqa: E402
 from hidra_core.testing import EventSourceContract, collect_events, wait_until  # noqa: E402
 
 import hidra_acme.hooks  # noqa: E402
@@ -165,7 +165,7 @@ def test_hook_tags_acme_events_only(plugin_host: Any, register_plugin: Callable[
 
 
 def test_entry_points_load_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hidra_core.plugins import PluginHost
+    from hidra_core import PluginHost
 
     monkeypatch.setenv("HIDRA_LOAD_PLUGINS", "acme")
     host = PluginHost()

@@ -9,8 +9,7 @@ from typing import Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hidra_core.interfaces import Fetcher, FileStat
-from hidra_core.types import FileEvent
+from hidra_core import Fetcher, FileEvent, FileStat
 
 __all__ = ["FileFetcher", "FileFetcherConfig"]
 

@@ -11,8 +11,7 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hidra_core.interfaces import Writer, WriteTarget
-from hidra_core.paths import SafeTree
+from hidra_core import SafeTree, Writer, WriteTarget
 
 __all__ = ["FilesWriter", "FilesWriterConfig"]
 

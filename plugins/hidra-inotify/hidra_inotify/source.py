@@ -15,8 +15,7 @@ from typing import Iterator
 from inotify_simple import INotify, flags
 from pydantic import BaseModel, ConfigDict, Field
 
-from hidra_core.interfaces import EventSource
-from hidra_core.types import FileEvent
+from hidra_core import EventSource, FileEvent
 
 __all__ = ["InotifyConfig", "InotifyEventSource"]
 

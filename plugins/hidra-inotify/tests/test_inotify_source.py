@@ -14,7 +14,7 @@ import pytest
 from inotify_simple import Event, flags
 
 from hidra_core import DriverLoadFailure
-from hidra_core.kernel import create_driver
+from hidra_core import create_driver
 from hidra_core.testing import EventSourceContract, collect_events
 
 

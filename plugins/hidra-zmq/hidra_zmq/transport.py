@@ -7,7 +7,7 @@ from typing import Callable
 import zmq
 from pydantic import BaseModel, ConfigDict, Field
 
-from hidra_core.interfaces import Transport
+from hidra_core import Transport
 
 __all__ = ["ZmqTransport", "ZmqTransportConfig"]
 

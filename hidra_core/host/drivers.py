@@ -9,7 +9,7 @@ from stevedore.exception import MultipleMatches, NoMatches
 
 from hidra_core.errors import DriverLoadFailure
 from hidra_core.interfaces import EventSource, Fetcher, Transport, Writer
-from hidra_core.plugins import _dist_name, _dist_version, entry_points_of
+from hidra_core.host.plugins import _dist_name, _dist_version, entry_points_of
 from hidra_core.types import PluginStatus
 
 __all__ = ["ROLES", "build_driver", "discover", "load_driver_class"]
@@ -41,7 +41,7 @@ def _error_on_conflict(namespace: str, name: str, extensions: list[Any]) -> Any:
                           f"{_providers(namespace, extensions)}")
 
 
-def load_driver_class(role: str, name: str) -> type:
+def load_driver_class(role: str, name: str) -> Any:  # a subclass of the role's base
     """The class registered as ``name`` for ``role``; ``DriverLoadFailure`` names role, name and cause."""
     group, base = ROLES[role]
     failures: list[str] = []
@@ -79,7 +79,7 @@ def build_driver(role: str, name: str, config: Any, **kwargs: Any) -> Any:
 def discover() -> list[PluginStatus]:
     """Every driver entry point of every role: imported in isolation, checked, duplicates flagged."""
     statuses: list[PluginStatus] = []
-    for role, (group, base) in ROLES.items():
+    for group, base in ROLES.values():
         eps = entry_points_of(group)
         names = [ep.name for ep in eps]
         for ep in eps:
@@ -103,7 +103,7 @@ def _check_one(ep: Any, base: type) -> str:
     return ""
 
 
-def driver_config_class(role: str, name: str) -> type:
+def driver_config_class(role: str, name: str) -> Any:
     """The pydantic model of a driver's config section (for validation and the generated reference)."""
     return load_driver_class(role, name).config_class
 

@@ -23,12 +23,12 @@ from hidra_core.checksum import ALGORITHMS, new_hasher
 from hidra_core.config import InstanceConfig
 from hidra_core.errors import PathRefused, ProtocolError
 from hidra_core.interfaces import WriteTarget
-from hidra_core.kernel import Endpoints, StopFlag, create_driver
+from hidra_core.host.kernel import Endpoints, StopFlag, create_driver
 from hidra_core.paths import split_checked
-from hidra_core.plugins import PluginHost
+from hidra_core.host.plugins import PluginHost
 from hidra_core.protocol import decode_data, is_alive_test
-from hidra_core.receiver_commit import CommitItem, CommitThread
-from hidra_core.receiver_status import StatusBoard
+from hidra_core.receiver.commit import CommitItem, CommitThread
+from hidra_core.receiver.status import StatusBoard
 
 __all__ = ["Receiver"]
 
@@ -212,7 +212,9 @@ class Receiver:
             for writer, handle in zip(self.writers, handles):
                 writer.abort(handle)
             raise
-        return _Partial(target, handles, new_hasher(algorithm) if known else None, algorithm if known else None)
+        if not known or not isinstance(algorithm, str):
+            return _Partial(target, handles, None, None)
+        return _Partial(target, handles, new_hasher(algorithm), algorithm)
 
     def _complete(self, fid: str, partial: _Partial, meta: dict[str, Any], filesize: int) -> None:
         problem = ""

@@ -12,10 +12,11 @@ import time
 import yaml
 
 from hidra_core.config import DriverChoice, InstanceConfig, load_config
-from hidra_core.drivers import discover, load_driver_class
-from hidra_core.kernel import create_driver
+from hidra_core.host.drivers import discover, load_driver_class
+from hidra_core.host.kernel import create_driver
 
-__all__ = ["clients", "config_check", "config_reference", "config_show", "ledger", "plugins", "receiver", "sender", "up"]
+__all__ = ["clients", "config_check", "config_reference", "config_show", "ledger", "plugins", "receiver", "sender",
+           "up"]
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +29,13 @@ def _load(args: argparse.Namespace, extra: list[str] | None = None) -> InstanceC
 
 
 def sender(args: argparse.Namespace) -> int:
-    from hidra_core.sender import Sender
+    from hidra_core.sender.router import Sender
 
     return Sender(_load(args), args.host, source_name=args.config or "<defaults>").run()
 
 
 def receiver(args: argparse.Namespace) -> int:
-    from hidra_core.receiver import Receiver
+    from hidra_core.receiver.loop import Receiver
 
     return Receiver(_load(args), args.host, source_name=args.config or "<defaults>").run()
 
@@ -84,7 +85,7 @@ def _supervise(children: dict[str, subprocess.Popen]) -> int:
 
 def ledger(args: argparse.Namespace) -> int:
     """Report what a sender's ledger holds: counts per state, and the files not (yet) confirmed."""
-    from hidra_core.ledger import SEEN, SENT, UNCONFIRMED, Ledger
+    from hidra_core.sender.ledger import SEEN, SENT, UNCONFIRMED, Ledger
 
     path = _load(args).sender.ledger.path
     if not os.path.exists(path):
@@ -184,7 +185,7 @@ def config_show(args: argparse.Namespace) -> int:
 
 
 def config_reference(args: argparse.Namespace) -> int:
-    from hidra_core.reference import render
+    from hidra_core.cli.reference import render
 
     print(render(), end="")
     return 0

@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping
 import zmq
 
 from hidra_core.config import validate_section
-from hidra_core.drivers import build_driver, load_driver_class
+from hidra_core.host.drivers import build_driver, load_driver_class
 from hidra_core.interfaces import Transport
 
 __all__ = ["Endpoints", "StopFlag", "create_driver"]

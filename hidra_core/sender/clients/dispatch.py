@@ -14,14 +14,20 @@ from typing import Any, Callable
 import zmq
 
 from hidra_core.config import ClientsConfig
-from hidra_core.hosts import AccessPolicy, HostResolver
-from hidra_core.registry import DATA, Member, Registry
-from hidra_core.signals import SignalHandler
-from hidra_core.targets import ClientTarget, ClientTargets
+from hidra_core.sender.clients.hosts import AccessPolicy, HostResolver
+from hidra_core.sender.clients.registry import DATA, Member, Registry
+from hidra_core.sender.clients.signals import SignalHandler
+from hidra_core.sender.clients.targets import ClientTarget, ClientTargets
 
 __all__ = ["ClientDispatcher", "Delivery"]
 
 log = logging.getLogger(__name__)
+
+
+def _peer(frames: list[zmq.Frame]) -> str | None:
+    """The peer's IP address, as libzmq reports it for the first frame of a message."""
+    peer = frames[0].get("Peer-Address") if frames else None
+    return peer if isinstance(peer, str) else None
 
 
 @dataclass
@@ -96,7 +102,7 @@ class ClientDispatcher:
                 frames = self.com.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            peer = frames[0].get("Peer-Address") if frames else None
+            peer = _peer(frames)
             reply = self.signals.handle([f.bytes for f in frames], peer)
             self.com.send_multipart(reply)
             self.targets.sync(self.registries["streams"].ids() | self.registries["queries"].ids())
@@ -109,7 +115,7 @@ class ClientDispatcher:
                 frames = self.request.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            peer = frames[0].get("Peer-Address") if frames else None
+            peer = _peer(frames)
             if len(frames) != 2 or frames[0].bytes not in (b"NEXT", b"CANCEL"):
                 log.info("ignoring malformed request from %s", peer or "local")
                 continue

@@ -7,6 +7,7 @@ when; a target disconnected longer than the registration TTL is expired.
 """
 from __future__ import annotations
 
+import builtins
 import logging
 import time
 from collections import deque
@@ -52,9 +53,9 @@ class ClientTarget:
         if moved:
             self.progress_at = time.monotonic()
 
-    def send(self, meta: bytes, payload: Any, size: int) -> bool:
+    def send(self, meta: builtins.bytes, payload: Any, size: int) -> bool:
         try:
-            tracker = self.socket.send_multipart([meta, payload], flags=zmq.NOBLOCK, copy=False, track=True)
+            tracker: Any = self.socket.send_multipart([meta, payload], flags=zmq.NOBLOCK, copy=False, track=True)
         except zmq.Again:
             return False
         if not self._trackers:

@@ -18,15 +18,15 @@ from typing import Any
 import zmq
 
 from hidra_core.config import DriverChoice, InstanceConfig
-from hidra_core.dispatch import ClientDispatcher
+from hidra_core.sender.clients.dispatch import ClientDispatcher
 from hidra_core.interfaces import WriteTarget
-from hidra_core.kernel import Endpoints, StopFlag, create_driver
-from hidra_core.ledger import CONFIRMED, REMOVED, UNCONFIRMED, Ledger
-from hidra_core.outgoing import ZERO_COPY_MIN, Outgoing
-from hidra_core.plugins import PluginHost
+from hidra_core.host.kernel import Endpoints, StopFlag, create_driver
+from hidra_core.sender.ledger import CONFIRMED, REMOVED, UNCONFIRMED, Ledger
+from hidra_core.sender.outgoing import ZERO_COPY_MIN, Outgoing
+from hidra_core.host.plugins import PluginHost
 from hidra_core.protocol.confirmation import HEARTBEAT_TOPIC
-from hidra_core.source_thread import SourceThread
-from hidra_core.storage_link import StorageLink
+from hidra_core.sender.source_thread import SourceThread
+from hidra_core.sender.storage_link import StorageLink
 from hidra_core.types import FileEvent
 
 __all__ = ["Sender"]
@@ -56,7 +56,7 @@ class Sender:
         self.endpoints = Endpoints(self.context, cfg.transports, source_name, "sender")
         for endpoint in (cfg.storage.data, cfg.storage.confirmations, cfg.clients.com, cfg.clients.request):
             self.endpoints.driver(endpoint)
-        self.local = None
+        self.local: Any = None
         if cfg.local_target is not None:
             lt = cfg.local_target
             self.local = create_driver("writer", lt.writer, lt.options, source_name, "sender.local_target.options",

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from hidra_core._version import __version__
 from hidra_core.errors import HidraError
-from hidra_core.plugins import PluginHost
+from hidra_core.host.plugins import PluginHost
 
 __all__ = ["main"]
 
@@ -67,7 +67,7 @@ def _sub(subs: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def build_parser(host: PluginHost) -> argparse.ArgumentParser:
-    from hidra_core import commands
+    from hidra_core.cli import commands
 
     parser = argparse.ArgumentParser(
         prog="hidra", formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -10,8 +10,8 @@ import logging
 import re
 from typing import Any, Callable
 
-from hidra_core.hosts import AccessPolicy, HostResolver
-from hidra_core.registry import DATA, METADATA, Member, Registry, suffixes_to_pattern
+from hidra_core.sender.clients.hosts import AccessPolicy, HostResolver
+from hidra_core.sender.clients.registry import DATA, METADATA, Member, Registry, suffixes_to_pattern
 
 __all__ = ["SignalHandler"]
 

@@ -12,8 +12,8 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from hidra_core.config import DriverChoice, InstanceConfig
-from hidra_core.drivers import ROLES
-from hidra_core.plugins import _dist_name, entry_points_of
+from hidra_core.host.drivers import ROLES
+from hidra_core.host.plugins import _dist_name, entry_points_of
 
 __all__ = ["FIRST_PARTY", "render"]
 

@@ -14,13 +14,13 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from hidra_core.errors import ProtocolError
-from hidra_core.outgoing import InFlight
+from hidra_core.sender.outgoing import InFlight
 from hidra_core.protocol.confirmation import HEARTBEAT_TOPIC, decode_confirmation
 from hidra_core.types import FileEvent
 
 if TYPE_CHECKING:  # pragma: no cover
     from hidra_core.config import StorageTarget
-    from hidra_core.outgoing import Outgoing
+    from hidra_core.sender.outgoing import Outgoing
 
 __all__ = ["StorageLink"]
 

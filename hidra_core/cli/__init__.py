@@ -1,0 +1,4 @@
+"""The ``hidra`` command line."""
+from hidra_core.cli.main import main
+
+__all__ = ["main"]
