@@ -17,7 +17,8 @@ from hidra_core.errors import ConfigError
 
 __all__ = [
     "ClientsConfig", "DriverChoice", "InstanceConfig", "LedgerConfig", "LocalTargetConfig", "PluginsConfig",
-    "ReceiverConfig", "SenderConfig", "StorageTarget", "apply_override", "load_config", "validate_section",
+    "ReceiverConfig", "SenderConfig", "StorageTarget", "apply_override", "blame_overrides", "load_config",
+    "validate_section",
 ]
 
 MiB = 2**20
@@ -104,8 +105,10 @@ class LocalTargetConfig(_Section):
 
 
 class LedgerConfig(_Section):
-    path: str = Field("hidra-data/state/sender-ledger.sqlite",
-                      description="SQLite file with each file's state; one per sender instance")
+    path: str | None = Field(
+        None, description="SQLite file with each file's state, locked while a sender runs. null: one ledger per"
+        " source, hidra-data/state/ledger-<source dir name>-<hash of its real path>.sqlite; a set path must not be"
+        " shared by two sources")
 
 
 class SenderConfig(_Section):
@@ -207,6 +210,31 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     node[keys[-1]] = yaml.safe_load(text) if text.strip() else ""
 
 
+def _yaml_problem(source: str, exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{source}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else source
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
+
+
+def blame_overrides(exc: ConfigError, overrides: Iterable[str]) -> ConfigError:
+    """``exc`` with each problem about a key given by ``--set`` naming that ``--set`` (and the source ``--set``
+    when every problem came from one)."""
+    given = [(tuple(k for k in a.partition("=")[0].strip().split(".") if k), a) for a in overrides]
+    lines, from_set = [], 0
+    for problem in exc.problems:
+        keys = tuple(problem.partition(":")[0].split("."))
+        blamed = [a for k, a in given if k and (keys[:len(k)] == k or k[:len(keys)] == keys)]
+        if blamed:
+            from_set += 1
+            problem = f"{problem} (from --set {blamed[-1]})"
+        lines.append(problem)
+    if not from_set:
+        return exc
+    return ConfigError("--set" if from_set == len(lines) else exc.source, lines)
+
+
 def _problems(exc: ValidationError, prefix: str) -> list[str]:
     lines = []
     for err in exc.errors():
@@ -235,7 +263,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Iterable[
         except OSError as exc:
             raise ConfigError(source, [f"cannot read: {exc.strerror}"]) from None
         except yaml.YAMLError as exc:
-            raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
+            raise ConfigError(source, [_yaml_problem(source, exc)]) from None
         if not isinstance(raw, dict):
             raise ConfigError(source, ["the top level must be a mapping"])
     for assignment in overrides:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -11,9 +12,10 @@ import time
 
 import yaml
 
-from hidra_core.config import DriverChoice, InstanceConfig, load_config
+from hidra_core.config import InstanceConfig, load_config
+from hidra_core.errors import ConfigError
+from hidra_core.host.build import check_config, check_separate, default_ledger_path, source_driver
 from hidra_core.host.drivers import discover, load_driver_class
-from hidra_core.host.kernel import create_driver
 
 __all__ = ["clients", "config_check", "config_reference", "config_show", "ledger", "plugins", "receiver", "sender",
            "up"]
@@ -43,21 +45,40 @@ def receiver(args: argparse.Namespace) -> int:
 def up(args: argparse.Namespace) -> int:
     """Start a receiver and a sender as child processes and supervise them."""
     config = _load(args)
-    source_type = config.sender.source.type
-    source = args.source or config.sender.source.options.get("path") or "hidra-data/source"
-    target = args.target or config.receiver.target
-    extra = [f"sender.source.{source_type}.path={source}", f"receiver.target={target}"]
-    for directory in (source, target):
-        os.makedirs(directory, exist_ok=True)
-    load_config(args.config, [*args.overrides, *extra])  # fail here, not in a child, if the result is invalid
+    extra = _up_overrides(args, config)
+    origin = args.config or "<defaults>"
+    config = load_config(args.config, [*args.overrides, *extra])
+    os.makedirs(config.receiver.target, exist_ok=True)
+    check_config(config, origin)  # fail here, not in a child, if the result cannot run
     top = ["--log-level", args.log_level] if args.log_level else []
     rest = ["--config", args.config] if args.config else []
     for assignment in [*args.overrides, *extra]:
         rest += ["--set", assignment]
     children = {role: subprocess.Popen([sys.executable, "-m", "hidra_core", *top, role, *rest])
                 for role in ("receiver", "sender")}
-    log.info("hidra up: %s -> %s (Ctrl-C stops)", os.path.abspath(source), os.path.abspath(target))
+    log.info("hidra up: %s -> %s (Ctrl-C stops)", source_driver(config, origin).root,
+             os.path.abspath(config.receiver.target))
     return _supervise(children)
+
+
+def _up_overrides(args: argparse.Namespace, config: InstanceConfig) -> list[str]:
+    """``--source``/``--target`` as overrides; the source directory only for a source with a ``path`` option."""
+    choice = config.sender.source
+    path_field = load_driver_class("event source", choice.type).config_class.model_fields.get("path")
+    target = args.target or config.receiver.target
+    extra = [f"receiver.target={json.dumps(target)}"]
+    if path_field is None:
+        if args.source:
+            raise ConfigError("--source", [f"the {choice.type!r} event source has no path option; give its"
+                                           f" directory in its own options (sender.source.{choice.type}) instead"])
+        return extra
+    source = args.source or choice.options.get("path") or path_field.default
+    if isinstance(source, str):
+        check_separate((f"sender.source.{choice.type}.path", source), ("receiver.target", target),
+                       args.config or "<defaults>")
+        os.makedirs(source, exist_ok=True)
+        extra.append(f"sender.source.{choice.type}.path={json.dumps(source)}")
+    return extra
 
 
 def _supervise(children: dict[str, subprocess.Popen]) -> int:
@@ -87,11 +108,12 @@ def ledger(args: argparse.Namespace) -> int:
     """Report what a sender's ledger holds: counts per state, and the files not (yet) confirmed."""
     from hidra_core.sender.ledger import SEEN, SENT, UNCONFIRMED, Ledger
 
-    path = _load(args).sender.ledger.path
+    config = _load(args)
+    path = config.sender.ledger.path or default_ledger_path(source_driver(config, args.config or "<defaults>").root)
     if not os.path.exists(path):
         print(f"{path}: no ledger (the sender has not run with this config)")
         return 1
-    book = Ledger(path, None)
+    book = Ledger(path, None, exclusive=False)
     try:
         counts = book.counts()
         print(f"{path}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) if counts else
@@ -152,30 +174,12 @@ def plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_drivers(config: InstanceConfig, source: str) -> None:
-    """Load every configured driver and validate its options, without opening anything."""
-    s, r = config.sender, config.receiver
-    cls = load_driver_class("event source", s.source.type)
-    from hidra_core.config import validate_section
-
-    validate_section(cls.config_class, s.source.options, source, f"sender.source.{s.source.type}")
-    fetch = s.fetcher or DriverChoice(type=cls.default_fetcher)
-    validate_section(load_driver_class("fetcher", fetch.type).config_class, fetch.options, source,
-                     f"sender.fetcher.{fetch.type}")
-    for name in r.writers:
-        validate_section(load_driver_class("writer", name).config_class, r.writer_options(name), source,
-                         f"receiver.{name}")
-    for section, transports, endpoints in (
-            ("sender", s.transports, (s.storage.data, s.storage.confirmations)),
-            ("receiver", r.transports, (r.data, r.confirmations, r.status))):
-        for scheme in {e.partition("://")[0] for e in endpoints} | set(transports):
-            create_driver("transport", scheme, transports.get(scheme, {}), source, f"{section}.transports.{scheme}")
-
-
 def config_check(args: argparse.Namespace) -> int:
     config = load_config(args.file, args.overrides)
-    check_drivers(config, args.file)
-    print(f"{args.file}: OK")
+    given = config.model_fields_set & {"sender", "receiver"}
+    role = args.role or (given.pop() if len(given) == 1 else "both")
+    check_config(config, args.file, ("sender", "receiver") if role == "both" else (role,))
+    print(f"{args.file}: OK ({'sender and receiver' if role == 'both' else role})")
     return 0
 
 

@@ -9,7 +9,8 @@ import textwrap
 from typing import Any, Sequence
 
 from hidra_core._version import __version__
-from hidra_core.errors import HidraError
+from hidra_core.config import blame_overrides
+from hidra_core.errors import ConfigError, HidraError
 from hidra_core.host.plugins import PluginHost
 
 __all__ = ["main"]
@@ -53,17 +54,32 @@ _EPILOGS = {
 }
 
 
-def _common(parser: argparse.ArgumentParser, config_required: bool = False) -> None:
-    parser.add_argument("--config", "-c", metavar="FILE", required=config_required,
-                        help="instance config (YAML); without it the embedded defaults are used")
+def _log_level(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=default,
+                        help="default: log_level of the config (INFO)")
+
+
+def _set(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", "-s", dest="overrides", metavar="SECTION.KEY=VALUE", action="append", default=[],
                         help="override one config key (value parsed as YAML); repeatable")
 
 
-def _sub(subs: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    return subs.add_parser(name, help=help_text, description=help_text,
-                           epilog=textwrap.dedent(_EPILOGS.get(name, "")),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+def _common(parser: argparse.ArgumentParser, config_required: bool = False) -> None:
+    parser.add_argument("--config", "-c", metavar="FILE", required=config_required,
+                        help="instance config (YAML); without it the embedded defaults are used")
+    _set(parser)
+
+
+def _sub(subs: Any, name: str, help_text: str, **kwargs: Any) -> argparse.ArgumentParser:
+    parser = subs.add_parser(name, help=help_text, description=help_text, **kwargs)
+    # NOTE: SUPPRESS keeps a --log-level given before the subcommand when none is given after it.
+    _log_level(parser, argparse.SUPPRESS)
+    return parser
+
+
+def _command(subs: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    return _sub(subs, name, help_text, epilog=textwrap.dedent(_EPILOGS.get(name, "")),
+                formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def build_parser(host: PluginHost) -> argparse.ArgumentParser:
@@ -77,12 +93,11 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
               hidra up                      # watch ./hidra-data/source, store into ./hidra-data/target
               hidra <command> --help        # every command has an example"""))
     parser.add_argument("--version", action="version", version=f"hidra-core {__version__}")
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="default: log_level of the config (INFO)")
+    _log_level(parser)
     host.add_options(parser)
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    up = _sub(subs, "up", "run a sender and a storage receiver on loopback (the embedded default)")
+    up = _command(subs, "up", "run a sender and a storage receiver on loopback (the embedded default)")
     up.add_argument("--source", metavar="DIR", help="directory tree to watch (default ./hidra-data/source)")
     up.add_argument("--target", metavar="DIR", help="directory to store into (default ./hidra-data/target)")
     _common(up)
@@ -90,35 +105,38 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
 
     for name, func, text in (("sender", commands.sender, "run a sender: event source -> storage target"),
                              ("receiver", commands.receiver, "run a storage receiver")):
-        p = _sub(subs, name, text)
+        p = _command(subs, name, text)
         _common(p)
         p.set_defaults(func=func)
 
-    led = _sub(subs, "ledger", "report a sender's ledger: files per state and those not confirmed")
+    led = _command(subs, "ledger", "report a sender's ledger: files per state and those not confirmed")
     _common(led)
     led.add_argument("--limit", type=int, default=50, help="most unconfirmed files to list (default 50)")
     led.set_defaults(func=commands.ledger)
 
-    cl = _sub(subs, "clients", "list a running sender's analysis clients and their counters")
+    cl = _command(subs, "clients", "list a running sender's analysis clients and their counters")
     _common(cl)
     cl.add_argument("--com", metavar="ENDPOINT", help="the sender's com endpoint (default: clients.com of the config)")
     cl.add_argument("--json", action="store_true", help="print the raw JSON")
     cl.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
     cl.set_defaults(func=commands.clients)
 
-    plugins = _sub(subs, "plugins", "list installed plugins, their distributions and load errors")
+    plugins = _command(subs, "plugins", "list installed plugins, their distributions and load errors")
     plugins.set_defaults(func=commands.plugins)
 
-    config = _sub(subs, "config", "validate, show or document configuration")
+    config = _command(subs, "config", "validate, show or document configuration")
     csubs = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    check = csubs.add_parser("check", help="validate FILE, including every configured driver's options")
+    check = _sub(csubs, "check", "validate FILE as a run would: build every driver (directories must exist), check"
+                 " that source and targets lie apart; opens no socket and no watch")
     check.add_argument("file", metavar="FILE")
-    check.add_argument("--set", "-s", dest="overrides", metavar="SECTION.KEY=VALUE", action="append", default=[])
+    _set(check)
+    check.add_argument("--role", choices=["sender", "receiver", "both"],
+                       help="what to check (default: the sections FILE and --set give, both if both or neither)")
     check.set_defaults(func=commands.config_check)
-    show = csubs.add_parser("show", help="print the effective configuration as YAML")
+    show = _sub(csubs, "show", "print the effective configuration as YAML")
     _common(show)
     show.set_defaults(func=commands.config_show)
-    ref = csubs.add_parser("reference", help="print the configuration reference (Markdown) from the models")
+    ref = _sub(csubs, "reference", "print the configuration reference (Markdown) from the models")
     ref.set_defaults(func=commands.config_reference)
 
     host.register_commands(subs)
@@ -156,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.log_level or "INFO")
     try:
         return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"hidra: error: {blame_overrides(exc, getattr(args, 'overrides', []))}", file=sys.stderr)
+        return 2
     except HidraError as exc:
         print(f"hidra: error: {exc}", file=sys.stderr)
         return 2

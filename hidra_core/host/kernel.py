@@ -1,6 +1,7 @@
 """What the sender and the receiver share: building drivers from config sections, and opening endpoints."""
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import threading
@@ -9,10 +10,11 @@ from typing import Any, Callable, Mapping
 import zmq
 
 from hidra_core.config import validate_section
+from hidra_core.errors import HidraError
 from hidra_core.host.drivers import build_driver, load_driver_class
 from hidra_core.interfaces import Transport
 
-__all__ = ["Endpoints", "StopFlag", "create_driver"]
+__all__ = ["EndpointInUse", "Endpoints", "StopFlag", "create_driver"]
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +27,24 @@ def create_driver(role: str, name: str, options: Mapping[str, Any], source: str,
     return build_driver(role, name, config, **kwargs)
 
 
-class Endpoints:
-    """Opens sockets through the transport driver registered for each endpoint's URL scheme."""
+class EndpointInUse(HidraError):
+    """A configured endpoint cannot be bound because another process holds it; names the key that moves it."""
 
-    def __init__(self, context: zmq.Context, options: Mapping[str, Mapping[str, Any]], source: str,
-                 section: str) -> None:
+
+class Endpoints:
+    """Opens sockets through the transport driver registered for each endpoint's URL scheme.
+
+    ``keys`` maps configured endpoints to their config keys, so a busy port names the option that changes it.
+    Without a ``context`` (``hidra config check``) transport drivers are built but no socket can be opened.
+    """
+
+    def __init__(self, context: zmq.Context | None, options: Mapping[str, Mapping[str, Any]], source: str,
+                 section: str, *, keys: Mapping[str, str] | None = None) -> None:
         self.context = context
         self._options = options
         self._source = source
         self._section = section
+        self._keys = dict(keys or {})
         self._drivers: dict[str, Any] = {}
 
     def driver(self, endpoint: str) -> Any:
@@ -45,8 +56,16 @@ class Endpoints:
 
     def open(self, socket_type: int, endpoint: str, *, bind: bool, hwm: int,
              prepare: Callable[[zmq.Socket], None] | None = None) -> zmq.Socket:
-        return self.driver(endpoint).open_socket(self.context, socket_type, endpoint, bind=bind, hwm=hwm,
-                                                 prepare=prepare)
+        assert self.context is not None, "Endpoints built without a context cannot open sockets"
+        try:
+            return self.driver(endpoint).open_socket(self.context, socket_type, endpoint, bind=bind, hwm=hwm,
+                                                     prepare=prepare)
+        except OSError as exc:
+            key = self._keys.get(endpoint)
+            if bind and key and exc.errno == errno.EADDRINUSE:
+                raise EndpointInUse(f"{key} {endpoint}: address already in use (another process holds it);"
+                                    f" choose another with --set {key}=...") from None
+            raise
 
     bound = staticmethod(Transport.endpoint_of)
 

@@ -23,7 +23,8 @@ from hidra_core.checksum import ALGORITHMS, new_hasher
 from hidra_core.config import InstanceConfig
 from hidra_core.errors import PathRefused, ProtocolError
 from hidra_core.interfaces import WriteTarget
-from hidra_core.host.kernel import Endpoints, StopFlag, create_driver
+from hidra_core.host.build import build_receiver
+from hidra_core.host.kernel import Endpoints, StopFlag
 from hidra_core.paths import split_checked
 from hidra_core.host.plugins import PluginHost
 from hidra_core.protocol import decode_data, is_alive_test
@@ -61,19 +62,12 @@ class Receiver:
 
     def __init__(self, config: InstanceConfig, host: PluginHost, *, source_name: str = "<defaults>") -> None:
         self.instance_config = config
-        self.config = cfg = config.receiver
+        self.config = config.receiver
         self.host = host
         self.stop = StopFlag()
-        if not os.path.isdir(cfg.target):
-            from hidra_core.errors import ConfigError
-
-            raise ConfigError(source_name, [f"receiver.target: directory {cfg.target!r} does not exist"])
-        self.writers = [create_driver("writer", name, cfg.writer_options(name), source_name, f"receiver.{name}",
-                                      target=cfg.target) for name in cfg.writers]
         self.context = zmq.Context()
-        self.endpoints = Endpoints(self.context, cfg.transports, source_name, "receiver")
-        for endpoint in (cfg.data, cfg.confirmations, cfg.status):
-            self.endpoints.driver(endpoint)
+        built = build_receiver(config, source_name, self.context)
+        self.writers, self.endpoints = built.writers, built.endpoints
         self.instance = uuid.uuid4().hex
         self.status = StatusBoard()
         self.stats = {"stored": 0, "bytes": 0, "refused": 0, "malformed": 0, "failed": 0, "alive_tests": 0}

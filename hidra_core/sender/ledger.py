@@ -6,16 +6,18 @@ process. The ledger is owned by one thread (the sender's router loop).
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import IO, Iterable, Iterator
 
 from hidra_core.errors import HidraError
+from hidra_core.host.build import default_ledger_path
 from hidra_core.types import FileEvent
 
-__all__ = ["CONFIRMED", "Ledger", "LedgerRow", "REMOVED", "SEEN", "SENT", "STATE_NAMES", "UNCONFIRMED"]
+__all__ = ["CONFIRMED", "Ledger", "LedgerLocked", "LedgerRow", "REMOVED", "SEEN", "SENT", "STATE_NAMES", "UNCONFIRMED"]
 
 SEEN, SENT, CONFIRMED, REMOVED, UNCONFIRMED = 0, 1, 2, 3, 4
 STATE_NAMES = {SEEN: "seen", SENT: "sent", CONFIRMED: "confirmed", REMOVED: "removed", UNCONFIRMED: "unconfirmed"}
@@ -52,11 +54,40 @@ class LedgerMismatch(HidraError):
     """The ledger file belongs to another source."""
 
 
+class LedgerLocked(HidraError):
+    """Another running sender holds the ledger."""
+
+
+def _lock(path: str) -> IO[str]:
+    """Hold ``<path>.lock`` (flock, released when the process ends, however it ends) and write our pid into it."""
+    handle = open(path + ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise LedgerLocked(f"ledger {path} is in use by another sender (pid {holder}); give each sender its own"
+                           " sender.ledger.path, or stop the other one") from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 class Ledger:
-    def __init__(self, path: str, source_root: str | None) -> None:
-        self.path = path
+    def __init__(self, path: str | None, source_root: str | None, *, exclusive: bool = True) -> None:
+        """Open (or create) the ledger at ``path``; None: the default ledger of ``source_root``.
+
+        ``exclusive`` (a sender) takes a lock that a second sender on the same ledger cannot get; ``hidra
+        ledger`` reads without it. ``LedgerMismatch`` if the file belongs to another source root.
+        """
+        self.path = path = default_ledger_path(source_root) if path is None else path
+        self._lock: IO[str] | None = None
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            if exclusive:
+                self._lock = _lock(path)
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NOTE: synchronous=NORMAL keeps committed rows across a process crash (SIGKILL); after a power
@@ -73,8 +104,12 @@ class Ledger:
         if row is None:
             self._db.execute("INSERT INTO meta VALUES ('source_root', ?)", (source_root,))
         elif row[0] != source_root:
+            self._db.close()
+            if self._lock is not None:
+                self._lock.close()
             raise LedgerMismatch(f"ledger {self.path} belongs to source {row[0]!r}, not {source_root!r}; "
-                                 "give each sender its own sender.ledger.path")
+                                 "give each sender its own sender.ledger.path (or leave it unset: one ledger per"
+                                 " source)")
 
     def commit(self) -> None:
         """Make every change since the last commit durable against a process crash."""
@@ -84,6 +119,8 @@ class Ledger:
     def close(self) -> None:
         self._db.execute("COMMIT")
         self._db.close()
+        if self._lock is not None:
+            self._lock.close()  # NOTE: releases the flock
 
     def record_seen(self, events: Iterable[FileEvent]) -> None:
         now = time.time()

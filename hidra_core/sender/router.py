@@ -17,10 +17,11 @@ from typing import Any
 
 import zmq
 
-from hidra_core.config import DriverChoice, InstanceConfig
+from hidra_core.config import InstanceConfig
 from hidra_core.sender.clients.dispatch import ClientDispatcher
 from hidra_core.interfaces import WriteTarget
-from hidra_core.host.kernel import Endpoints, StopFlag, create_driver
+from hidra_core.host.build import build_sender
+from hidra_core.host.kernel import StopFlag
 from hidra_core.sender.ledger import CONFIRMED, REMOVED, UNCONFIRMED, Ledger
 from hidra_core.sender.outgoing import ZERO_COPY_MIN, Outgoing
 from hidra_core.host.plugins import PluginHost
@@ -48,20 +49,11 @@ class Sender:
         self.host = host
         self.stop = StopFlag()
         # Drivers are resolved before any socket exists, so a bad name or option fails start-up cleanly.
-        self.source = create_driver("event source", cfg.source.type, cfg.source.options, source_name,
-                                    f"sender.source.{cfg.source.type}")
-        fetch = cfg.fetcher or DriverChoice(type=self.source.default_fetcher)
-        self.fetcher = create_driver("fetcher", fetch.type, fetch.options, source_name, f"sender.fetcher.{fetch.type}")
         self.context = zmq.Context()
-        self.endpoints = Endpoints(self.context, cfg.transports, source_name, "sender")
-        for endpoint in (cfg.storage.data, cfg.storage.confirmations, cfg.clients.com, cfg.clients.request):
-            self.endpoints.driver(endpoint)
-        self.local: Any = None
-        if cfg.local_target is not None:
-            lt = cfg.local_target
-            self.local = create_driver("writer", lt.writer, lt.options, source_name, "sender.local_target.options",
-                                       target=lt.path)
-            self.local_root = os.path.abspath(lt.path)
+        built = build_sender(config, source_name, self.context)
+        self.source, self.fetcher, self.local = built.source, built.fetcher, built.local
+        self.endpoints = built.endpoints
+        self.local_root = os.path.abspath(cfg.local_target.path) if cfg.local_target is not None else ""
         self.clients = ClientDispatcher(cfg.clients, self.endpoints, cfg.compat_version, storing=self.local is not None,
                                         authorize=host.authorize_receiver if host.has_authorizers else None)
         self.topic = f"{socket.getfqdn()}_{os.getpid()}".encode()
@@ -90,7 +82,7 @@ class Sender:
                 return 1
             self._resume()
             log.info("hidra sender ready: source %s %s, storage %s, %s, ledger %s", self.config.source.type,
-                     self.source.root or "", self.config.storage.data, self.clients.bound(), self.config.ledger.path)
+                     self.source.root or "", self.config.storage.data, self.clients.bound(), self.ledger.path)
             self._loop(source)
             return 0
         finally:

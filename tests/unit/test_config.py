@@ -1,5 +1,6 @@
 """Instance configuration: frozen pydantic models, errors naming file and dotted key, --set, $env/$file,
-and validation of every configured driver's options (``check_drivers`` and ``hidra config check``)."""
+and building every configured driver (``check_config``, shared with the sender and receiver, and ``hidra config
+check``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,16 @@ import pydantic
 import pytest
 
 from hidra_core import ConfigError, DriverLoadFailure
-from hidra_core.cli.commands import check_drivers
+from hidra_core.host.build import check_config as check_drivers
 from hidra_core.config import InstanceConfig, ReceiverConfig, SenderConfig, apply_override, load_config
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default source and target directories exist, as `hidra up` makes them: drivers are really built."""
+    monkeypatch.chdir(tmp_path)
+    for d in ("hidra-data/source", "hidra-data/target", "ramdisk"):
+        (tmp_path / d).mkdir(parents=True)
 
 
 @pytest.fixture
@@ -149,10 +158,10 @@ def test_set_overrides_parse_values_as_yaml(write) -> None:
 
 
 def test_set_reaches_nested_driver_options() -> None:
-    config = load_config(None, ["sender.source.inotify.path=/ramdisk", "sender.source.inotify.ignore=['*.tmp']",
+    config = load_config(None, ["sender.source.inotify.path=ramdisk", "sender.source.inotify.ignore=['*.tmp']",
                                 "receiver.files.fsync=false", "sender.transports.tcp.linger_ms=0"])
     assert config.sender.source.type == "inotify"  # the default type is implied
-    assert config.sender.source.options == {"path": "/ramdisk", "ignore": ["*.tmp"]}
+    assert config.sender.source.options == {"path": "ramdisk", "ignore": ["*.tmp"]}
     assert config.receiver.writer_options("files") == {"fsync": False}
     assert config.sender.transports == {"tcp": {"linger_ms": 0}}
     check_drivers(config, "--set")
@@ -300,7 +309,7 @@ def test_check_drivers_wrong_option_type(write) -> None:
 def test_check_drivers_accepts_valid_driver_options(write) -> None:
     _check(write("""
 sender:
-  source: {type: inotify, inotify: {path: /ramdisk, recursive: false, ignore: ['*.tmp']}}
+  source: {type: inotify, inotify: {path: ramdisk, recursive: false, ignore: ['*.tmp']}}
   fetcher: {type: file}
   transports: {tcp: {linger_ms: 0}}
 receiver:
@@ -358,9 +367,9 @@ def test_cli_config_check_missing_secret_file(write, tmp_path: Path, capsys: pyt
 def test_cli_config_check_ok(write, capsys: pytest.CaptureFixture[str]) -> None:
     from hidra_core.cli.main import main
 
-    path = write("sender: {source: {type: inotify, inotify: {path: /ramdisk}}}\nreceiver: {files: {fsync: false}}\n")
+    path = write("sender: {source: {type: inotify, inotify: {path: ramdisk}}}\nreceiver: {files: {fsync: false}}\n")
     assert main(["config", "check", str(path)]) == 0
-    assert capsys.readouterr().out.strip() == f"{path}: OK"
+    assert capsys.readouterr().out.strip() == f"{path}: OK (sender and receiver)"
 
 
 def test_cli_config_check_with_set(write, capsys: pytest.CaptureFixture[str]) -> None:
