@@ -38,6 +38,16 @@ DEFAULT_SIGNAL_TIMEOUT_S = 2.0
 _ANY_HOST = ("", "0.0.0.0", "*")
 
 
+def _seconds(timeout_ms: float | None, timeout_s: float | None) -> float | None:
+    """One wait in seconds from the 4.x ``timeout`` (milliseconds) or ``timeout_s`` (seconds); None: for ever."""
+    if timeout_ms is not None and timeout_s is not None:
+        raise TypeError("give timeout_s (seconds) or timeout (milliseconds, 4.x), not both")
+    wait_s = timeout_s if timeout_ms is None else timeout_ms / 1000
+    if wait_s is not None and wait_s < 0:
+        raise ValueError(f"a timeout must be >= 0, got {timeout_s if timeout_ms is None else timeout_ms!r}")
+    return wait_s
+
+
 class Transfer:
     """A client of one sender. ``connection_type``: STREAM, STREAM_METADATA, QUERY_NEXT or QUERY_NEXT_METADATA.
 
@@ -248,21 +258,23 @@ class Transfer:
         except zmq.Again:
             log.warning("request queue to %s is full: %s not sent", self.signal_host, word.decode())
 
-    def get(self, timeout: float | None = None) -> list[Any]:
+    def get(self, timeout: float | None = None, *, timeout_s: float | None = None) -> list[Any]:
         """The next whole file as ``[metadata, data]``; ``data`` is None for metadata-only notices.
 
         ``metadata`` is that of the file's last chunk with ``chunk_number`` set to None.
 
-        ``timeout`` is in **milliseconds**, as in 4.x (None: wait for ever); on timeout ``[None, None]``. In the
-        QUERY modes one ``NEXT`` is sent per call and a ``CANCEL`` on timeout. ``ChecksumError`` if the file is
-        corrupt (unless ``drop_corrupt``).
+        Give at most one of ``timeout_s`` (**seconds**) and ``timeout`` (**milliseconds**, the 4.x meaning, kept
+        so 4.x programs work unchanged); neither: wait for ever. On timeout ``[None, None]``. In the QUERY modes
+        one ``NEXT`` is sent per call and a ``CANCEL`` on timeout. ``ChecksumError`` if the file is corrupt
+        (unless ``drop_corrupt``).
         """
+        wait_s = _seconds(timeout, timeout_s)
         data = self._data
         if data is None:
             raise HidraClientError("call start() before get()")
         if self.is_query:
             self._request(b"NEXT")
-        deadline = None if timeout is None else time.monotonic() + timeout / 1000
+        deadline = None if wait_s is None else time.monotonic() + wait_s
         while True:
             wait_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
             if not data.poll(wait_ms):
@@ -273,18 +285,20 @@ class Transfer:
             if done is not None:
                 return [done.metadata, done.data]
 
-    def store(self, target_base_path: str, timeout: float | None = None) -> str | None:
+    def store(self, target_base_path: str, timeout: float | None = None, *,
+              timeout_s: float | None = None) -> str | None:
         """``get`` one file and write it to ``<target_base_path>/<relative_path>/<filename>`` atomically.
 
-        Returns the path written, or None on timeout. ``PathRefused`` (nothing written) for unsafe names or a
-        missing directory of ``dirs_not_to_create``; ``target_base_path`` must exist.
+        ``timeout`` (milliseconds, 4.x) or ``timeout_s`` (seconds) as for ``get``. Returns the path written, or
+        None on timeout. ``PathRefused`` (nothing written) for unsafe names or a missing directory of
+        ``dirs_not_to_create``; ``target_base_path`` must exist.
         """
         if self.is_metadata:
             raise HidraClientError(f"{self.connection_type} delivers no file contents: nothing to store")
         store = self._stores.get(target_base_path)
         if store is None:
             store = self._stores[target_base_path] = FileStore(target_base_path, self.dirs_not_to_create)
-        metadata, data = self.get(timeout)
+        metadata, data = self.get(timeout, timeout_s=timeout_s)
         if metadata is None:
             return None
         if data is None:
