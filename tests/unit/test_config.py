@@ -379,3 +379,84 @@ def test_cli_config_check_with_set(write, capsys: pytest.CaptureFixture[str]) ->
     assert main(["config", "check", str(path), "--set", "sender.source.inotify.bogus=1"]) == 2
     assert "sender.source.inotify.bogus: unknown key" in capsys.readouterr().err
     assert main(["config", "check", str(path), "--set", "sender.chunksize=4096"]) == 0
+
+
+# --- `config check` builds what the run builds (issue 6, item 16) ----------------------------------------------
+
+
+def _check_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    from hidra_core.cli.main import main
+
+    code = main(["config", "check", *args])
+    return code, capsys.readouterr().err
+
+
+def test_config_check_refuses_a_missing_source_directory(write, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _check_cli(capsys, str(write("sender: {source: {type: inotify, inotify: {path: nowhere}}}")))
+    assert code == 2 and "nowhere" in err and "does not exist" in err
+
+
+def test_config_check_refuses_a_missing_receiver_target(write, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _check_cli(capsys, str(write("receiver: {target: nowhere}")))
+    assert code == 2 and "receiver.target: directory 'nowhere' does not exist" in err
+
+
+def test_config_check_refuses_unknown_keys_in_local_target_options(write, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _check_cli(capsys, str(write("sender: {local_target: {path: ramdisk, options: {bogus: 1}}}")))
+    assert code == 2 and "sender.local_target.options.bogus: unknown key" in err
+
+
+def test_config_check_of_a_sender_file_does_not_need_the_receiver_target(write, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "hidra-data" / "target").rmdir()
+    path = write("sender: {source: {type: inotify, inotify: {path: ramdisk}}}")
+    assert _check_cli(capsys, str(path)) == (0, "")
+    code, err = _check_cli(capsys, str(path), "--role", "both")
+    assert code == 2 and "receiver.target" in err
+
+
+def test_sender_receiver_and_check_share_one_driver_builder(write) -> None:
+    from hidra_core.host.plugins import PluginHost
+    from hidra_core.receiver.loop import Receiver
+    from hidra_core.sender.router import Sender
+
+    config = load_config(write("sender: {local_target: {path: ramdisk, options: {bogus: 1}}}\n"
+                               "receiver: {target: nowhere}\n"))
+    for build in (lambda: Sender(config, PluginHost()), lambda: check_drivers(config, "x", ("sender",))):
+        with pytest.raises(ConfigError, match="sender.local_target.options.bogus: unknown key"):
+            build()
+    for build in (lambda: Receiver(config, PluginHost()), lambda: check_drivers(config, "x", ("receiver",))):
+        with pytest.raises(ConfigError, match="receiver.target: directory 'nowhere' does not exist"):
+            build()
+
+
+def test_errors_from_set_name_the_set(write, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write("sender: {chunksize: 4096}\n")
+    code, err = _check_cli(capsys, str(path), "--set", "sender.storage.remove_sourse=never")
+    assert code == 2 and "invalid configuration in --set" in err
+    assert "sender.storage.remove_sourse: unknown key (from --set sender.storage.remove_sourse=never)" in err
+    code, err = _check_cli(capsys, str(path), "--set", "sender.source.inotify.bogus=1")
+    assert code == 2 and "(from --set sender.source.inotify.bogus=1)" in err
+
+
+def test_an_error_in_the_file_still_names_the_file_next_to_a_set(write, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write("sender: {chunksize: -1}\n")
+    code, err = _check_cli(capsys, str(path), "--set", "sender.bogus=1")
+    assert code == 2 and f"invalid configuration in {path}" in err
+    assert "sender.chunksize" in err and "(from --set sender.bogus=1)" in err
+
+
+def test_a_yaml_syntax_error_names_file_and_line(write, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write("sender:\n  chunksize: 4096\n  storage: {data: [\n")
+    code, err = _check_cli(capsys, str(path))
+    assert code == 2 and f"{path}, line 4, column 1: not valid YAML" in err
+    assert "<unicode string>" not in err
+
+
+@pytest.mark.parametrize("argv", [["sender", "--log-level", "DEBUG"], ["--log-level", "DEBUG", "sender"],
+                                  ["config", "check", "f.yaml", "--log-level", "DEBUG"]])
+def test_log_level_is_accepted_before_and_after_the_subcommand(argv: list[str]) -> None:
+    from hidra_core.cli.main import build_parser
+    from hidra_core.host.plugins import PluginHost
+
+    assert build_parser(PluginHost()).parse_args(argv).log_level == "DEBUG"
