@@ -4,6 +4,9 @@ from __future__ import annotations
 import ast
 import configparser
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +87,24 @@ def test_relative_links_point_to_existing_files(doc: str) -> None:
     for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
         if "://" not in target and not target.startswith("mailto:"):
             assert (path.parent / target).exists(), f"{doc} links to missing {target}"
+
+
+def _python_requires(path: Path) -> str:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(path.read_text())
+    return parser["options"]["python_requires"].strip()
+
+
+def test_the_stated_minimum_python_is_the_one_the_code_needs() -> None:
+    """Every distribution states one minimum, the README says it, and ``vermin`` finds no newer need."""
+    setups = [REPO / "setup.cfg", *REPO.glob("plugins/*/setup.cfg"), *REPO.glob("contrib/*/setup.cfg")]
+    stated = {str(p.relative_to(REPO)): _python_requires(p) for p in setups}
+    assert set(stated.values()) == {">=3.10"}, stated
+    minimum = "3.10"
+    assert f"Python ≥ {minimum}" in (REPO / "README.md").read_text()
+    vermin = shutil.which("vermin", path=str(Path(sys.executable).parent)) or shutil.which("vermin")
+    assert vermin, "vermin is in the test extras: pip install -e '.[test]'"
+    # NOTE: --eval-annotations: pydantic evaluates annotations at run time, so `X | None` needs 3.10 there too.
+    result = subprocess.run([vermin, f"--target={minimum}-", "--violations", "--no-tips", "--eval-annotations",
+                             "hidra_core", "plugins", "contrib"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"code needs a newer Python than {minimum}:\n{result.stdout}{result.stderr}"

@@ -121,3 +121,23 @@ def test_refused_registration_raises_on_first_next(sender: FakeSender, client_co
 def test_arguments_are_checked_before_iteration(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         hidra_core.client.stream("127.0.0.1", **kwargs)
+
+
+@pytest.mark.parametrize("form", ["{host}:{port}", "tcp://{host}:{port}"])
+def test_stream_takes_the_com_port_with_the_host(sender: FakeSender, client_context: TrackingContext,
+                                                 form: str) -> None:
+    sender.on_start = make_messages("one.cbf", b"x" * 10, 1000)
+    host = form.format(host="127.0.0.1", port=sender.com_port)
+    it = hidra_core.client.stream(host, data_host="127.0.0.1", context=client_context, timeout=30)
+    meta, data = next(it)
+    it.close()
+    assert meta["filename"] == "one.cbf" and data == b"x" * 10
+
+
+@pytest.mark.parametrize(("host", "com_port", "why"), [
+    ("detpc01:abc", None, "is not NAME, NAME:PORT or tcp://NAME:PORT"),
+    ("detpc01:50000", 50010, "names com port 50000, com_port says 50010"),
+])
+def test_stream_refuses_an_unclear_com_port(host: str, com_port: int | None, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        hidra_core.client.stream(host, com_port=com_port)

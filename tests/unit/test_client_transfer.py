@@ -258,3 +258,23 @@ def test_misuse_is_reported(transfer: Callable[..., Transfer]) -> None:
     t.start(["127.0.0.1", 0])
     with pytest.raises(HidraClientError, match="already started"):
         t.start(["127.0.0.1", 0])
+
+
+def test_get_and_store_take_seconds_as_timeout_s_and_keep_4x_milliseconds_as_timeout(
+        sender: FakeSender, transfer: Callable[..., Transfer], tmp_path: Path) -> None:
+    t = transfer("STREAM")
+    sid = t.start(["127.0.0.1", 0])
+    t.initiate(["127.0.0.1", t.data_port, 1])
+    push = sender.data_to(sid)
+    for message in make_messages("a.cbf", DATA, 1000):
+        push.send_multipart(message)
+    assert t.get(timeout_s=30)[1] == DATA
+    assert t.get(timeout_s=0.05) == [None, None]
+    assert t.get(timeout=50) == [None, None]  # 4.x: milliseconds
+    for message in make_messages("b.cbf", DATA, 1000):
+        push.send_multipart(message)
+    assert t.store(str(tmp_path), timeout_s=30) == str(tmp_path / "b.cbf")
+    with pytest.raises(TypeError, match="not both"):
+        t.get(5000, timeout_s=5)
+    with pytest.raises(ValueError, match=">= 0"):
+        t.get(timeout_s=-1)
