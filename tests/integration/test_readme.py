@@ -1,0 +1,189 @@
+"""The README's examples, run as typed against a real `hidra up`; only ports (and paths of other hosts) change.
+
+Ports are made free-random with ``--set`` (and, in the client examples, by replacing the default port numbers),
+so the examples run beside other tests; everything else is the README's own text.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from hidra_proc import wait_until, write_file
+from test_docs import REPO, _fenced
+from test_up import _free_ports
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+README = (REPO / "README.md").read_text()
+BLOCKS = _fenced(README)
+
+
+def _block(lang: str, *needles: str) -> str:
+    found = [body for kind, body in BLOCKS if kind == lang and all(n in body for n in needles)]
+    assert len(found) == 1, f"the README should have one {lang} block with {needles}"
+    return found[0]
+
+
+def _hidra_argv(line: str) -> list[str]:
+    """A README command line as argv, with `.venv/bin/hidra` as this interpreter's `hidra`."""
+    argv = shlex.split(line.split("#", 1)[0])
+    assert argv[0] == ".venv/bin/hidra", line
+    return [sys.executable, "-m", "hidra_core", *argv[1:]]
+
+
+class QuickStart:
+    """The Quick start's first line, `bash scripts/up`, running in its own directory on free ports."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        data, conf, status, self.com, self.request = _free_ports(5)
+        first = _block("sh", "bash scripts/up", "cmp ").splitlines()[0].split("#", 1)[0].split()
+        assert first == ["bash", "scripts/up"]
+        ports = {"receiver.data": data, "sender.storage.data": data, "receiver.confirmations": conf,
+                 "sender.storage.confirmations": conf, "receiver.status": status, "sender.clients.com": self.com,
+                 "sender.clients.request": self.request}
+        sets = [a for key, port in ports.items() for a in ("--set", f"{key}=tcp://127.0.0.1:{port}")]
+        self.log = open(base / "up.log", "wb")
+        self.proc = subprocess.Popen(["bash", str(REPO / "scripts" / "up"), *sets], cwd=base, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+
+    def text(self) -> str:
+        return (self.base / "up.log").read_text(errors="replace")
+
+    def registrations(self) -> list[dict]:
+        out = subprocess.run([sys.executable, "-m", "hidra_core", "clients", "--com",
+                              f"tcp://127.0.0.1:{self.com}", "--json"], capture_output=True, text=True, timeout=30)
+        return json.loads(out.stdout)["registrations"] if out.returncode == 0 else []
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.log.close()
+
+
+@pytest.fixture(scope="module")
+def quick_start(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuickStart]:
+    up = QuickStart(tmp_path_factory.mktemp("readme"))
+    try:
+        def ready() -> bool:
+            assert up.proc.poll() is None, f"bash scripts/up exited with {up.proc.returncode}:\n{up.text()}"
+            return "hidra sender ready" in up.text() and "hidra receiver ready" in up.text()
+
+        wait_until(ready, 120, "the ready lines of `bash scripts/up`")
+        yield up
+    finally:
+        up.stop()
+
+
+def test_quick_start_stores_the_file_as_typed(quick_start: QuickStart) -> None:
+    other_terminal = "\n".join(_block("sh", "bash scripts/up", "cmp ").splitlines()[1:])
+    result = subprocess.run(["bash", "-c", other_terminal], cwd=quick_start.base, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "stored"
+
+
+def _python(code: str, base: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code], cwd=base, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _finish(proc: subprocess.Popen) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)  # NOTE: KeyboardInterrupt leaves the loop: stream() unregisters
+    try:
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return out
+
+
+def test_stream_example_gets_a_new_file(quick_start: QuickStart) -> None:
+    code = _block("python", "hidra_core.client.stream(").replace("localhost:50000", f"localhost:{quick_start.com}")
+    proc = _python(code, quick_start.base)
+    try:
+        wait_until(lambda: proc.poll() is not None or quick_start.registrations(), 30, "the stream registration")
+        assert proc.poll() is None, proc.communicate()[0]
+        write_file(quick_start.base / "hidra-data" / "source" / "streamed" / "s1.raw", 70_000)
+        lines: list[str] = []
+
+        def printed() -> bool:
+            line = proc.stdout.readline() if proc.stdout else ""
+            lines.append(line)
+            return "s1.raw" in line or proc.poll() is not None
+
+        wait_until(printed, 60, "the example's line for s1.raw")
+        assert lines[-1].split() == ["streamed", "s1.raw", "70000"], lines
+    finally:
+        _finish(proc)
+
+
+def test_transfer_example_gets_the_next_file_with_a_timeout_in_seconds(quick_start: QuickStart) -> None:
+    data_port = _free_ports(1)[0]
+    code = _block("python", "Transfer(").replace("50000", str(quick_start.com)).replace(
+        "50001", str(quick_start.request)).replace("50101", str(data_port))
+    proc = _python(code, quick_start.base)
+    try:
+        def asked() -> bool:
+            assert proc.poll() is None, proc.communicate()[0]
+            return any(r["open_requests"] for r in quick_start.registrations())
+
+        wait_until(asked, 30, "the example's NEXT")
+        write_file(quick_start.base / "hidra-data" / "source" / "queried" / "q1.raw", 5000)
+        assert proc.wait(60) == 0
+    finally:
+        out = _finish(proc)
+    assert out.split() == ["q1.raw", "5000"], out
+
+
+def test_two_host_configs_pass_config_check(tmp_path: Path) -> None:
+    paths = {"/gpfs/beamtime/raw": tmp_path / "raw", "/ramdisk/det1": tmp_path / "det1",
+             "/var/lib/hidra": tmp_path / "state"}
+    for path in paths.values():
+        path.mkdir()
+    for name in ("receiver.yaml", "sender.yaml"):
+        text = _block("yaml", f"# {name}")
+        for theirs, ours in paths.items():
+            text = text.replace(theirs, str(ours))
+        (tmp_path / name).write_text(text)
+    lines = [line for line in _block("sh", "config check receiver.yaml").splitlines() if line.strip()]
+    assert len(lines) == 2
+    for line in lines:
+        check = line.split("&&")[0]
+        result = subprocess.run(_hidra_argv(check), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{check}: {result.stderr}"
+        assert re.search(r": OK \((sender|receiver)\)$", result.stdout.strip()), result.stdout
+
+
+def test_installing_a_plugin_names_the_kernel_too() -> None:
+    """`hidra-core` is not on PyPI: a pip line with a plugin directory must install the checkout (`.`) too."""
+    lines = [line for _kind, body in BLOCKS for line in body.splitlines() if "pip install" in line]
+    plugin_lines = [line for line in lines if "plugins/" in line.split("#", 1)[0]]
+    assert plugin_lines, "the README shows how to install the plugins with pip"
+    for line in plugin_lines:
+        assert "." in shlex.split(line.split("#", 1)[0]), line
+
+
+def test_the_other_up_commands_use_real_options() -> None:
+    """They run forever, so they are not run: each option they use must be one `hidra up` has."""
+    for line in _block("sh", "hidra up --source").splitlines():
+        argv = _hidra_argv(line)
+        help_text = subprocess.run([*argv[:4], "--help"], capture_output=True, text=True, timeout=30).stdout
+        for option in (a.split("=")[0] for a in argv[4:] if a.startswith("--")):
+            assert option in help_text, f"{line}: {option}"
