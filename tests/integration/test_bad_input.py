@@ -54,7 +54,7 @@ def test_unknown_driver_stops_start_up_before_any_socket_is_bound(tmp_path, held
 
 
 @pytest.mark.parametrize("override, names", [
-    ("sender.bogus=1", ["<defaults>", "sender.bogus", "unknown key"]),
+    ("sender.bogus=1", ["--set sender.bogus=1", "sender.bogus", "unknown key"]),
     ("sender.storage.remove_source=sometimes", ["sender.storage.remove_source", "sometimes"]),
     ("sender.chunksize=abc", ["sender.chunksize", "'abc'"]),
     ("sender.source.inotify.bogus=1", ["sender.source.inotify.bogus", "unknown key"]),
