@@ -25,6 +25,7 @@ __all__ = ["ReceiverDrivers", "SenderDrivers", "build_receiver", "build_sender",
 log = logging.getLogger(__name__)
 
 LEDGER_DIR = "hidra-data/state"
+_OLD_DEFAULT_LEDGER = os.path.join(LEDGER_DIR, "sender-ledger.sqlite")  # the single default ledger of 0.1.0
 
 
 @dataclass(frozen=True)
@@ -117,4 +118,9 @@ def default_ledger_path(source_root: str | None) -> str:
     real = os.path.realpath(source_root) if source_root else ""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(real.rstrip("/")) or "source")[:40]
     digest = hashlib.sha256(os.fsencode(real)).hexdigest()[:12]
+    if os.path.exists(_OLD_DEFAULT_LEDGER):
+        # NOTE: nothing is lost without it (sources are kept until confirmed and rescanned at start), but an
+        # operator may want its history: say where it is and how to keep using it.
+        log.warning("%s (the default ledger of earlier versions) is not used any more; set sender.ledger.path to it"
+                    " to keep using it", _OLD_DEFAULT_LEDGER)
     return os.path.join(LEDGER_DIR, f"ledger-{name}-{digest}.sqlite")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import zmq
@@ -198,21 +199,40 @@ def test_a_second_sender_on_the_same_ledger_stops_at_start_up(tmp_path: Path) ->
 # --- 16: start-up errors name what to change -------------------------------------------------------------------
 
 
-def test_a_busy_port_names_the_option_that_moves_it(tmp_path: Path) -> None:
-    (tmp_path / "target").mkdir()
+@pytest.fixture
+def held_endpoint() -> Iterator[str]:
+    """An endpoint on a port that a real socket of the test holds."""
     holder = socket.socket()
     try:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
-        busy = f"tcp://127.0.0.1:{holder.getsockname()[1]}"
-        result = _hidra("receiver", *[a for o in receiver_overrides(tmp_path / "target", data=busy)
-                                      for a in ("--set", o)], cwd=tmp_path)
+        yield f"tcp://127.0.0.1:{holder.getsockname()[1]}"
     finally:
         holder.close()
+
+
+@pytest.mark.parametrize(("role", "key"), [("receiver", "receiver.data"), ("receiver", "receiver.status"),
+                                           ("sender", "sender.clients.com")])
+def test_a_busy_port_names_the_option_that_moves_it(tmp_path: Path, held_endpoint: str, role: str, key: str) -> None:
+    (tmp_path / "target").mkdir()
+    (tmp_path / "source").mkdir()
+    overrides = [*receiver_overrides(tmp_path / "target"), "sender.source.inotify.path=source",
+                 "sender.clients.com=tcp://127.0.0.1:0", "sender.clients.request=tcp://127.0.0.1:0",
+                 f"{key}={held_endpoint}"]
+    result = _hidra(role, *[a for o in overrides for a in ("--set", o)], cwd=tmp_path)
     assert result.returncode == 2, result.stderr
-    assert f"receiver.data {busy}: address already in use" in result.stderr
-    assert "choose another with --set receiver.data=" in result.stderr
+    assert f"{key} {held_endpoint}: address already in use" in result.stderr
+    assert f"choose another with --set {key}=" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_config_check_builds_drivers_but_opens_no_socket(tmp_path: Path, held_endpoint: str) -> None:
+    (tmp_path / "target").mkdir()
+    path = tmp_path / "r.yaml"
+    path.write_text(f"receiver: {{target: target, data: '{held_endpoint}'}}\n")
+    result = _hidra("config", "check", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{path}: OK (receiver)"
 
 
 def test_log_level_after_the_subcommand_is_accepted(tmp_path: Path) -> None:
