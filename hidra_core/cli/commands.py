@@ -14,7 +14,7 @@ import yaml
 
 from hidra_core.config import InstanceConfig, load_config
 from hidra_core.errors import ConfigError
-from hidra_core.host.build import check_config, check_separate, default_ledger_path, source_driver
+from hidra_core.host.build import check_config, check_separate, default_ledger_path, source_driver, source_key
 from hidra_core.host.drivers import discover, load_driver_class
 
 __all__ = ["clients", "config_check", "config_reference", "config_show", "ledger", "plugins", "receiver", "sender",
@@ -44,11 +44,15 @@ def receiver(args: argparse.Namespace) -> int:
 
 def up(args: argparse.Namespace) -> int:
     """Start a receiver and a sender as child processes and supervise them."""
-    config = _load(args)
-    extra = _up_overrides(args, config)
     origin = args.config or "<defaults>"
+    extra, source_dir = _up_overrides(args, _load(args))
     config = load_config(args.config, [*args.overrides, *extra])
-    os.makedirs(config.receiver.target, exist_ok=True)
+    root = source_dir or source_driver(config, origin).root
+    # NOTE: before any directory is made, so a refused pair leaves nothing behind.
+    check_separate((source_key(config.sender.source), root), ("receiver.target", config.receiver.target), origin)
+    for directory in (source_dir, config.receiver.target):
+        if directory:
+            os.makedirs(directory, exist_ok=True)
     check_config(config, origin)  # fail here, not in a child, if the result cannot run
     top = ["--log-level", args.log_level] if args.log_level else []
     rest = ["--config", args.config] if args.config else []
@@ -56,29 +60,25 @@ def up(args: argparse.Namespace) -> int:
         rest += ["--set", assignment]
     children = {role: subprocess.Popen([sys.executable, "-m", "hidra_core", *top, role, *rest])
                 for role in ("receiver", "sender")}
-    log.info("hidra up: %s -> %s (Ctrl-C stops)", source_driver(config, origin).root,
-             os.path.abspath(config.receiver.target))
+    log.info("hidra up: %s -> %s (Ctrl-C stops)", os.path.abspath(root or ""), os.path.abspath(config.receiver.target))
     return _supervise(children)
 
 
-def _up_overrides(args: argparse.Namespace, config: InstanceConfig) -> list[str]:
-    """``--source``/``--target`` as overrides; the source directory only for a source with a ``path`` option."""
+def _up_overrides(args: argparse.Namespace, config: InstanceConfig) -> tuple[list[str], str | None]:
+    """``--source``/``--target`` as overrides, and the source directory to make: only for a source whose options
+    have a ``path`` field (another source names its directory in its own options)."""
     choice = config.sender.source
     path_field = load_driver_class("event source", choice.type).config_class.model_fields.get("path")
-    target = args.target or config.receiver.target
-    extra = [f"receiver.target={json.dumps(target)}"]
+    extra = [f"receiver.target={json.dumps(args.target or config.receiver.target)}"]
     if path_field is None:
         if args.source:
             raise ConfigError("--source", [f"the {choice.type!r} event source has no path option; give its"
                                            f" directory in its own options (sender.source.{choice.type}) instead"])
-        return extra
+        return extra, None
     source = args.source or choice.options.get("path") or path_field.default
-    if isinstance(source, str):
-        check_separate((f"sender.source.{choice.type}.path", source), ("receiver.target", target),
-                       args.config or "<defaults>")
-        os.makedirs(source, exist_ok=True)
-        extra.append(f"sender.source.{choice.type}.path={json.dumps(source)}")
-    return extra
+    if not isinstance(source, str):  # a required path the config does not give: validation names it
+        return extra, None
+    return [*extra, f"sender.source.{choice.type}.path={json.dumps(source)}"], source
 
 
 def _supervise(children: dict[str, subprocess.Popen]) -> int:

@@ -142,6 +142,15 @@ def test_up_source_option_with_a_source_without_path_is_an_error_that_says_so(tm
     assert "--source" in result.stderr and "'acme' event source has no path option" in result.stderr
 
 
+def test_up_refuses_a_target_inside_the_root_of_a_source_without_path(tmp_path: Path) -> None:
+    config = tmp_path / "acme.yaml"
+    config.write_text("sender: {source: {type: acme, acme: {endpoint: 'tcp://127.0.0.1:1', root: det}}}\n")
+    result = _hidra("up", "--config", str(config), "--target", "det/out", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "sender.source.acme (root)" in result.stderr and "'det/out'" in result.stderr
+    assert not (tmp_path / "det").exists()
+
+
 # --- 15: one ledger per source, locked while a sender runs ----------------------------------------------------
 
 
