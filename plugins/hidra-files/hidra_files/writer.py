@@ -51,7 +51,7 @@ class FilesWriterConfig(BaseModel):
     existing: Literal["backup", "overwrite"] = Field(
         "backup", description="a new version of a stored file with other content: 'backup' keeps the earlier one"
         " as <name>.~N~ (lowest free N, like cp --backup=numbered), 'overwrite' replaces it. An identical"
-        " re-sent file is never backed up")
+        " re-sent file or an empty earlier version is never backed up")
 
 
 @dataclass
@@ -248,7 +248,8 @@ class FilesWriter(Writer):
             return True
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "a directory stands where the file should go", final)
-        if self.config.existing == "overwrite":
+        # NOTE: an empty earlier version holds no data to keep (a file sent the moment it was created).
+        if self.config.existing == "overwrite" or (stat.S_ISREG(st.st_mode) and st.st_size == 0):
             os.unlink(final)
             return True
         if stat.S_ISREG(st.st_mode) and _same_content(handle.fd, final, st.st_size):

@@ -241,13 +241,15 @@ def test_new_version_of_a_stored_file_keeps_the_earlier_one(make_writer: Any, ro
     assert "the earlier version is kept as a.bin.~2~" in caplog.text
 
 
-def test_identical_re_sent_file_makes_no_backup(make_writer: Any, root: Path) -> None:
+def test_identical_re_sent_or_empty_earlier_file_makes_no_backup(make_writer: Any, root: Path) -> None:
     writer = make_writer()
     for _ in range(2):
         _store(writer, root, "run/a.bin", b"same bytes")
     _store(writer, root, "run/b.bin", b"1234")
     _store(writer, root, "run/b.bin", b"5678")  # same size, other bytes
-    assert sorted(p.name for p in (root / "run").iterdir()) == ["a.bin", "b.bin", "b.bin.~1~"]
+    _store(writer, root, "run/c.bin", b"")
+    _store(writer, root, "run/c.bin", b"written after the empty file was sent")
+    assert sorted(p.name for p in (root / "run").iterdir()) == ["a.bin", "b.bin", "b.bin.~1~", "c.bin"]
 
 
 def test_existing_overwrite_replaces_the_stored_file(make_writer: Any, root: Path) -> None:
