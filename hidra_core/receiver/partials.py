@@ -85,6 +85,7 @@ class Partials:
     def expire(self) -> None:
         now = time.monotonic()
         crowded = len(self._all) >= self.total
+        full = {sender for sender, fids in self._by_sender.items() if len(fids) >= self.per_sender}
         for fid, partial in list(self._all.items()):
             idle = now - partial.touched
             if idle < CROWDED_TIMEOUT_S:
@@ -92,7 +93,7 @@ class Partials:
             if idle >= IDLE_TIMEOUT_S:
                 log.warning("%s: no chunk for %.0f s; incomplete file dropped", fid, idle)
                 self._abort(self.pop(fid))
-            elif crowded or len(self._by_sender[partial.sender]) >= self.per_sender:
+            elif crowded or partial.sender in full:
                 self._drop(fid, f"no chunk for {idle:.0f} s while at the bound of unfinished files")
 
     def _drop(self, fid: str, why: str) -> None:
