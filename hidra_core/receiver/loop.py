@@ -75,8 +75,8 @@ class Receiver:
         self.host.startup(self)
         committer = CommitThread(self)
         try:
-            self.data = self.endpoints.open(zmq.PULL, self.config.data, bind=True, hwm=self.config.hwm)
-            self.status_socket = self.endpoints.open(zmq.REP, self.config.status, bind=True, hwm=100)
+            self.data = open_input(self.endpoints, zmq.PULL, self.config.data, self.config.hwm)
+            self.status_socket = open_input(self.endpoints, zmq.REP, self.config.status, 100)
             committer.start()
             confirmations = committer.wait_bound()
             if confirmations is None:
@@ -243,6 +243,20 @@ class Receiver:
                 writer.abort(handle)
             except Exception:
                 log.exception("writer %s could not abort %s", type(writer).__name__, partial.target.relative_name)
+
+
+def open_input(endpoints: Endpoints, socket_type: int, endpoint: str, hwm: int) -> zmq.Socket:
+    """Bind a socket the receiving loop reads from, without ZMTP heartbeats of its own.
+
+    NOTE: libzmq 4.3 aborts the whole process (``Assertion failed: !_io_error (stream_engine_base.cpp:310)``)
+    when a connection whose input is stopped by back-pressure (a full receive queue: the loop is not reading
+    while commits are behind) loses its peer and then fires its heartbeat timer. The peers' own heartbeats
+    and TCP keepalive still detect dead connections.
+    """
+    def no_heartbeats(sock: zmq.Socket) -> None:
+        sock.heartbeat_ivl = 0
+
+    return endpoints.open(socket_type, endpoint, bind=True, hwm=hwm, prepare=no_heartbeats)
 
 
 def _topic_of(meta: dict[str, Any]) -> bytes | None:

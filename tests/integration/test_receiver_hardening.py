@@ -68,11 +68,13 @@ def raw(storage_path) -> Iterator[RawSender]:
 def test_lone_surrogate_name_is_refused_and_the_next_file_is_stored_and_confirmed(storage_path, raw):
     raw.send({"filename": "evil\udcff"}, b"evil")  # JSON "evil\udcff": not text in any encoding
     raw.send({"relative_path": "d\udcff", "filename": "x"}, b"evil")
+    raw.send({"filename": "topic.dat", "confirmation_required": "t\udcff"}, b"evil")
     raw.send({"filename": "good.dat"}, b"good")
     wait_until(lambda: raw.confirmed_all({b"good.dat"}), 20, "the valid file's confirmation")
     assert tree(storage_path.target) == {"good.dat": 4}
     log = storage_path.receiver.text()
     assert "is not valid UTF-8 text" in log and "path refused" in log
+    assert "field 'confirmation_required' 't\\udcff' is not valid UTF-8 text" in log
     assert storage_path.receiver.proc.poll() is None
 
 
@@ -176,3 +178,32 @@ def test_per_file_lines_can_be_turned_down(storage_path):
     finally:
         quiet.close()
     assert "stored quiet.dat" not in storage_path.receiver.text()
+
+
+BACK_PRESSURE_CHILD = """
+import subprocess, sys, time, zmq
+from hidra_core.config import InstanceConfig
+from hidra_core.host.plugins import PluginHost
+from hidra_core.receiver import loop
+
+config = InstanceConfig.model_validate({"receiver": {
+    "target": sys.argv[1], "transports": {"tcp": {"heartbeat_ivl_ms": 100, "heartbeat_timeout_ms": 5000}}}})
+receiver = loop.Receiver(config, PluginHost())
+data = loop.open_input(receiver.endpoints, zmq.PULL, "tcp://127.0.0.1:0", 2)
+endpoint = data.getsockopt_string(zmq.LAST_ENDPOINT)
+peer = ("import zmq; c = zmq.Context(); p = c.socket(zmq.PUSH); p.sndhwm = 100000; p.linger = 0;"
+        f"p.connect('{endpoint}')\\nfor i in range(3000): p.send(b'x' * 1000)\\nimport time; time.sleep(1)")
+subprocess.run([sys.executable, "-c", peer], check=True)  # fills the queue nobody reads, then vanishes
+time.sleep(1)  # an observation window of ten heartbeat intervals, not synchronisation
+print("survived", flush=True)
+data.close(linger=0)
+receiver.context.destroy(linger=0)
+"""
+
+
+def test_receiver_socket_survives_a_sender_that_vanishes_during_back_pressure(tmp_path):
+    """The libzmq abort seen in a long run: input stopped by back-pressure, the peer gone, a heartbeat fires."""
+    result = subprocess.run([sys.executable, "-c", BACK_PRESSURE_CHILD, str(tmp_path)], capture_output=True,
+                            text=True, timeout=60)
+    assert "!_io_error" not in result.stderr
+    assert result.returncode == 0 and "survived" in result.stdout, result.stderr

@@ -3,7 +3,8 @@
 An unfinished file has no name: it is created with ``O_TMPFILE`` in its target directory and linked to its
 final name only once its data is durable, so a crash leaves nothing behind and no name a user could create is
 ever taken for a leftover. Where the file system has no ``O_TMPFILE``, unfinished files live in the one
-reserved directory ``<root>/.hidra-partial/`` (incoming names may not use it) and only there does clean-up look.
+reserved directory ``<root>/.hidra-partial/`` (incoming names may not use it) and only there does clean-up look;
+in that mode a target subdirectory on another mount than the root cannot be written (EXDEV).
 """
 from __future__ import annotations
 
