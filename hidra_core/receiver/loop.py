@@ -207,8 +207,7 @@ class Receiver:
             for writer in self.writers:
                 handles.append(writer.open(target))
         except Exception:
-            for writer, handle in zip(self.writers, handles):
-                writer.abort(handle)
+            self._abort(Partial(target, handles, None, None))
             raise
         if not known or not isinstance(algorithm, str):
             return Partial(target, handles, None, None)

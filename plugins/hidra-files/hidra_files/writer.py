@@ -1,10 +1,13 @@
 """The ``files`` writer: plain files below the receiver's root, made durable in groups before confirmation.
 
-An unfinished file has no name: it is created with ``O_TMPFILE`` in its target directory and linked to its
-final name only once its data is durable, so a crash leaves nothing behind and no name a user could create is
-ever taken for a leftover. Where the file system has no ``O_TMPFILE``, unfinished files live in the one
-reserved directory ``<root>/.hidra-partial/`` (incoming names may not use it) and only there does clean-up look;
-in that mode a target subdirectory on another mount than the root cannot be written (EXDEV).
+An unfinished file has no name: it is created with ``O_TMPFILE`` in its target directory, so a crash while it
+is written leaves nothing behind. Once durable it is linked into the one reserved directory
+``<root>/.hidra-partial/`` (incoming names may not use it) and renamed to its final name from there, so that
+watchers of the target see ``IN_MOVED_TO`` as before (a bare link shows only ``IN_CREATE``, which inotify
+watchers such as a chained HiDRA sender ignore). Clean-up looks only in the reserved directory, so no name a
+user could create is ever taken for a leftover. Where the file system has no ``O_TMPFILE``, unfinished files
+are written in the reserved directory itself; where a subdirectory is another mount than the root, the unnamed
+file is linked to its final name directly.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ _COMPARE_CHUNK = 1 << 20
 _LINK_ATTEMPTS = 5
 _AT_FDCWD = -100
 _AT_SYMLINK_FOLLOW = 0x400
+_RENAME_NOREPLACE = 1
 
 
 class FilesWriterConfig(BaseModel):
@@ -74,17 +78,24 @@ def _open_unnamed(directory: str) -> int:
     return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644)
 
 
-def _link(handle: _Open) -> None:
-    """Hard-link the file to its final name; fails with EEXIST rather than replace anything."""
-    if handle.temp is not None:
-        os.link(handle.temp, handle.final)
-        return
+def _link_unnamed(fd: int, path: str) -> None:
+    """Give the unnamed file ``fd`` the name ``path``; EEXIST rather than replace anything."""
     # NOTE: os.link() calls link(2), which would link the /proc symlink itself (EXDEV); linkat(2) with
     # AT_SYMLINK_FOLLOW links the unnamed file it points to, and needs no capability (unlike AT_EMPTY_PATH).
-    source = f"/proc/self/fd/{handle.fd}".encode()
-    if _libc.linkat(_AT_FDCWD, source, _AT_FDCWD, os.fsencode(handle.final), _AT_SYMLINK_FOLLOW) != 0:
+    source = f"/proc/self/fd/{fd}".encode()
+    if _libc.linkat(_AT_FDCWD, source, _AT_FDCWD, os.fsencode(path), _AT_SYMLINK_FOLLOW) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), handle.final)
+        raise OSError(err, os.strerror(err), path)
+
+
+def _rename_noreplace(source: str, path: str) -> bool:
+    """rename(2) that fails with EEXIST instead of replacing ``path``; False where the file system cannot."""
+    if _libc.renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(path), _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS):
+        return False
+    raise OSError(err, os.strerror(err), path)
 
 
 def _fsync_dir(path: str) -> None:
@@ -223,10 +234,11 @@ class FilesWriter(Writer):
     def _publish(self, handle: _Open) -> OSError | None:
         """Give a durable file its final name; the error instead of raising, so the batch goes on."""
         try:
+            if handle.temp is None:
+                handle.temp = self._name_unnamed(handle.fd)
             for _ in range(_LINK_ATTEMPTS):
                 try:
-                    # NOTE: link, never rename: it cannot replace a file that appeared meanwhile.
-                    _link(handle)
+                    self._place(handle)
                     break
                 except FileExistsError:
                     if not self._make_room(handle):
@@ -239,6 +251,27 @@ class FilesWriter(Writer):
         except OSError as exc:
             return exc
         return None
+
+    def _name_unnamed(self, fd: int) -> str | None:
+        """A name in the reserved directory for an unnamed file, or None if that is another file system."""
+        temp = os.path.join(self._tree.partial_directory(), secrets.token_hex(8))
+        try:
+            _link_unnamed(fd, temp)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            return None
+        return temp
+
+    @staticmethod
+    def _place(handle: _Open) -> None:
+        """Move the file to its final name, never replacing one: FileExistsError if it is taken."""
+        if handle.temp is None:
+            _link_unnamed(handle.fd, handle.final)
+        elif _rename_noreplace(handle.temp, handle.final):
+            handle.temp = None
+        else:
+            os.link(handle.temp, handle.final)
 
     def _make_room(self, handle: _Open) -> bool:
         """The final name exists: move it aside (or remove it) and say True, or False if it is this very file."""

@@ -223,6 +223,12 @@ def test_cleanup_can_be_turned_off(make_writer: Any, root: Path) -> None:
     assert os.path.exists(stale.temp)
 
 
+def _stored(root: Path) -> dict[str, bytes]:
+    """Every file in ``root`` (not below), after checking that the reserved directory holds nothing."""
+    assert list((root / ".hidra-partial").glob("*")) == []
+    return {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()}
+
+
 def _store(writer: FilesWriter, root: Path, name: str, data: bytes) -> None:
     assert writer.commit_each([write_all(writer, item(root, name, data), data)]) == [None]
 
@@ -235,7 +241,7 @@ def test_new_version_of_a_stored_file_keeps_the_earlier_one(make_writer: Any, ro
     with caplog.at_level(logging.INFO, logger="hidra_files.writer"):
         _store(writer, root, "a.bin", b"part2, another content")  # a.bin re-created
     _store(writer, root, "a.bin", b"third")
-    assert {p.name: p.read_bytes() for p in root.iterdir()} == {
+    assert _stored(root) == {
         "a.bin": b"third", "a.bin.~1~": b"a user's file that looks like a backup", "a.bin.~2~": b"part1",
         "a.bin.~3~": b"part2, another content"}
     assert "the earlier version is kept as a.bin.~2~" in caplog.text
@@ -256,7 +262,7 @@ def test_existing_overwrite_replaces_the_stored_file(make_writer: Any, root: Pat
     writer = make_writer(existing="overwrite")
     _store(writer, root, "a.bin", b"part1")
     _store(writer, root, "a.bin", b"part2")
-    assert {p.name: p.read_bytes() for p in root.iterdir()} == {"a.bin": b"part2"}
+    assert _stored(root) == {"a.bin": b"part2"}
 
 
 @pytest.mark.parametrize("count", [3, 8], ids=["fsync-each", "syncfs"])
@@ -279,7 +285,7 @@ def test_unusable_file_mod_time_is_ignored_and_leaves_nothing_behind(make_writer
     writer = make_writer()
     before = time.time()
     writer.commit([write_all(writer, item(root, "m.dat", b"m", mtime=mtime), b"m")])
-    assert [p.name for p in root.iterdir()] == ["m.dat"]
+    assert list(_stored(root)) == ["m.dat"]
     assert (root / "m.dat").stat().st_mtime >= before - 1
 
 
@@ -288,3 +294,19 @@ def test_path_longer_than_the_file_system_allows_is_refused(make_writer: Any, ro
     parts = tuple("d" * 250 for _ in range(17))
     with pytest.raises(PathRefused, match="longer than the file system allows"):
         writer.open(WriteTarget(str(root), parts, "f.dat", {}))
+
+
+def test_stored_file_appears_with_in_moved_to_for_target_watchers(make_writer: Any, root: Path) -> None:
+    """A chained sender's inotify source reacts to IN_CLOSE_WRITE or IN_MOVED_TO, never to a bare IN_CREATE."""
+    inotify_simple = pytest.importorskip("inotify_simple")
+    INotify, flags = inotify_simple.INotify, inotify_simple.flags
+    (root / "run").mkdir()
+    watcher = INotify()
+    try:
+        watcher.add_watch(str(root / "run"), flags.MOVED_TO | flags.CLOSE_WRITE)
+        writer = make_writer()
+        writer.commit([write_all(writer, item(root, f"run/f{n}.dat", b"x"), b"x") for n in range(6)])
+        events = watcher.read(timeout=1000)
+    finally:
+        watcher.close()
+    assert sorted(e.name for e in events if e.mask & flags.MOVED_TO) == [f"f{n}.dat" for n in range(6)]
