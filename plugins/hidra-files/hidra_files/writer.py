@@ -55,8 +55,8 @@ class FilesWriterConfig(BaseModel):
         4, ge=2, description="commit batches of at least this many files with one syncfs() instead of fsyncs")
     existing: Literal["backup", "overwrite"] = Field(
         "backup", description="a new version of a stored file with other content: 'backup' keeps the earlier one"
-        " as <name>.~N~ (lowest free N, like cp --backup=numbered), 'overwrite' replaces it. An identical"
-        " re-sent file or an empty earlier version is never backed up")
+        " as <name>.~N~ (lowest free N, like cp --backup=numbered), 'overwrite' replaces it. An earlier version"
+        " that the new one begins with (identical, or grown since) is replaced without a backup: nothing is lost")
 
 
 @dataclass
@@ -117,14 +117,15 @@ def _mtime_of(item: WriteTarget) -> float | None:
     return float(value)
 
 
-def _same_content(fd: int, path: str, size: int) -> bool:
-    """Does the regular file at ``path`` hold exactly the bytes of ``fd`` (size first, then bytes)?"""
-    if os.fstat(fd).st_size != size:
+def _starts_with(fd: int, path: str, size: int) -> bool:
+    """Does the file ``fd`` begin with all ``size`` bytes of the regular file at ``path`` (sizes first)?"""
+    if os.fstat(fd).st_size < size:
         return False
     other = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         for offset in range(0, size, _COMPARE_CHUNK):
-            if os.pread(fd, _COMPARE_CHUNK, offset) != os.pread(other, _COMPARE_CHUNK, offset):
+            length = min(_COMPARE_CHUNK, size - offset)
+            if os.pread(fd, length, offset) != os.pread(other, length, offset):
                 return False
         return True
     finally:
@@ -282,13 +283,17 @@ class FilesWriter(Writer):
             return True
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "a directory stands where the file should go", final)
-        # NOTE: an empty earlier version holds no data to keep (a file sent the moment it was created).
-        if self.config.existing == "overwrite" or (stat.S_ISREG(st.st_mode) and st.st_size == 0):
+        if self.config.existing == "overwrite":
             os.unlink(final)
             return True
-        if stat.S_ISREG(st.st_mode) and _same_content(handle.fd, final, st.st_size):
-            log.debug("%s is already stored with the same content", final)
-            return False
+        # NOTE: a new version that begins with all of the earlier one (a re-sent file, or one that was sent
+        # while still being written and then grew) replaces it without a backup: nothing of it is lost.
+        if stat.S_ISREG(st.st_mode) and _starts_with(handle.fd, final, st.st_size):
+            if os.fstat(handle.fd).st_size == st.st_size:
+                log.debug("%s is already stored with the same content", final)
+                return False
+            os.unlink(final)
+            return True
         backup = self._backup(final)
         log.info("%s existed with other content: the earlier version is kept as %s", final,
                  os.path.basename(backup))

@@ -247,7 +247,7 @@ def test_new_version_of_a_stored_file_keeps_the_earlier_one(make_writer: Any, ro
     assert "the earlier version is kept as a.bin.~2~" in caplog.text
 
 
-def test_identical_re_sent_or_empty_earlier_file_makes_no_backup(make_writer: Any, root: Path) -> None:
+def test_earlier_version_that_the_new_one_begins_with_makes_no_backup(make_writer: Any, root: Path) -> None:
     writer = make_writer()
     for _ in range(2):
         _store(writer, root, "run/a.bin", b"same bytes")
@@ -255,7 +255,13 @@ def test_identical_re_sent_or_empty_earlier_file_makes_no_backup(make_writer: An
     _store(writer, root, "run/b.bin", b"5678")  # same size, other bytes
     _store(writer, root, "run/c.bin", b"")
     _store(writer, root, "run/c.bin", b"written after the empty file was sent")
-    assert sorted(p.name for p in (root / "run").iterdir()) == ["a.bin", "b.bin", "b.bin.~1~", "c.bin"]
+    _store(writer, root, "run/d.bin", b"sent half")  # sent while still being written ...
+    _store(writer, root, "run/d.bin", b"sent half-written, then grown")  # ... then complete
+    _store(writer, root, "run/e.bin", b"longer earlier version")
+    _store(writer, root, "run/e.bin", b"longer")  # a shorter new version is no superset: backed up
+    assert sorted(p.name for p in (root / "run").iterdir()) == [
+        "a.bin", "b.bin", "b.bin.~1~", "c.bin", "d.bin", "e.bin", "e.bin.~1~"]
+    assert (root / "run" / "d.bin").read_bytes() == b"sent half-written, then grown"
 
 
 def test_existing_overwrite_replaces_the_stored_file(make_writer: Any, root: Path) -> None:
