@@ -80,7 +80,7 @@ class CommitThread:
             log.exception("the commit thread died")
             raise
         finally:
-            pub.close(linger=0)  # by this thread, which owns it
+            pub.close()  # by this thread, which owns it; its linger lets the last confirmations out
 
     def _run(self, pub: zmq.Socket) -> None:
         r = self.receiver
