@@ -150,6 +150,18 @@ class ReceiverConfig(BaseModel):
                                description="writer drivers (hidra.writers), in the order they are called")
     hwm: int = Field(8, ge=1, description="chunks buffered on the data socket (each up to chunksize bytes of memory)")
     commit_batch: int = Field(256, ge=1, description="most files made durable together in one commit")
+    max_unfinished_per_sender: int = Field(
+        64, ge=1, description="unfinished files one sender (its confirmation topic, else its address) may have"
+        " open; beyond, its least recently active one is dropped with a warning. A real sender has one in flight")
+    max_unfinished: int = Field(
+        1024, ge=1, description="unfinished files of all senders together (each holds a descriptor); beyond, the"
+        " least recently active one is dropped. At a bound, files idle for 10 s expire (otherwise 300 s)")
+    summary_interval_s: float = Field(
+        10.0, ge=0, description="seconds between INFO summary lines (files/s, MiB/s, unfinished files, commit"
+        " backlog, refused/failed counts); 0 turns them off")
+    log_each_file: bool = Field(
+        True, description="one INFO line per stored file (name, size, ms from first chunk to durable) on the"
+        " logger hidra_core.receiver.files; false turns that logger down to warnings")
     transports: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                   description="options per transport driver, keyed by URL scheme")
 

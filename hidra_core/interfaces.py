@@ -155,6 +155,16 @@ class Writer(ABC):
     def commit(self, handles: Sequence[Any]) -> None:
         """Make every closed file in ``handles`` durable and visible under its final name."""
 
+    def commit_each(self, handles: Sequence[Any]) -> list[BaseException | None]:
+        """Like ``commit``, but each file succeeds or fails alone: per handle ``None`` (stored) or its error.
+
+        The default commits the batch as a whole, so there one failure fails every file of the batch."""
+        try:
+            self.commit(handles)
+        except Exception as exc:
+            return [exc] * len(handles)
+        return [None] * len(handles)
+
     @abstractmethod
     def abort(self, handle: Any) -> None:
         """Forget a file: remove whatever was written for it. Must not raise for a missing temp file."""

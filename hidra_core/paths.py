@@ -6,9 +6,15 @@ import stat
 
 from hidra_core.errors import PathRefused
 
-__all__ = ["SafeTree", "split_checked"]
+__all__ = ["NAME_MAX", "PARTIAL_DIR", "PATH_MAX", "SafeTree", "split_checked"]
 
 _BAD_CHARS = frozenset(chr(c) for c in range(32)) | {"\x7f", "\\"}
+#: Linux limits in bytes: one name, and a whole path with its terminating NUL
+NAME_MAX = 255
+PATH_MAX = 4096
+#: the one directory below a target root that holds unfinished files where the file system has no O_TMPFILE;
+#: incoming names may not use it, so clean-up there can never touch a user's file
+PARTIAL_DIR = ".hidra-partial"
 
 
 def _check_component(part: str, what: str) -> None:
@@ -17,6 +23,14 @@ def _check_component(part: str, what: str) -> None:
     bad = _BAD_CHARS.intersection(part)
     if bad:
         raise PathRefused(f"{what} contains forbidden characters {sorted(bad)!r}")
+    if part == PARTIAL_DIR:
+        raise PathRefused(f"{what}: {PARTIAL_DIR!r} is reserved for the receiver's unfinished files")
+    try:
+        size = len(part.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise PathRefused(f"{what} is not valid UTF-8 text") from None
+    if size > NAME_MAX:
+        raise PathRefused(f"{what} has a component of {size} bytes; the file system allows {NAME_MAX}")
 
 
 def split_checked(relative_path: str, filename: str) -> tuple[tuple[str, ...], str]:
@@ -29,11 +43,17 @@ def split_checked(relative_path: str, filename: str) -> tuple[tuple[str, ...], s
     if "/" in filename:
         raise PathRefused(f"filename {filename!r} is not a single path component")
     _check_component(filename, f"filename {filename!r}")
+    size = len(relative_path.encode("utf-8")) + 1 + len(filename.encode("utf-8"))
+    if size >= PATH_MAX:
+        raise PathRefused(f"path {relative_path!r}/{filename!r} is {size} bytes; the file system allows"
+                          f" {PATH_MAX - 1}")
     return parts, filename
 
 
 class SafeTree:
     """Creates directories below ``root`` and refuses any that would resolve outside it (symlinks included)."""
+
+    PARTIAL_DIR = PARTIAL_DIR
 
     def __init__(self, root: str) -> None:
         if not os.path.isdir(root):
@@ -64,4 +84,15 @@ class SafeTree:
         if len(self._known) > 100_000:  # bound memory on trees with very many directories
             self._known.clear()
         self._known.add(parts)
+        return path
+
+    def partial_directory(self) -> str:
+        """``root/.hidra-partial``, created if needed: unfinished files where O_TMPFILE is not available."""
+        path = os.path.join(self.root, PARTIAL_DIR)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise PathRefused(f"{path!r} exists and is not a directory")
         return path

@@ -1,4 +1,8 @@
-"""The receiver's commit thread: makes complete files durable in groups, then confirms them."""
+"""The receiver's commit thread: makes complete files durable in groups, then confirms them.
+
+Each stored file gets one INFO line (name, size, ms from its first chunk to durable) on the logger
+``hidra_core.receiver.files``, which ``receiver.log_each_file: false`` turns down on its own.
+"""
 from __future__ import annotations
 
 import logging
@@ -13,9 +17,13 @@ import zmq
 
 from hidra_core.protocol.confirmation import encode_confirmations, encode_heartbeat
 
-__all__ = ["CommitItem", "CommitThread"]
+__all__ = ["FILES_LOGGER", "CommitItem", "CommitThread"]
 
 log = logging.getLogger(__name__)
+FILES_LOGGER = "hidra_core.receiver.files"
+files_log = logging.getLogger(FILES_LOGGER)
+#: per-file error lines of one batch; the rest are summed up in one line
+_DETAILED_FAILURES = 3
 
 _BEACON_S = 0.2
 
@@ -26,11 +34,12 @@ class CommitItem:
 
     file_id: str
     handles: list[Any]
-    topic: str | None
+    topic: bytes | None
     chunk_count: int
     algorithm: str | None
     checksum: str | None
     size: int
+    started: float  # time.monotonic() of the first chunk
 
 
 class CommitThread:
@@ -52,6 +61,9 @@ class CommitThread:
         if self._thread.is_alive():
             self._thread.join()
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _main(self) -> None:
         r = self.receiver
         try:
@@ -63,8 +75,12 @@ class CommitThread:
         try:
             self._bound.put(pub.getsockopt_string(zmq.LAST_ENDPOINT))
             self._run(pub)
+        except BaseException:
+            # NOTE: the receiving loop sees the thread gone and stops the receiver with a non-zero exit.
+            log.exception("the commit thread died")
+            raise
         finally:
-            pub.close()
+            pub.close()  # by this thread, which owns it; its linger lets the last confirmations out
 
     def _run(self, pub: zmq.Socket) -> None:
         r = self.receiver
@@ -93,24 +109,54 @@ class CommitThread:
                 beacon_at = now
 
     def _commit(self, pub: zmq.Socket, batch: list[CommitItem]) -> None:
+        stored = batch
+        failed: list[tuple[CommitItem, BaseException]] = []
+        for index, writer in enumerate(self.receiver.writers):
+            errors = _commit_each(writer, [item.handles[index] for item in stored])
+            failed += [(item, error) for item, error in zip(stored, errors) if error is not None]
+            stored = [item for item, error in zip(stored, errors) if error is None]
+        if failed:
+            self._failed(failed, len(batch))
         r = self.receiver
-        try:
-            for index, writer in enumerate(r.writers):
-                writer.commit([item.handles[index] for item in batch])
-        except Exception as exc:
-            # Some files may be in place, but none is confirmed: the sender sends them again.
-            r.stats["failed"] += len(batch)
-            r.status.error(exc)
-            log.error("commit of %d files failed, none confirmed: %s", len(batch), exc)
-            for item in batch:
-                for writer, handle in zip(r.writers, item.handles):
-                    writer.abort(handle)
-            return
-        for item in batch:
+        now = time.monotonic()
+        for item in stored:
             r.stats["stored"] += 1
             r.stats["bytes"] += item.size
+            files_log.info("stored %s: %d bytes, %.0f ms", item.file_id, item.size, (now - item.started) * 1000)
             if item.topic is None:
                 continue
-            for message in encode_confirmations(item.topic.encode(), item.file_id, item.chunk_count,
-                                                item.algorithm, item.checksum):
+            for message in encode_confirmations(item.topic, item.file_id, item.chunk_count, item.algorithm,
+                                                item.checksum):
                 pub.send_multipart(message)
+
+    def _failed(self, failed: list[tuple[CommitItem, BaseException]], batch_size: int) -> None:
+        """Forget files that could not be stored; they are not confirmed, so the sender sends them again."""
+        r = self.receiver
+        r.stats["failed"] += len(failed)
+        r.status.error(failed[-1][1])
+        for item, error in failed[:_DETAILED_FAILURES]:
+            log.error("storing %s failed, not confirmed: %s: %s", item.file_id, type(error).__name__, error)
+        if len(failed) > _DETAILED_FAILURES:
+            log.error("%d of %d files of one commit failed, not confirmed (first ones above)", len(failed),
+                      batch_size)
+        for item, _error in failed:
+            for writer, handle in zip(r.writers, item.handles):
+                try:
+                    writer.abort(handle)
+                except Exception:
+                    log.exception("writer %s could not abort %s", type(writer).__name__, item.file_id)
+
+
+def _commit_each(writer: Any, handles: list[Any]) -> list[BaseException | None]:
+    """The writer's per-file results; a writer that raises, or answers wrongly, fails the whole batch."""
+    if not handles:
+        return []
+    try:
+        errors = list(writer.commit_each(handles))
+    except Exception as exc:
+        return [exc] * len(handles)
+    if len(errors) != len(handles):
+        wrong = RuntimeError(f"{type(writer).__name__}.commit_each returned {len(errors)} results for"
+                             f" {len(handles)} files")
+        return [wrong] * len(handles)
+    return errors

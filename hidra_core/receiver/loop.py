@@ -14,7 +14,6 @@ import resource
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -28,25 +27,13 @@ from hidra_core.host.kernel import Endpoints, StopFlag
 from hidra_core.paths import split_checked
 from hidra_core.host.plugins import PluginHost
 from hidra_core.protocol import decode_data, is_alive_test
-from hidra_core.receiver.commit import CommitItem, CommitThread
-from hidra_core.receiver.status import StatusBoard
+from hidra_core.receiver.commit import FILES_LOGGER, CommitItem, CommitThread
+from hidra_core.receiver.partials import Partial, Partials
+from hidra_core.receiver.status import StatusBoard, Summary
 
 __all__ = ["Receiver"]
 
 log = logging.getLogger(__name__)
-
-_PARTIAL_TIMEOUT_S = 300.0
-
-
-@dataclass
-class _Partial:
-    target: WriteTarget
-    handles: list[Any]
-    hasher: Any
-    algorithm: str | None
-    next_chunk: int = 0
-    size: int = 0
-    touched: float = field(default_factory=time.monotonic)
 
 
 def _raise_fd_limit() -> None:
@@ -71,8 +58,10 @@ class Receiver:
         self.instance = uuid.uuid4().hex
         self.status = StatusBoard()
         self.stats = {"stored": 0, "bytes": 0, "refused": 0, "malformed": 0, "failed": 0, "alive_tests": 0}
-        self._partials: dict[str, _Partial] = {}
+        self._partials = Partials(cfg.max_unfinished_per_sender, cfg.max_unfinished, self._abort)
         self._commits: queue.Queue[CommitItem | None] = queue.Queue()
+        if not cfg.log_each_file:
+            logging.getLogger(FILES_LOGGER).setLevel(logging.WARNING)
 
     def run(self) -> int:
         self.stop.install()
@@ -80,8 +69,8 @@ class Receiver:
         self.host.startup(self)
         committer = CommitThread(self)
         try:
-            self.data = self.endpoints.open(zmq.PULL, self.config.data, bind=True, hwm=self.config.hwm)
-            self.status_socket = self.endpoints.open(zmq.REP, self.config.status, bind=True, hwm=100)
+            self.data = open_input(self.endpoints, zmq.PULL, self.config.data, self.config.hwm)
+            self.status_socket = open_input(self.endpoints, zmq.REP, self.config.status, 100)
             committer.start()
             confirmations = committer.wait_bound()
             if confirmations is None:
@@ -90,8 +79,7 @@ class Receiver:
             log.info("hidra receiver ready: data %s, confirmations %s, status %s, target %s",
                      Endpoints.bound(self.data), confirmations, Endpoints.bound(self.status_socket),
                      os.path.abspath(self.config.target))
-            self._loop()
-            return 0
+            return self._loop(committer)
         finally:
             self._commits.put(None)
             committer.join()
@@ -110,25 +98,31 @@ class Receiver:
         threading.Thread(target=clean, name="hidra-cleanup", daemon=True).start()
 
     def _close(self) -> None:
-        for partial in self._partials.values():
+        for partial in self._partials.drain():
             self._abort(partial)
         for name in ("data", "status_socket"):
             sock = getattr(self, name, None)
             if sock is not None:
                 sock.close(linger=0)
-        self.context.destroy(linger=0)  # the commit thread closed the PUB socket after its last confirmation
+        # NOTE: destroy() closes any socket still open from *this* thread; the commit thread closed its PUB
+        # socket itself before run() joined it, so no socket is ever touched by two threads.
+        self.context.destroy(linger=0)
         log.info("hidra receiver stopped: %s", self.stats)
         self.host.shutdown(self)
 
-    def _loop(self) -> None:
+    def _loop(self, committer: CommitThread) -> int:
         poller = zmq.Poller()
         poller.register(self.data, zmq.POLLIN)
         poller.register(self.status_socket, zmq.POLLIN)
         next_expiry = time.monotonic() + 1.0
+        summary = Summary(self.config.summary_interval_s, self.stats)
         # NOTE: files wait for their commit with an open descriptor; while the commit thread is behind
         # (a slow fsync), stop taking data so back-pressure reaches the sender instead of exhausting fds.
         backlog = 2 * self.config.commit_batch
         while not self.stop.is_set():
+            if not committer.alive():
+                log.error("the commit thread died (see above); stopping: nothing could be stored or confirmed")
+                return 1
             poller.modify(self.data, zmq.POLLIN if self._commits.qsize() < backlog else 0)
             ready = dict(poller.poll(100))
             if self.data in ready:
@@ -136,8 +130,10 @@ class Receiver:
             if self.status_socket in ready:
                 self.status_socket.send_multipart(self.status.answer(self.status_socket.recv_multipart()))
             if time.monotonic() >= next_expiry:
-                self._expire_partials()
+                self._partials.expire()
+                summary.tick(len(self._partials), self._commits.qsize(), self._partials.dropped)
                 next_expiry = time.monotonic() + 1.0
+        return 0
 
     def _take_data(self) -> None:
         for _ in range(1000):  # then serve the status socket and the stop flag again
@@ -173,8 +169,10 @@ class Receiver:
         if msg.chunk_number == 0:
             if partial is not None:  # a re-sent file restarts (4.x rule)
                 self._abort(self._partials.pop(fid))
+            _topic_of(msg.metadata)  # refused before anything is opened
             partial = self._open(WriteTarget(self.config.target, parts, filename, msg.metadata))
-            self._partials[fid] = partial
+            partial.sender = _sender_of(msg.metadata, frames[0])
+            self._partials.add(fid, partial)
         elif partial is None or msg.chunk_number != partial.next_chunk:
             if partial is not None and msg.chunk_number == partial.next_chunk - 1:
                 return  # a repeated chunk is ignored (4.x rule)
@@ -191,11 +189,11 @@ class Receiver:
             partial.hasher.update(payload)
         partial.next_chunk += 1
         partial.size += len(payload)
-        partial.touched = time.monotonic()
+        self._partials.touch(fid)
         if msg.is_last:
             self._complete(fid, self._partials.pop(fid), msg.metadata, msg.filesize)
 
-    def _open(self, target: WriteTarget) -> _Partial:
+    def _open(self, target: WriteTarget) -> Partial:
         algorithm = target.metadata.get("checksum_algorithm")
         known = isinstance(algorithm, str) and algorithm in ALGORITHMS
         handles: list[Any] = []
@@ -203,14 +201,13 @@ class Receiver:
             for writer in self.writers:
                 handles.append(writer.open(target))
         except Exception:
-            for writer, handle in zip(self.writers, handles):
-                writer.abort(handle)
+            self._abort(Partial(target, handles, None, None))
             raise
         if not known or not isinstance(algorithm, str):
-            return _Partial(target, handles, None, None)
-        return _Partial(target, handles, new_hasher(algorithm), algorithm)
+            return Partial(target, handles, None, None)
+        return Partial(target, handles, new_hasher(algorithm), algorithm)
 
-    def _complete(self, fid: str, partial: _Partial, meta: dict[str, Any], filesize: int) -> None:
+    def _complete(self, fid: str, partial: Partial, meta: dict[str, Any], filesize: int) -> None:
         problem = ""
         expected_sum = meta.get("file_checksum")
         checksum = partial.hasher.hexdigest() if partial.hasher is not None else None
@@ -223,21 +220,55 @@ class Receiver:
         if problem:
             self._abort(partial)
             raise ProtocolError(f"{fid}: {problem}; file dropped, not confirmed")
-        for writer, handle in zip(self.writers, partial.handles):
-            writer.close(handle)
-        topic = meta.get("confirmation_required")
-        self._commits.put(CommitItem(fid, partial.handles, topic if isinstance(topic, str) and topic else None,
-                                     partial.next_chunk, partial.algorithm, checksum, partial.size))
+        try:
+            topic = _topic_of(meta)
+            for writer, handle in zip(self.writers, partial.handles):
+                writer.close(handle)
+        except Exception:
+            self._abort(partial)
+            raise
+        self._commits.put(CommitItem(fid, partial.handles, topic, partial.next_chunk, partial.algorithm, checksum,
+                                     partial.size, partial.started))
 
-    def _abort(self, partial: _Partial) -> None:
+    def _abort(self, partial: Partial) -> None:
         for writer, handle in zip(self.writers, partial.handles):
             try:
                 writer.abort(handle)
             except Exception:
                 log.exception("writer %s could not abort %s", type(writer).__name__, partial.target.relative_name)
 
-    def _expire_partials(self) -> None:
-        limit = time.monotonic() - _PARTIAL_TIMEOUT_S
-        for fid in [f for f, p in self._partials.items() if p.touched < limit]:
-            log.warning("%s: no chunk for %.0f s; incomplete file dropped", fid, _PARTIAL_TIMEOUT_S)
-            self._abort(self._partials.pop(fid))
+
+def open_input(endpoints: Endpoints, socket_type: int, endpoint: str, hwm: int) -> zmq.Socket:
+    """Bind a socket the receiving loop reads from, without ZMTP heartbeats of its own.
+
+    NOTE: libzmq 4.3 aborts the whole process (``Assertion failed: !_io_error (stream_engine_base.cpp:310)``)
+    when a connection whose input is stopped by back-pressure (a full receive queue: the loop is not reading
+    while commits are behind) loses its peer and then fires its heartbeat timer. The peers' own heartbeats
+    and TCP keepalive still detect dead connections.
+    """
+    def no_heartbeats(sock: zmq.Socket) -> None:
+        sock.heartbeat_ivl = 0
+
+    return endpoints.open(socket_type, endpoint, bind=True, hwm=hwm, prepare=no_heartbeats)
+
+
+def _topic_of(meta: dict[str, Any]) -> bytes | None:
+    """The confirmation topic the sender asked for, as sent on the wire; None if it asked for none."""
+    topic = meta.get("confirmation_required")
+    if not isinstance(topic, str) or not topic:
+        return None
+    try:
+        return topic.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(f"field 'confirmation_required' {topic!r} is not valid UTF-8 text") from None
+
+
+def _sender_of(meta: dict[str, Any], frame: Any) -> str:
+    """Who sent a file, for the bound on unfinished files: its confirmation topic, else its address."""
+    topic = meta.get("confirmation_required")
+    if isinstance(topic, str) and topic:
+        return topic
+    try:
+        return str(frame.get("Peer-Address"))
+    except (zmq.ZMQError, AttributeError):  # not every transport knows the peer
+        return ""

@@ -1,10 +1,14 @@
-"""The 4.x status socket's state (hidra4-protocol.md §7.1): ``OK`` until a storing failure, then ``ERROR``."""
+"""The 4.x status socket's state (hidra4-protocol.md §7.1): ``OK`` until a storing failure, then ``ERROR``;
+and the receiver's periodic summary line."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
-__all__ = ["StatusBoard"]
+__all__ = ["StatusBoard", "Summary"]
+
+log = logging.getLogger(__name__)
 
 
 class StatusBoard:
@@ -27,3 +31,30 @@ class StatusBoard:
                 self._error = None
                 return [b"OK"]
             return [b"ERROR"]
+
+
+class Summary:
+    """The periodic summary line: rates since the last line, what is waiting, what went wrong so far."""
+
+    def __init__(self, interval_s: float, stats: dict[str, int]) -> None:
+        self.interval_s = interval_s
+        self.stats = stats
+        self._at = time.monotonic()
+        self._stored = stats["stored"]
+        self._bytes = stats["bytes"]
+        self._last: tuple[int, ...] = ()
+
+    def tick(self, unfinished: int, backlog: int, dropped: int) -> None:
+        now = time.monotonic()
+        if self.interval_s <= 0 or now - self._at < self.interval_s:
+            return
+        s = self.stats
+        state = (s["stored"], unfinished, backlog, s["refused"], s["malformed"], s["failed"], dropped)
+        if state != self._last or unfinished or backlog:  # an idle receiver does not repeat itself
+            elapsed = now - self._at
+            log.info("receiver: %.1f files/s, %.1f MiB/s, %d unfinished, %d waiting for commit; so far %d stored,"
+                     " %d refused, %d malformed, %d failed, %d unfinished dropped",
+                     (s["stored"] - self._stored) / elapsed, (s["bytes"] - self._bytes) / elapsed / 2**20,
+                     unfinished, backlog, s["stored"], s["refused"], s["malformed"], s["failed"], dropped)
+        self._last = state
+        self._at, self._stored, self._bytes = now, s["stored"], s["bytes"]

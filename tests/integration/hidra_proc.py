@@ -122,6 +122,7 @@ def sender_overrides(source: Path, state: Path, data: str, confirmations: str) -
 
 
 def no_part_files(root: Path) -> bool:
-    return not any(p.name.endswith(".part") for p in root.rglob("*"))
+    """No unfinished file of the receiver is left: its reserved directory is empty (or absent)."""
+    return not any((root / ".hidra-partial").glob("*"))
 
 

@@ -56,6 +56,29 @@ def test_refuses_unsafe_names(relative_path: str, filename: str, why: str) -> No
     assert why in str(info.value)
 
 
+@pytest.mark.parametrize(("relative_path", "filename", "why"), [
+    ("", "evil\udcff", "is not valid UTF-8 text"),  # a lone surrogate, as JSON "evil\udcff" decodes
+    ("d\udcff/e", "f", "is not valid UTF-8 text"),
+    ("", "n" * 256, "component of 256 bytes; the file system allows 255"),
+    ("", "é" * 128, "component of 256 bytes"),
+    ("d" * 300, "f", "component of 300 bytes"),
+    ("/".join(["d" * 200] * 21), "f", "the file system allows 4095"),
+    (".hidra-partial", "f", "reserved for the receiver's unfinished files"),
+    ("run/.hidra-partial", "f", "reserved"),
+    ("", ".hidra-partial", "reserved"),
+])
+def test_names_that_are_not_text_or_over_the_file_system_limits_are_refused(relative_path: str, filename: str,
+                                                                             why: str) -> None:
+    with pytest.raises(PathRefused) as info:
+        split_checked(relative_path, filename)
+    assert why in str(info.value)
+
+
+def test_names_at_the_file_system_limits_are_accepted() -> None:
+    parts = ["d" * 254] * 15
+    assert split_checked("/".join(parts), "n" * 255) == (tuple(parts), "n" * 255)
+
+
 # --- SafeTree -----------------------------------------------------------------------------------------------
 
 

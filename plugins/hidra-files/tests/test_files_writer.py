@@ -1,6 +1,8 @@
 """The ``files`` writer: the writer contract, group and single commits, fsync, mtimes, long names, symlinks."""
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import time
 from pathlib import Path
@@ -121,12 +123,11 @@ def test_preserve_mtime(make_writer: Any, root: Path, preserve: bool) -> None:
         assert abs(mtime - time.time()) < 3600
 
 
-def test_255_character_name_gets_a_valid_temp_name(make_writer: Any, root: Path) -> None:
+def test_255_character_name_while_unfinished_has_no_name_at_all(make_writer: Any, root: Path) -> None:
     writer = make_writer()
     name = "n" * 251 + ".cbf"
     handle = write_all(writer, item(root, f"run/{name}", b"data"), b"data")
-    [temp] = list((root / "run").iterdir())
-    assert temp.name != name and len(os.fsencode(temp.name)) <= 255
+    assert list((root / "run").iterdir()) == []
     writer.commit([handle])
     assert [p.name for p in (root / "run").iterdir()] == [name]
     assert (root / "run" / name).read_bytes() == b"data"
@@ -172,23 +173,146 @@ def test_final_name_that_is_a_symlink_is_replaced_not_followed(make_writer: Any,
     assert not (root / "f.dat").is_symlink() and (root / "f.dat").read_bytes() == b"new"
 
 
+@pytest.fixture
+def no_tmpfile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system without O_TMPFILE (as some network and FUSE file systems are)."""
+    def refuse(directory: str) -> int:
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP), directory)
+
+    monkeypatch.setattr(writer_module, "_open_unnamed", refuse)
+
+
+def test_user_file_named_like_an_old_temp_file_survives_cleanup(make_writer: Any, root: Path) -> None:
+    writer = make_writer()
+    name = "run/scan.0123456789ab.part"  # the temp-file pattern of earlier versions
+    writer.commit([write_all(writer, item(root, name, b"user data"), b"user data")])
+    assert make_writer().cleanup(time.time() + 3600) == 0
+    assert (root / name).read_bytes() == b"user data"
+
+
+@pytest.mark.usefixtures("no_tmpfile")
+def test_without_o_tmpfile_unfinished_files_live_only_in_the_reserved_directory(make_writer: Any,
+                                                                                  root: Path) -> None:
+    writer = make_writer()
+    handle = write_all(writer, item(root, "run/scan.0123456789ab.part", b"data"), b"data")
+    assert [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()] == [
+        f".hidra-partial/{os.path.basename(handle.temp)}"]
+    writer.commit([handle])
+    assert (root / "run" / "scan.0123456789ab.part").read_bytes() == b"data"
+    assert list((root / ".hidra-partial").iterdir()) == []
+
+
+@pytest.mark.usefixtures("no_tmpfile")
 def test_cleanup_removes_stale_temp_files_only(make_writer: Any, root: Path) -> None:
     crashed = make_writer()
     stale = crashed.open(item(root, "run/stale.dat"))
     os.close(stale.fd)  # the predecessor died here
-    old = time.time() - 3600
-    os.utime(stale.temp, (old, old))
     (root / "run" / "kept.dat").write_bytes(b"a stored file")
-    (root / "run" / "notes.part").write_bytes(b"not a temp name of this writer")
-    os.utime(root / "run" / "notes.part", (old, old))
-    assert make_writer().cleanup(time.time()) == 1
-    assert sorted(p.name for p in (root / "run").iterdir()) == ["kept.dat", "notes.part"]
+    (root / "run" / "notes.0123456789ab.part").write_bytes(b"a user's file with an old temp-file name")
+    assert make_writer().cleanup(time.time() + 1) == 1
+    assert sorted(p.name for p in (root / "run").iterdir()) == ["kept.dat", "notes.0123456789ab.part"]
+    assert list((root / ".hidra-partial").iterdir()) == []
 
 
+@pytest.mark.usefixtures("no_tmpfile")
 def test_cleanup_can_be_turned_off(make_writer: Any, root: Path) -> None:
     crashed = make_writer()
     stale = crashed.open(item(root, "stale.dat"))
     os.close(stale.fd)
-    os.utime(stale.temp, (1, 1))
-    assert make_writer(clean_stale_parts=False).cleanup(time.time()) == 0
+    assert make_writer(clean_stale_parts=False).cleanup(time.time() + 1) == 0
     assert os.path.exists(stale.temp)
+
+
+def _stored(root: Path) -> dict[str, bytes]:
+    """Every file in ``root`` (not below), after checking that the reserved directory holds nothing."""
+    assert list((root / ".hidra-partial").glob("*")) == []
+    return {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()}
+
+
+def _store(writer: FilesWriter, root: Path, name: str, data: bytes) -> None:
+    assert writer.commit_each([write_all(writer, item(root, name, data), data)]) == [None]
+
+
+def test_new_version_of_a_stored_file_keeps_the_earlier_one(make_writer: Any, root: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    writer = make_writer()
+    (root / "a.bin.~1~").write_bytes(b"a user's file that looks like a backup")
+    _store(writer, root, "a.bin", b"part1")  # cat part1 > a.bin
+    with caplog.at_level(logging.INFO, logger="hidra_files.writer"):
+        _store(writer, root, "a.bin", b"part2, another content")  # a.bin re-created
+    _store(writer, root, "a.bin", b"third")
+    assert _stored(root) == {
+        "a.bin": b"third", "a.bin.~1~": b"a user's file that looks like a backup", "a.bin.~2~": b"part1",
+        "a.bin.~3~": b"part2, another content"}
+    assert "the earlier version is kept as a.bin.~2~" in caplog.text
+
+
+def test_earlier_version_that_the_new_one_begins_with_makes_no_backup(make_writer: Any, root: Path) -> None:
+    writer = make_writer()
+    for _ in range(2):
+        _store(writer, root, "run/a.bin", b"same bytes")
+    _store(writer, root, "run/b.bin", b"1234")
+    _store(writer, root, "run/b.bin", b"5678")  # same size, other bytes
+    _store(writer, root, "run/c.bin", b"")
+    _store(writer, root, "run/c.bin", b"written after the empty file was sent")
+    _store(writer, root, "run/d.bin", b"sent half")  # sent while still being written ...
+    _store(writer, root, "run/d.bin", b"sent half-written, then grown")  # ... then complete
+    _store(writer, root, "run/e.bin", b"longer earlier version")
+    _store(writer, root, "run/e.bin", b"longer")  # a shorter new version is no superset: backed up
+    assert sorted(p.name for p in (root / "run").iterdir()) == [
+        "a.bin", "b.bin", "b.bin.~1~", "c.bin", "d.bin", "e.bin", "e.bin.~1~"]
+    assert (root / "run" / "d.bin").read_bytes() == b"sent half-written, then grown"
+
+
+def test_existing_overwrite_replaces_the_stored_file(make_writer: Any, root: Path) -> None:
+    writer = make_writer(existing="overwrite")
+    _store(writer, root, "a.bin", b"part1")
+    _store(writer, root, "a.bin", b"part2")
+    assert _stored(root) == {"a.bin": b"part2"}
+
+
+@pytest.mark.parametrize("count", [3, 8], ids=["fsync-each", "syncfs"])
+def test_one_bad_file_fails_alone_in_a_group_commit(make_writer: Any, root: Path, count: int) -> None:
+    writer = make_writer()
+    (root / "run" / "f1.dat").mkdir(parents=True)  # a directory stands where a file should go
+    names = [f"run/f{n}.dat" for n in range(count)]
+    handles = [write_all(writer, item(root, name, name.encode()), name.encode()) for name in names]
+    errors = writer.commit_each(handles)
+    assert isinstance(errors[1], IsADirectoryError) and "directory stands where the file" in str(errors[1])
+    assert errors[:1] + errors[2:] == [None] * (count - 1)
+    assert all((root / n).read_bytes() == n.encode() for n in names if n != "run/f1.dat")
+    writer.abort(handles[1])
+    assert sorted(p.name for p in (root / "run").iterdir()) == sorted(n[4:] for n in names)
+
+
+@pytest.mark.parametrize("mtime", [2**80, float("nan"), -5.0, float("inf")])
+def test_unusable_file_mod_time_is_ignored_and_leaves_nothing_behind(make_writer: Any, root: Path,
+                                                                     mtime: float) -> None:
+    writer = make_writer()
+    before = time.time()
+    writer.commit([write_all(writer, item(root, "m.dat", b"m", mtime=mtime), b"m")])
+    assert list(_stored(root)) == ["m.dat"]
+    assert (root / "m.dat").stat().st_mtime >= before - 1
+
+
+def test_path_longer_than_the_file_system_allows_is_refused(make_writer: Any, root: Path) -> None:
+    writer = make_writer()
+    parts = tuple("d" * 250 for _ in range(17))
+    with pytest.raises(PathRefused, match="longer than the file system allows"):
+        writer.open(WriteTarget(str(root), parts, "f.dat", {}))
+
+
+def test_stored_file_appears_with_in_moved_to_for_target_watchers(make_writer: Any, root: Path) -> None:
+    """A chained sender's inotify source reacts to IN_CLOSE_WRITE or IN_MOVED_TO, never to a bare IN_CREATE."""
+    inotify_simple = pytest.importorskip("inotify_simple")
+    INotify, flags = inotify_simple.INotify, inotify_simple.flags
+    (root / "run").mkdir()
+    watcher = INotify()
+    try:
+        watcher.add_watch(str(root / "run"), flags.MOVED_TO | flags.CLOSE_WRITE)
+        writer = make_writer()
+        writer.commit([write_all(writer, item(root, f"run/f{n}.dat", b"x"), b"x") for n in range(6)])
+        events = watcher.read(timeout=1000)
+    finally:
+        watcher.close()
+    assert sorted(e.name for e in events if e.mask & flags.MOVED_TO) == [f"f{n}.dat" for n in range(6)]
