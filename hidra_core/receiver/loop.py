@@ -49,7 +49,7 @@ class Receiver:
 
     def __init__(self, config: InstanceConfig, host: PluginHost, *, source_name: str = "<defaults>") -> None:
         self.instance_config = config
-        self.config = config.receiver
+        self.config = cfg = config.receiver
         self.host = host
         self.stop = StopFlag()
         self.context = zmq.Context()
