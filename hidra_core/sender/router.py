@@ -72,7 +72,6 @@ class Sender:
         self._current: Outgoing | None = None
         self._stash: list[Any] | None = None
         self._waiting_since: float | None = None
-        self._link_was_up = False
         self._summary_at = time.monotonic()
         self._summarised = (0, 0, 0)  # stats sent, bytes and confirmed at the last summary
         self._removing = cfg.storage.remove_source == "after_confirmation"
@@ -213,10 +212,6 @@ class Sender:
         self._summary_at, self._summarised = now, totals
 
     def _warn_if_waiting(self, now: float, link: bool) -> None:
-        lost, self._link_was_up = self._link_was_up and not link, link
-        if lost:
-            log.warning("storage receiver at %s lost (no beacon); %d files wait for it", self.config.storage.data,
-                        len(self._queue) + len(self.link.in_flight))
         if link or not (self._queue or self.link.in_flight):
             self._waiting_since = None
             return

@@ -48,12 +48,19 @@ class StorageLink:
         self._receiver: bytes | None = None
         self._beacon_at = 0.0
         self._connected_at: float | None = None
+        self._was_up = False
 
     def up(self, now: float) -> bool:
         """Send while our receiver's beacon is fresh, or (after a grace) to a connected one without a beacon."""
         if self._receiver is not None:
-            return now - self._beacon_at < _BEACON_TIMEOUT_S
-        return self._connected_at is not None and now - self._connected_at > _BEACON_GRACE_S
+            up = now - self._beacon_at < _BEACON_TIMEOUT_S
+        else:
+            up = self._connected_at is not None and now - self._connected_at > _BEACON_GRACE_S
+        if self._was_up and not up:
+            log.warning("storage receiver at %s lost (no beacon for %.0f s, or disconnected); files wait for it",
+                        self.config.data, _BEACON_TIMEOUT_S)
+        self._was_up = up
+        return up
 
     def on_monitor(self, monitor: zmq.Socket) -> None:
         while monitor.poll(0):

@@ -75,7 +75,7 @@ def test_target_down_longer_than_max_attempts_is_retried_until_it_is_back(storag
 
     wait_until(sent_max_attempts_times, 60, "every file sent max_attempts times to the dead receiver")
     wait_until(lambda: "reported unconfirmed" in sender.text(), 30, "the retry warning")
-    wait_until(lambda: "lost (no beacon)" in sender.text(), 30, "the sender to notice the receiver is gone")
+    wait_until(lambda: "lost (no beacon" in sender.text(), 30, "the sender to notice the receiver is gone")
     after = {f"after/{i}.dat": 3000 + i for i in range(5)}  # written while the receiver is down
     for rel, size in after.items():
         write_file(pair.source / rel, size)
