@@ -53,11 +53,11 @@ def _ledger_rows(state: Path) -> dict[str, tuple[int, int]]:
 def test_target_down_longer_than_max_attempts_is_retried_until_it_is_back(storage_path):
     pair = storage_path
     pair.start_receiver()
-    # NOTE: a deep send queue (hwm) lets the files sent to the dead receiver use up their attempts before the
-    # sender misses its beacon, which is what made the old sender give them up for good.
+    # NOTE: a deep send queue (hwm) and tiny timeouts let the files sent to the dead receiver use up their
+    # attempts before the sender misses its beacon (3 s), which is what made the old sender give them up for good.
     sender = pair.start_sender("sender.storage.remove_source=after_confirmation",
-                               "sender.storage.confirmation_timeout_s=0.3", "sender.storage.max_attempts=2",
-                               "sender.storage.max_backoff_s=1", "sender.storage.hwm=1000")
+                               "sender.storage.confirmation_timeout_s=0.05", "sender.storage.max_attempts=2",
+                               "sender.storage.max_backoff_s=0.1", "sender.storage.hwm=1000")
     before = {f"before/{i}.dat": 1000 + i for i in range(5)}
     for rel, size in before.items():
         write_file(pair.source / rel, size)
