@@ -60,7 +60,8 @@ class StorageTarget(_Section):
     remove_source: Literal["never", "after_confirmation"] = Field(
         "never", description="remove the source file once the receiver confirmed a durable, matching copy")
     confirmation_timeout_s: float = Field(
-        60.0, gt=0, description="re-send a file not confirmed this long after it was sent")
+        60.0, gt=0, description="re-send a file not confirmed this long after its first send (doubling with each"
+        " further send, up to max_backoff_s)")
     max_attempts: int = Field(
         5, ge=1, description="sends of one file before it is reported as unconfirmed (state 'unconfirmed' in"
         " `hidra ledger`, a WARNING); it is still sent again until confirmed, the sender never gives a file up")

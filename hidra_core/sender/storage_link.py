@@ -130,12 +130,6 @@ class StorageLink:
         timeout = self.config.confirmation_timeout_s
         return min(timeout * 2.0 ** min(attempts - 1, 62), max(self.config.max_backoff_s, timeout))
 
-    def next_due(self) -> float | None:
-        """When the earliest file in flight runs out of time (monotonic), or None."""
-        while self._due and not self._current(self._due[0]):
-            heapq.heappop(self._due)
-        return self._due[0][0] if self._due else None
-
     def _current(self, entry: tuple[float, str, float]) -> bool:
         flight = self.in_flight.get(entry[1])
         return flight is not None and flight.sent_at == entry[2]
