@@ -61,8 +61,14 @@ class StorageTarget(_Section):
     remove_source: Literal["never", "after_confirmation"] = Field(
         "never", description="remove the source file once the receiver confirmed a durable, matching copy")
     confirmation_timeout_s: float = Field(
-        60.0, gt=0, description="re-send a file not confirmed this long after it was sent")
-    max_attempts: int = Field(5, ge=1, description="sends of one file before it is reported as unconfirmed")
+        60.0, gt=0, description="re-send a file not confirmed this long after its first send (doubling with each"
+        " further send, up to max_backoff_s)")
+    max_attempts: int = Field(
+        5, ge=1, description="sends of one file before it is reported as unconfirmed (state 'unconfirmed' in"
+        " `hidra ledger`, a WARNING); it is still sent again until confirmed, the sender never gives a file up")
+    max_backoff_s: float = Field(
+        300.0, gt=0, description="each re-send of an unconfirmed file doubles its confirmation timeout, up to this"
+        " (never below confirmation_timeout_s)")
     accept_legacy_confirmations: bool = Field(
         False, description="treat confirmations without a checksum (HiDRA 4.x receivers) as proof of storage")
     hwm: int = Field(4, ge=1, description="chunks queued towards the receiver before sends block (back-pressure)")
@@ -121,7 +127,12 @@ class SenderConfig(_Section):
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     compat_version: str = Field("4.4.3", pattern=r"^4\.\d+\.\d+$",
                                 description="HiDRA 4.x version announced on the wire (never the package version)")
-    drain_timeout_s: float = Field(10.0, ge=0, description="on SIGTERM, wait this long for open confirmations")
+    drain_timeout_s: float = Field(
+        10.0, ge=0, description="on SIGTERM/SIGINT, finish the file being sent and wait for open confirmations at"
+        " most this long, then stop (what is unfinished is resumed at the next start); a second signal stops at once")
+    summary_interval_s: float = Field(
+        10.0, ge=0, description="log a summary (files/s, MiB/s, queued, awaiting confirmation, retrying) this often;"
+        " 0: never")
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
     local_target: LocalTargetConfig | None = Field(
         None, description="keep a durable local copy of every file (required by the metadata modes)")

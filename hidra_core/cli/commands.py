@@ -58,10 +58,13 @@ def up(args: argparse.Namespace) -> int:
     rest = ["--config", args.config] if args.config else []
     for assignment in [*args.overrides, *extra]:
         rest += ["--set", assignment]
+    # NOTE: the children inherit an ignored SIGINT (and keep it, see StopFlag): Ctrl-C reaches only this
+    # process, which stops the sender before the receiver.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     children = {role: subprocess.Popen([sys.executable, "-m", "hidra_core", *top, role, *rest])
                 for role in ("receiver", "sender")}
     log.info("hidra up: %s -> %s (Ctrl-C stops)", os.path.abspath(root or ""), os.path.abspath(config.receiver.target))
-    return _supervise(children)
+    return _supervise(children, config.sender.drain_timeout_s)
 
 
 def _up_overrides(args: argparse.Namespace, config: InstanceConfig) -> tuple[list[str], str | None]:
@@ -81,27 +84,62 @@ def _up_overrides(args: argparse.Namespace, config: InstanceConfig) -> tuple[lis
     return [*extra, f"sender.source.{choice.type}.path={json.dumps(source)}"], source
 
 
-def _supervise(children: dict[str, subprocess.Popen]) -> int:
-    stopping = False
+_STOP_MARGIN_S = 10.0  # beyond the sender's drain_timeout_s: its start-up or close may still be running
 
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+def _supervise(children: dict[str, subprocess.Popen], drain_timeout_s: float = 10.0) -> int:
+    """Wait for the children; on a signal or a child's exit stop the sender first, then the receiver.
+
+    Each child gets SIGTERM and a bounded time (the sender: its drain_timeout_s), then SIGKILL. A second
+    SIGINT/SIGTERM kills both at once; the ledger keeps the state, as after a crash.
+    """
+    signals: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: signals.append(signum))
+    order = [(role, children[role], drain_timeout_s + _STOP_MARGIN_S if role == "sender" else _STOP_MARGIN_S)
+             for role in ("sender", "receiver") if role in children]
     code = 0
-    while any(c.poll() is None for c in children.values()):
-        for role, child in children.items():
-            if child.poll() is not None and not stopping:
-                log.error("the %s exited with status %s; stopping", role, child.returncode)
-                code = child.returncode or 1
-                forward(signal.SIGTERM, None)
+    while not signals and all(c.poll() is None for c in children.values()):
         time.sleep(0.1)
-    return code or max((c.returncode or 0) for c in children.values())
+    for role, child in children.items():
+        if child.poll() is not None and not signals:
+            log.error("the %s exited with status %s; stopping", role, _status(child))
+            code = _status(child) or 1
+    for role, child, limit in order:
+        if not _stop_child(role, child, limit, signals):
+            log.warning("second signal: killing %s at once (the ledger keeps the state)",
+                        " and ".join(r for r, c, _ in order if c.poll() is None))
+            for _, other, _ in order:
+                _kill(other)
+            return 128 + signals[-1]
+    return code or next((_status(c) for c in children.values() if c.returncode), 0)
+
+
+def _status(child: subprocess.Popen) -> int:
+    """A child's exit status as a shell reports it (128 + N when signal N ended it)."""
+    return child.returncode if child.returncode >= 0 else 128 - child.returncode
+
+
+def _stop_child(role: str, child: subprocess.Popen, limit: float, signals: list[int]) -> bool:
+    """SIGTERM ``child`` and wait up to ``limit`` s (then SIGKILL); False when a second signal came meanwhile."""
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + limit
+    while child.poll() is None:
+        if len(signals) > 1:
+            return False
+        if time.monotonic() > deadline:
+            log.error("the %s did not stop within %.0f s: killing it", role, limit)
+            _kill(child)
+        time.sleep(0.05)
+    log.info("the %s stopped with status %s", role, _status(child))
+    return True
+
+
+def _kill(child: subprocess.Popen) -> None:
+    if child.poll() is None:
+        child.kill()
+        child.wait()
 
 
 def ledger(args: argparse.Namespace) -> int:

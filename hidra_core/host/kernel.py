@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import threading
 from typing import Any, Callable, Mapping
@@ -71,18 +72,33 @@ class Endpoints:
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT (or by ``set()`` from tests and embedding code); loops poll it."""
+    """Set by SIGTERM/SIGINT (or by ``set()`` from tests and embedding code); loops poll it.
+
+    A second signal ends the process at once: the state is safe on disk as after a crash (the sender's ledger
+    is SQLite in WAL mode, the receiver confirms only what is durable), and what was unfinished is done again.
+    """
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._signalled = False
 
     def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda signum, _frame: self._on_signal(signum))
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # NOTE: an ignored SIGINT stays ignored, as shells expect of background jobs: `hidra up` starts
+            # its children so, to keep Ctrl-C to itself and stop the sender before the receiver.
+            if sig == signal.SIGINT and signal.getsignal(sig) is signal.SIG_IGN:
+                continue
+            signal.signal(sig, lambda signum, _frame: self._on_signal(signum))
 
     def _on_signal(self, signum: int) -> None:
-        log.info("received %s: draining and stopping", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if self._signalled:
+            log.warning("received %s again: stopping at once; unfinished files are done at the next start", name)
+            os._exit(128 + signum)
+        log.info("received %s: draining and stopping (send it again to stop at once)", name)
+        self._signalled = True
         self._event.set()
 
     def set(self) -> None:

@@ -64,6 +64,8 @@ class Sender:
         self._current: Outgoing | None = None
         self._stash: list[Any] | None = None
         self._waiting_since: float | None = None
+        self._summary_at = time.monotonic()
+        self._summarised = (0, 0, 0)  # stats sent, bytes and confirmed at the last summary
         self._removing = cfg.storage.remove_source == "after_confirmation"
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -113,6 +115,8 @@ class Sender:
     def _close(self) -> None:
         if self._current is not None:
             self._current.close()
+            if self._current.local is not None:
+                self.local.abort(self._current.local)
         self.clients.close()
         if getattr(self, "data_monitor", None) is not None:
             self.data.disable_monitor()
@@ -162,14 +166,42 @@ class Sender:
                 self._pump(draining=drain_until is not None)
             housekeeping = now >= next_housekeeping
             if housekeeping:
-                self._expire(now)
-                self._warn_if_waiting(now, link)
+                self._housekeeping(now, link)
                 next_housekeeping = now + 0.5
             self._serve_clients(ready, housekeeping)
             self.ledger.commit()
-            if drain_until is not None and self._current is None and (
-                    not self.link.in_flight or time.monotonic() > drain_until):
+            if drain_until is not None and self._drained(drain_until):
                 return
+
+    def _drained(self, drain_until: float) -> bool:
+        """Draining ends once nothing awaits the receiver, or at the deadline whatever the state (mid-file too)."""
+        if self._current is None and not self.link.in_flight:
+            return True
+        if time.monotonic() < drain_until:
+            return False
+        log.warning("drain_timeout_s (%.3g s) is over: stopping with %s%d files awaiting confirmation",
+                    self.config.drain_timeout_s, f"{self._current.event.file_id} half sent and " if self._current
+                    else "", len(self.link.in_flight))
+        return True
+
+    def _housekeeping(self, now: float, link: bool) -> None:
+        self._expire(now)
+        self._warn_if_waiting(now, link)
+        interval = self.config.summary_interval_s
+        if interval and now >= self._summary_at + interval:
+            self._summary(now)
+
+    def _summary(self, now: float) -> None:
+        totals = (self.stats["sent"], self.stats["bytes"], self.stats["confirmed"])
+        queued, waiting, retrying = len(self._queue), len(self.link.in_flight), len(self.link.retrying)
+        # NOTE: an idle sender logs one last summary, then stays quiet until something happens.
+        if totals != self._summarised or queued or waiting or retrying or self._current is not None:
+            span = now - self._summary_at
+            log.info("summary: %.1f files/s, %.2f MiB/s over %.0f s; %d queued, %d awaiting confirmation, %d retrying;"
+                     " since start %d sent, %d confirmed", (totals[0] - self._summarised[0]) / span,
+                     (totals[1] - self._summarised[1]) / span / 2**20, span, queued, waiting, retrying, totals[0],
+                     totals[2])
+        self._summary_at, self._summarised = now, totals
 
     def _warn_if_waiting(self, now: float, link: bool) -> None:
         if link or not (self._queue or self.link.in_flight):
@@ -361,10 +393,11 @@ class Sender:
         self.stats["removed"] += 1
 
     def _expire(self, now: float) -> None:
-        resend, given_up = self.link.expire(now)
+        resend, overdue = self.link.expire(now)
         for event in resend:
             self._enqueue(event, force=True)
-        for fid, attempts in given_up:
-            log.error("%s: not confirmed after %d attempts; kept at the source, retried at next start", fid, attempts)
+        for fid, attempts in overdue:
+            # NOTE: reported (hidra ledger lists it), never given up: it goes out again until it is confirmed.
             self.ledger.set_state(fid, UNCONFIRMED)
-            self.stats["unconfirmed"] += 1
+            if attempts == self.config.storage.max_attempts:
+                self.stats["unconfirmed"] += 1

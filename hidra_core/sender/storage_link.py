@@ -5,9 +5,9 @@ monitor events and acts on what it returns: files to send again, files confirmed
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import time
-from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import zmq
@@ -31,22 +31,36 @@ _BEACON_TIMEOUT_S = 3.0
 # HiDRA 4.x datareceiver); the grace also lets the confirmation subscription reach its PUB before the first
 # file. Confirmations without a checksum never allow removal unless accept_legacy_confirmations is set.
 _BEACON_GRACE_S = 2.0
+_RETRY_REPORT_S = 10.0  # at most one retry WARNING this often
 
 
 class StorageLink:
     def __init__(self, config: StorageTarget) -> None:
         self.config = config
-        self.in_flight: OrderedDict[str, InFlight] = OrderedDict()  # oldest send first
+        self.in_flight: dict[str, InFlight] = {}
         self.attempts: dict[str, int] = {}
+        self.retrying: set[str] = set()  # files that ran out of time at least once and are not confirmed yet
+        self._due: list[tuple[float, str, float]] = []  # heap of (deadline, file_id, sent_at); stale entries skipped
+        self._retried: set[str] = set()  # files sent again since the last retry WARNING
+        self._overdue: set[str] = set()  # ... and those of them past max_attempts
+        self._next_wait: float | None = None  # the shortest confirmation timeout of those sends
+        self._next_report = 0.0
         self._receiver: bytes | None = None
         self._beacon_at = 0.0
         self._connected_at: float | None = None
+        self._was_up = False
 
     def up(self, now: float) -> bool:
         """Send while our receiver's beacon is fresh, or (after a grace) to a connected one without a beacon."""
         if self._receiver is not None:
-            return now - self._beacon_at < _BEACON_TIMEOUT_S
-        return self._connected_at is not None and now - self._connected_at > _BEACON_GRACE_S
+            up = now - self._beacon_at < _BEACON_TIMEOUT_S
+        else:
+            up = self._connected_at is not None and now - self._connected_at > _BEACON_GRACE_S
+        if self._was_up and not up:
+            log.warning("storage receiver at %s lost (no beacon for %.0f s, or disconnected); files wait for it",
+                        self.config.data, _BEACON_TIMEOUT_S)
+        self._was_up = up
+        return up
 
     def on_monitor(self, monitor: zmq.Socket) -> None:
         while monitor.poll(0):
@@ -60,8 +74,12 @@ class StorageLink:
         """Record a file completely handed to the transport; returns how often it has been sent."""
         fid = out.event.file_id
         self.attempts[fid] = attempts = self.attempts.get(fid, 0) + 1
-        self.in_flight.pop(fid, None)
-        self.in_flight[fid] = InFlight(out.event, out.stat, out.checksum, out.chunk_count, time.monotonic())
+        now = time.monotonic()
+        self.in_flight[fid] = InFlight(out.event, out.stat, out.checksum, out.chunk_count, now)
+        heapq.heappush(self._due, (now + self.backoff(attempts), fid, now))
+        if len(self._due) > 2 * len(self.in_flight) + 1000:  # confirmed files leave stale entries behind
+            self._due = [entry for entry in self._due if self._current(entry)]
+            heapq.heapify(self._due)
         return attempts
 
     def on_message(self, frames: list[bytes]) -> tuple[list[FileEvent], list[InFlight]]:
@@ -87,6 +105,10 @@ class StorageLink:
         if len(flight.confirmed) == flight.chunk_count and (flight.proof or self.config.accept_legacy_confirmations):
             del self.in_flight[conf.file_id]
             self.attempts.pop(conf.file_id, None)
+            if self.retrying:
+                self.retrying.discard(conf.file_id)
+                if not self.retrying:
+                    log.info("every file sent again has been confirmed")
             return [], [flight]
         return [], []
 
@@ -103,19 +125,51 @@ class StorageLink:
         # Whatever went out before this receiver's beacon may have met a predecessor or a late subscription.
         return [flight.event for flight in self.in_flight.values()]
 
-    def expire(self, now: float) -> tuple[list[FileEvent], list[tuple[str, int]]]:
-        """Files unconfirmed for too long: ``(to send again, given up as (file_id, attempts))``."""
-        resend: list[FileEvent] = []
-        given_up: list[tuple[str, int]] = []
+    def backoff(self, attempts: int) -> float:
+        """How long the ``attempts``-th send of a file waits for its confirmation: doubling, capped."""
         timeout = self.config.confirmation_timeout_s
-        while self.in_flight:
-            fid, flight = next(iter(self.in_flight.items()))
-            if now - flight.sent_at < timeout:
-                break
-            del self.in_flight[fid]
-            if self.attempts.get(fid, 0) >= self.config.max_attempts:
-                given_up.append((fid, self.attempts.pop(fid)))
-            else:
-                log.info("%s: no confirmation after %.0f s; sending again", fid, timeout)
-                resend.append(flight.event)
-        return resend, given_up
+        return min(timeout * 2.0 ** min(attempts - 1, 62), max(self.config.max_backoff_s, timeout))
+
+    def _current(self, entry: tuple[float, str, float]) -> bool:
+        flight = self.in_flight.get(entry[1])
+        return flight is not None and flight.sent_at == entry[2]
+
+    def expire(self, now: float) -> tuple[list[FileEvent], list[tuple[str, int]]]:
+        """Files unconfirmed for too long: ``(to send again, those of them past max_attempts as (id, attempts))``.
+
+        Nothing is ever given up: a file past ``max_attempts`` is reported, and still sent again.
+        """
+        resend: list[FileEvent] = []
+        overdue: list[tuple[str, int]] = []
+        while self._due and self._due[0][0] <= now:
+            entry = heapq.heappop(self._due)
+            if not self._current(entry):
+                continue  # confirmed, or sent again since
+            flight = self.in_flight.pop(entry[1])
+            attempts = self.attempts.get(entry[1], 1)
+            self.retrying.add(entry[1])
+            resend.append(flight.event)
+            if attempts >= self.config.max_attempts:
+                overdue.append((entry[1], attempts))
+        if resend:
+            self._retried.update(e.file_id for e in resend)
+            self._overdue.update(fid for fid, _ in overdue)
+            wait = min(self.backoff(self.attempts.get(e.file_id, 1) + 1) for e in resend)
+            self._next_wait = min(self._next_wait or wait, wait)
+        if self._retried and now >= self._next_report:
+            self._report_retries(now)
+        return resend, overdue
+
+    def _report_retries(self, now: float) -> None:
+        # NOTE: one line per round (at most every _RETRY_REPORT_S), never one per file: a receiver that is down
+        # makes every file in flight run out of time, again and again.
+        past = ""
+        if self._overdue:
+            names = ", ".join(heapq.nsmallest(3, self._overdue))
+            past = (f"; {len(self._overdue)} of them after {self.config.max_attempts} or more attempts, reported"
+                    f" unconfirmed (`hidra ledger`) and still retried, e.g. {names}")
+        log.warning("%d files not confirmed by the storage receiver in time: sent again %s, next check %.3g s after"
+                    " that%s", len(self._retried), "now" if self.up(now) else "once it is reachable", self._next_wait,
+                    past)
+        self._retried, self._overdue, self._next_wait = set(), set(), None
+        self._next_report = now + _RETRY_REPORT_S

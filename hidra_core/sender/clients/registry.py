@@ -9,11 +9,16 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
-__all__ = ["Member", "Registry", "TargetSet", "suffixes_to_pattern"]
+import re2
+
+__all__ = ["MAX_PATTERN_LENGTH", "Member", "Registry", "TargetSet", "compile_pattern", "suffixes_to_pattern"]
 
 DATA, METADATA = "data", "metadata"
+MAX_PATTERN_LENGTH = 1000
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a refused pattern is logged once, by the signal handler, not on stderr
 
 
 def suffixes_to_pattern(suffixes: list[str]) -> str:
@@ -23,15 +28,42 @@ def suffixes_to_pattern(suffixes: list[str]) -> str:
     return ".*(" + "|".join(suffixes) + ")$"
 
 
+def compile_pattern(text: str) -> Any:
+    """A client's pattern compiled for linear-time matching (RE2), with ``re.match`` semantics.
+
+    NOTE: client patterns are matched in the sender's router loop, where Python's backtracking ``re`` let a
+    pattern like ``(.*)*Z`` take seconds per file name. ValueError names why a pattern is refused: too long,
+    or not RE2 syntax (backreferences, lookaround, possessive or atomic groups).
+    """
+    if len(text) > MAX_PATTERN_LENGTH:
+        raise ValueError(f"{len(text)} characters, more than {MAX_PATTERN_LENGTH}")
+    try:
+        return re2.compile(_python_anchors(text), _RE2_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else "invalid"
+        reason = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+        raise ValueError(f"not accepted by the linear-time matcher (RE2 syntax, no backreferences or lookaround):"
+                         f" {reason}") from None
+
+
+def _python_anchors(text: str) -> str:
+    """Python's end-of-text ``\\Z`` is RE2's ``\\z``; every other escape (``\\\\Z`` too) is left as it is."""
+    return re.sub(r"\\(.)", lambda m: r"\z" if m.group(1) == "Z" else m.group(0), text, flags=re.DOTALL)
+
+
 @dataclass(frozen=True)
 class Member:
     socket_id: str
     prio: int
-    pattern: re.Pattern[str]
+    pattern: Any  # compile_pattern()'s result
     delivery: str  # DATA or METADATA
 
     def matches(self, basename: str) -> bool:
-        return self.pattern.match(basename) is not None
+        try:
+            return self.pattern.match(basename) is not None
+        except UnicodeEncodeError:  # a name that is not valid text: each undecodable byte counts as one character
+            text = basename.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            return self.pattern.match(text) is not None
 
 
 @dataclass

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Any, Callable
 
 from hidra_core.sender.clients.hosts import AccessPolicy, HostResolver
-from hidra_core.sender.clients.registry import DATA, METADATA, Member, Registry, suffixes_to_pattern
+from hidra_core.sender.clients.registry import DATA, METADATA, Member, Registry, compile_pattern, suffixes_to_pattern
 
 __all__ = ["SignalHandler"]
 
@@ -122,9 +121,9 @@ class SignalHandler:
         if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
             raw = suffixes_to_pattern(raw)
         if not isinstance(raw, str):
-            raise _Invalid(f"pattern {raw!r} is neither a regex nor a list of suffixes")
+            raise _Invalid(f"pattern {raw!r:.100} is neither a regex nor a list of suffixes")
         try:
-            pattern = re.compile(raw)
-        except re.error as exc:
-            raise _Invalid(f"pattern {raw!r} does not compile: {exc}") from None
+            pattern = compile_pattern(raw)
+        except ValueError as exc:
+            raise _Invalid(f"pattern {raw!r:.100} refused: {exc}") from None
         return Member(self.canonical_id(target[0]), prio, pattern, delivery)
