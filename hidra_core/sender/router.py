@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import heapq
 import socket
 import time
 from collections import deque
@@ -19,9 +20,11 @@ import zmq
 
 from hidra_core.config import DriverChoice, InstanceConfig
 from hidra_core.sender.clients.dispatch import ClientDispatcher
-from hidra_core.interfaces import WriteTarget
+from hidra_core.interfaces import FileStat, SourceChanged, WriteTarget
 from hidra_core.host.kernel import Endpoints, StopFlag, create_driver
-from hidra_core.sender.ledger import CONFIRMED, REMOVED, UNCONFIRMED, Ledger
+from hidra_core.sender.fetch import remove_checked
+from hidra_core.sender.ledger import (CONFIRMED, FAILED, REFUSED, REMOVED, SEEN, SENT, UNCONFIRMED, VANISHED, Ledger,
+                                      LedgerRow)
 from hidra_core.sender.outgoing import ZERO_COPY_MIN, Outgoing
 from hidra_core.host.plugins import PluginHost
 from hidra_core.protocol.confirmation import HEARTBEAT_TOPIC
@@ -37,6 +40,9 @@ _SLICE_S = 0.02  # longest the loop sends before it serves its other sockets aga
 # NOTE: events beyond this wait in the source's socket (then the kernel's inotify queue), which keeps the
 # sender's memory bounded on huge trees; an inotify overflow only costs a rescan, never a file.
 _MAX_QUEUED = 20_000
+# NOTE: a file some process still writes is looked at again after this, doubling up to the maximum; its close
+# (CLOSE_WRITE) usually brings it back sooner.
+_BUSY_DELAY_S = (0.2, 5.0)
 
 
 class Sender:
@@ -65,9 +71,12 @@ class Sender:
         self.clients = ClientDispatcher(cfg.clients, self.endpoints, cfg.compat_version, storing=self.local is not None,
                                         authorize=host.authorize_receiver if host.has_authorizers else None)
         self.topic = f"{socket.getfqdn()}_{os.getpid()}".encode()
-        self.stats = {"sent": 0, "bytes": 0, "confirmed": 0, "removed": 0, "resent": 0, "unconfirmed": 0}
+        self.stats = {"sent": 0, "bytes": 0, "confirmed": 0, "removed": 0, "resent": 0, "unconfirmed": 0,
+                      "failed": 0, "refused": 0}
         self._queue: deque[FileEvent] = deque()
         self._queued: dict[str, bool] = {}  # file_id -> force (send even if unchanged and in flight)
+        self._delayed: list[tuple[float, str]] = []  # heap of (due, file_id): files still being written
+        self._delayed_events: dict[str, tuple[FileEvent, bool, float]] = {}  # file_id -> (event, force, delay)
         self.link = StorageLink(cfg.storage)
         self._current: Outgoing | None = None
         self._stash: list[Any] | None = None
@@ -156,6 +165,7 @@ class Sender:
             if self.stop.is_set() and drain_until is None:
                 drain_until = now + self.config.drain_timeout_s
             link = self.link.up(now)
+            self._release_delayed(now)
             want = link and (self._current is not None or (self._queue and drain_until is None))
             poller.modify(self.data, zmq.POLLOUT if want else 0)
             poller.modify(self.events, zmq.POLLIN if len(self._queue) < _MAX_QUEUED else 0)
@@ -207,15 +217,70 @@ class Sender:
         self._queued[fid] = force
         self._queue.append(event)
 
+    def _delay(self, event: FileEvent, force: bool) -> None:
+        """Look at a file again later (a writer still has it open, or it may not be removed yet)."""
+        fid = event.file_id
+        previous = self._delayed_events.get(fid)
+        delay = _BUSY_DELAY_S[0] if previous is None else min(previous[2] * 2, _BUSY_DELAY_S[1])
+        self._delayed_events[fid] = (event, force or (previous is not None and previous[1]), delay)
+        heapq.heappush(self._delayed, (time.monotonic() + delay, fid))
+
+    def _release_delayed(self, now: float) -> None:
+        while self._delayed and self._delayed[0][0] <= now:
+            _due, fid = heapq.heappop(self._delayed)
+            entry = self._delayed_events.get(fid)
+            if entry is not None:
+                self._enqueue(entry[0], entry[1])
+
     def _take_events(self) -> None:
         while len(self._queue) < _MAX_QUEUED:
             try:
                 batch = self.events.recv_pyobj(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.ledger.record_seen(batch)
-            for event in batch:
+            for event in self._recorded([e for e in batch if self._valid_name(e)]):
                 self._enqueue(event)
+
+    def _recorded(self, batch: list[FileEvent]) -> list[FileEvent]:
+        """The events the ledger took; one that it cannot take is reported and skipped, never fatal."""
+        try:
+            self.ledger.record_seen(batch)
+            return batch
+        except Exception as exc:
+            if len(batch) == 1:
+                self._failed(batch[0], "recording it in the ledger", exc)
+                return []
+        return [event for part in batch for event in self._recorded([part])]
+
+    def _valid_name(self, event: FileEvent) -> bool:
+        """Names must be valid UTF-8 to go on the wire; others are refused and reported, the file stays."""
+        try:
+            for text in (event.source_path, event.relative_path, event.filename):
+                text.encode("utf-8")
+            return True
+        except UnicodeEncodeError:
+            pass
+        self.stats["refused"] += 1
+        shown = FileEvent(*(_escaped(t) for t in (event.source_path, event.relative_path, event.filename)))
+        try:
+            new = self.ledger.record_problem(shown, REFUSED, "name is not valid UTF-8")
+        except Exception:
+            log.exception("recording the refused name %s in the ledger failed", shown.file_id)
+            new = True
+        if new:
+            log.warning("refusing %s/%s: its name is not valid UTF-8 (kept at the source; listed by hidra ledger)",
+                        shown.source_path, shown.file_id)
+        return False
+
+    def _failed(self, event: FileEvent, what: str, exc: BaseException) -> None:
+        """One file's failure: logged with the file, counted and recorded; the sender goes on."""
+        self.stats["failed"] += 1
+        log.error("%s: %s failed: %s: %s (kept at the source; tried again when it changes or at the next start)",
+                  event.file_id, what, type(exc).__name__, exc, exc_info=not isinstance(exc, OSError))
+        try:
+            self.ledger.record_problem(event, FAILED, f"{what}: {type(exc).__name__}: {exc}")
+        except Exception:
+            log.exception("recording the failure of %s in the ledger failed", event.file_id)
 
     # -- sending ---------------------------------------------------------------------------------------
 
@@ -229,9 +294,8 @@ class Sender:
                     event = self._queue.popleft()
                     try:
                         self._current = self._start(event)
-                    except Exception:  # a fetcher bug must not stop the other files
-                        log.exception("could not start sending %s; skipped until it changes or the next start",
-                                      event.file_id)
+                    except Exception as exc:  # a fetcher bug must not stop the other files
+                        self._failed(event, "starting to send it", exc)
                     continue
                 try:
                     meta, payload = self._current.next_message()
@@ -256,12 +320,16 @@ class Sender:
         force = self._queued.pop(fid, False)
         stat = self.fetcher.stat(event)
         if stat is None:
-            log.debug("%s vanished before it was sent", fid)
-            if fid not in self.link.in_flight:
-                self.ledger.forget(fid)
+            self._vanished(event)
             return None
+        if self.fetcher.busy(event, stat):
+            log.log(logging.DEBUG if fid in self._delayed_events else logging.INFO,
+                    "%s is still open for writing; sent once it is closed", fid)
+            self._delay(event, force)
+            return None
+        self._delayed_events.pop(fid, None)
         row = self.ledger.get(fid)
-        if row is not None and (row.size, row.mtime_ns) == (stat.size, stat.mtime_ns):
+        if row is not None and _same_version(row, stat):
             if row.state == CONFIRMED and self._removing:
                 self._remove(event, stat)
             if row.state in (CONFIRMED, REMOVED):
@@ -323,15 +391,34 @@ class Sender:
     def _abandon(self, exc: BaseException) -> None:
         current, self._current = self._current, None
         assert current is not None
-        current.close()
-        if current.local is not None:
-            self.local.abort(current.local)
-        log.warning("could not read %s (%s); it is sent again when it changes or at the next start",
-                    current.event.file_id, exc)
+        try:
+            current.close()
+        finally:
+            if current.local is not None:
+                self.local.abort(current.local)
+            self._failed(current.event, "reading it", exc)
+
+    def _vanished(self, event: FileEvent) -> None:
+        """Gone before it was sent: forgotten (temp files come and go); gone after a send that was never
+        confirmed: recorded, since the user may have expected a copy."""
+        fid = event.file_id
+        self._delayed_events.pop(fid, None)
+        row = self.ledger.get(fid)
+        if row is None or fid in self.link.in_flight:
+            return
+        if row.state == SEEN:
+            log.debug("%s vanished before it was sent", fid)
+            self.ledger.forget(fid)
+        elif row.state in (SENT, UNCONFIRMED, FAILED):
+            log.warning("%s vanished from the source before its copy was confirmed", fid)
+            self.ledger.set_state(fid, VANISHED, "vanished from the source before its copy was confirmed")
 
     def _finish(self, out: Outgoing) -> None:
         self._finish_local(out)
-        self.ledger.mark_sent(out.event, out.stat.size, out.stat.mtime_ns, out.checksum)
+        try:
+            self.ledger.mark_sent(out.event, out.stat.size, out.stat.mtime_ns, out.checksum, out.stat.identity)
+        except Exception as exc:  # the file went out; the ledger resumes it at the next start at worst
+            self._failed(out.event, "recording its send in the ledger", exc)
         if self.link.sent(out) > 1:
             self.stats["resent"] += 1
         self.stats["sent"] += 1
@@ -353,18 +440,19 @@ class Sender:
                 if self._removing:
                     self._remove(flight.event, flight.stat)
 
-    def _remove(self, event: FileEvent, stat: Any) -> None:
-        now = self.fetcher.stat(event)
-        if now is not None and (now.size, now.mtime_ns) != (stat.size, stat.mtime_ns):
-            log.info("%s changed after it was sent: sending again, not removing", event.file_id)
-            self._enqueue(event, force=True)
+    def _remove(self, event: FileEvent, stat: FileStat) -> None:
+        """Remove the confirmed version; a source that changed or is still open is looked at again later (and
+        sent again if it changed), never removed."""
+        try:
+            remove_checked(self.fetcher, event, stat)
+        except SourceChanged as exc:
+            log.info("%s: %s; looked at again later", event.file_id, exc)
+            self._delay(event, force=False)
             return
-        if now is not None:
-            try:
-                self.fetcher.remove(event)
-            except OSError as exc:
-                log.error("could not remove %s: %s (kept; retried at next start)", event.file_id, exc)
-                return
+        except Exception as exc:
+            log.error("could not remove %s: %s: %s (kept; retried at next start)", event.file_id,
+                      type(exc).__name__, exc, exc_info=not isinstance(exc, OSError))
+            return
         self.ledger.set_state(event.file_id, REMOVED)
         self.stats["removed"] += 1
 
@@ -376,3 +464,19 @@ class Sender:
             log.error("%s: not confirmed after %d attempts; kept at the source, retried at next start", fid, attempts)
             self.ledger.set_state(fid, UNCONFIRMED)
             self.stats["unconfirmed"] += 1
+
+
+def _same_version(row: LedgerRow, stat: FileStat) -> bool:
+    """Whether the ledger's row is this version of the file (rows of older ledgers know no identity)."""
+    if row.identity is not None:
+        return row.identity == stat.identity
+    return (row.size, row.mtime_ns) == (stat.size, stat.mtime_ns)
+
+
+def _escaped(text: str) -> str:
+    """A name as printable text: undecodable bytes as ``\\xNN``."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return raw.decode("utf-8", "backslashreplace")
