@@ -261,7 +261,7 @@ class Sender:
         except UnicodeEncodeError:
             pass
         self.stats["refused"] += 1
-        shown = FileEvent(*(_escaped(t) for t in (event.source_path, event.relative_path, event.filename)))
+        shown = FileEvent(_escaped(event.source_path), _escaped(event.relative_path), _escaped(event.filename))
         try:
             new = self.ledger.record_problem(shown, REFUSED, "name is not valid UTF-8")
         except Exception:
