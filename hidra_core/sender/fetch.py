@@ -1,16 +1,54 @@
-"""How the sender calls its fetcher: one place that knows the fetcher API's older forms."""
+"""The sender's fetch worker: every fetcher call (stat, busy, read, remove) runs in one thread of its own, so a
+slow disk or share never holds up the router loop (confirmations, the com port's answer window, SIGTERM).
+
+The router (``Fetching``) sends requests over an inproc PAIR; the worker (``FetchWorker``) answers in order.
+Chunks come back as zero-copy frames within a byte budget that the router refills as it hands them on, so memory
+stays bounded. Retryable ``OSError`` s are retried with back-off; any other exception is reported with its file.
+"""
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
-from typing import Any
+import pickle
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any, Iterator
 
+import zmq
+
+from hidra_core.errors import HidraError
 from hidra_core.interfaces import FileStat, SourceChanged
+from hidra_core.sender.outgoing import ZERO_COPY_MIN, Outgoing
 from hidra_core.types import FileEvent
 
-__all__ = ["remove_checked"]
+__all__ = ["FetchFailed", "FetchWorker", "Fetching", "Job", "remove_checked"]
 
 log = logging.getLogger(__name__)
+
+_RETRYABLE = frozenset({errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.EINTR, errno.ESTALE, errno.EBUSY})
+_ATTEMPTS = 3
+_BACKOFF_S = 0.1
+#: files asked of the worker ahead of the one being sent (their stat and first chunks overlap its sending)
+JOBS_AHEAD = 8
+
+
+class FetchFailed(HidraError):
+    """A fetcher call failed in the worker: ``str()`` names the exception type and message."""
+
+    def __init__(self, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def retryable(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _RETRYABLE
+
+
+def describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, FetchFailed) else f"{type(exc).__name__}: {exc}"
 
 
 def _takes_stat(fetcher: Any) -> bool:
@@ -33,3 +71,213 @@ def remove_checked(fetcher: Any, event: FileEvent, stat: FileStat) -> None:
     if now.identity != stat.identity:
         raise SourceChanged(f"{event.file_id} changed after it was sent; not removed")
     fetcher.remove(event)
+
+
+class FetchWorker:
+    """The worker thread: opens, reads and removes files in the order asked, within the byte budget."""
+
+    def __init__(self, fetcher: Any, context: zmq.Context, endpoint: str, chunksize: int) -> None:
+        self.fetcher = fetcher
+        self.context = context
+        self.endpoint = endpoint
+        self.chunksize = chunksize
+        self.budget = 3 * chunksize
+        self._jobs: deque[tuple[int, FileEvent, str | None]] = deque()
+        self._removals: deque[tuple[FileEvent, FileStat]] = deque()
+        self._reading: tuple[int, FileEvent, Iterator[Any]] | None = None
+        self._outstanding = 0
+        self.thread = threading.Thread(target=self._main, name="hidra-fetch", daemon=True)
+
+    def _main(self) -> None:
+        sock = self.context.socket(zmq.PAIR)
+        sock.linger = 0
+        sock.connect(self.endpoint)
+        try:
+            self._serve(sock)
+        except Exception:  # NOTE: a bug here; the router sees the thread die and stops with an error
+            log.exception("the fetch worker failed")
+        finally:
+            self._close_reading()
+            sock.close()
+
+    def _has_work(self) -> bool:
+        if self._removals or (self._reading is None and self._jobs):
+            return True
+        return self._reading is not None and self._outstanding < self.budget
+
+    def _serve(self, sock: zmq.Socket) -> None:
+        while True:
+            if sock.poll(0 if self._has_work() else 1000):
+                while sock.poll(0):
+                    if not self._request(sock.recv_pyobj()):
+                        return
+                continue
+            if self._removals:
+                self._remove(sock, *self._removals.popleft())
+            elif self._reading is None and self._jobs:
+                self._open_next(sock)
+            elif self._reading is not None and self._outstanding < self.budget:
+                self._read_next(sock)
+
+    def _request(self, msg: tuple[Any, ...]) -> bool:
+        kind = msg[0]
+        if kind == "credit":
+            self._outstanding -= msg[1]
+        elif kind == "open":
+            self._jobs.append(msg[1:])
+        elif kind == "remove":
+            self._removals.append(msg[1:])
+        elif kind == "cancel":
+            if self._reading is not None and self._reading[0] == msg[1]:
+                self._close_reading()
+            else:
+                self._jobs = deque(job for job in self._jobs if job[0] != msg[1])
+        return kind != "stop"
+
+    def _retry(self, call: Any, *args: Any) -> Any:
+        for attempt in range(_ATTEMPTS):
+            try:
+                return call(*args)
+            except OSError as exc:
+                if not retryable(exc) or attempt == _ATTEMPTS - 1:
+                    raise
+                log.warning("%s failed (%s), attempt %d of %d; retrying", getattr(call, "__name__", call), exc,
+                            attempt + 1, _ATTEMPTS)
+                time.sleep(_BACKOFF_S * 2**attempt)  # NOTE: in the worker; the router loop goes on
+        raise AssertionError("unreachable")
+
+    def _open_next(self, sock: zmq.Socket) -> None:
+        job, event, skip = self._jobs.popleft()
+        try:
+            stat = self._retry(self.fetcher.stat, event)
+            if stat is None:
+                return _send(sock, ("vanished", job))
+            if self._retry(self.fetcher.busy, event, stat):
+                return _send(sock, ("busy", job))
+            if stat.identity == skip:
+                return _send(sock, ("unchanged", job, stat))
+            chunks = iter(self.fetcher.chunks(event, stat, self.chunksize))
+        except Exception as exc:
+            return self._report(sock, job, event, exc)
+        _send(sock, ("stat", job, stat))
+        self._reading = (job, event, chunks)
+
+    def _read_next(self, sock: zmq.Socket) -> None:
+        assert self._reading is not None
+        job, event, chunks = self._reading
+        try:
+            payload = next(chunks)
+        except StopIteration:
+            self._reading = None
+            return _send(sock, ("end", job))
+        except Exception as exc:
+            self._close_reading()
+            return self._report(sock, job, event, exc)
+        size = memoryview(payload).nbytes
+        self._outstanding += size
+        sock.send_multipart([pickle.dumps(("chunk", job)), payload], copy=size < ZERO_COPY_MIN)
+
+    def _report(self, sock: zmq.Socket, job: int, event: FileEvent, exc: BaseException) -> None:
+        if not isinstance(exc, OSError):  # NOTE: a driver bug: its traceback is worth a line of its own
+            log.error("the fetcher raised on %s", event.file_id, exc_info=exc)
+        _send(sock, ("error", job, describe(exc), retryable(exc)))
+
+    def _remove(self, sock: zmq.Socket, event: FileEvent, stat: FileStat) -> None:
+        try:
+            self._retry(remove_checked, self.fetcher, event, stat)
+        except SourceChanged as exc:
+            return _send(sock, ("kept", event, str(exc)))
+        except Exception as exc:
+            if not isinstance(exc, OSError):
+                log.error("the fetcher raised removing %s", event.file_id, exc_info=exc)
+            return _send(sock, ("remove_failed", event, describe(exc)))
+        _send(sock, ("removed", event, stat))
+
+    def _close_reading(self) -> None:
+        if self._reading is not None:
+            close = getattr(self._reading[2], "close", None)
+            self._reading = None
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("closing the fetcher's chunks failed")
+
+
+def _send(sock: zmq.Socket, header: tuple[Any, ...]) -> None:
+    sock.send(pickle.dumps(header))
+
+
+@dataclass
+class Job:
+    """A file asked of the worker: its event, whether to send even if unchanged, and (once stat'ed) its send."""
+
+    event: FileEvent
+    force: bool
+    out: Outgoing | None = None
+    received: int = 0
+    ended: bool = False  # the worker sent everything it will send for it
+
+
+class Fetching:
+    """The router's side: the PAIR to the worker, the jobs in the order asked, and the byte credit owed."""
+
+    def __init__(self, fetcher: Any, context: zmq.Context, chunksize: int) -> None:
+        self.jobs: OrderedDict[int, Job] = OrderedDict()
+        self._next = 0
+        self._credit = 0
+        self.socket = context.socket(zmq.PAIR)
+        self.socket.linger = 0
+        endpoint = f"inproc://hidra-fetch-{id(self):x}"
+        self.socket.bind(endpoint)
+        self.worker = FetchWorker(fetcher, context, endpoint, chunksize)
+        self.worker.thread.start()
+
+    def open(self, event: FileEvent, force: bool, skip: str | None) -> None:
+        job, self._next = self._next, self._next + 1
+        self.jobs[job] = Job(event, force)
+        self.socket.send_pyobj(("open", job, event, skip))
+
+    def remove(self, event: FileEvent, stat: FileStat) -> None:
+        self.socket.send_pyobj(("remove", event, stat))
+
+    def drop(self, job: int) -> Job | None:
+        """Forget a job: its unsent chunks are credited, and the worker stops reading it."""
+        dropped = self.jobs.pop(job, None)
+        if dropped is not None:
+            if dropped.out is not None:
+                self.credit(dropped.out.discard())
+            if not dropped.ended:
+                self.socket.send_pyobj(("cancel", job))
+        return dropped
+
+    def credit(self, size: int) -> None:
+        self._credit += size
+
+    def flush(self) -> None:
+        if self._credit:
+            self.socket.send_pyobj(("credit", self._credit))
+            self._credit = 0
+
+    def messages(self) -> Iterator[tuple[tuple[Any, ...], Any]]:
+        """Every message the worker has sent so far: ``(header, payload or None)``."""
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            yield pickle.loads(frames[0].bytes), (frames[1] if len(frames) > 1 else None)
+
+    @property
+    def alive(self) -> bool:
+        return self.worker.thread.is_alive()
+
+    def close(self) -> None:
+        try:
+            self.socket.send_pyobj(("stop",), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        self.worker.thread.join(timeout=5)
+        if self.worker.thread.is_alive():
+            log.warning("the fetch worker is still blocked in the fetcher; leaving it behind")
+        self.socket.close(linger=0)

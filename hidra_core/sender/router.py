@@ -20,9 +20,10 @@ import zmq
 
 from hidra_core.config import DriverChoice, InstanceConfig
 from hidra_core.sender.clients.dispatch import ClientDispatcher
-from hidra_core.interfaces import FileStat, SourceChanged, WriteTarget
+from hidra_core.interfaces import FileStat, WriteTarget
 from hidra_core.host.kernel import Endpoints, StopFlag, create_driver
-from hidra_core.sender.fetch import remove_checked
+from hidra_core.errors import HidraError
+from hidra_core.sender.fetch import JOBS_AHEAD, FetchFailed, Fetching, Job, describe, retryable
 from hidra_core.sender.ledger import (CONFIRMED, FAILED, REFUSED, REMOVED, SEEN, SENT, UNCONFIRMED, VANISHED, Ledger,
                                       LedgerRow)
 from hidra_core.sender.outgoing import ZERO_COPY_MIN, Outgoing
@@ -43,6 +44,7 @@ _MAX_QUEUED = 20_000
 # NOTE: a file some process still writes is looked at again after this, doubling up to the maximum; its close
 # (CLOSE_WRITE) usually brings it back sooner.
 _BUSY_DELAY_S = (0.2, 5.0)
+_READ_ATTEMPTS = 3  # of a file whose read failed with a retryable error, before it counts as failed
 
 
 class Sender:
@@ -78,7 +80,9 @@ class Sender:
         self._delayed: list[tuple[float, str]] = []  # heap of (due, file_id): files still being written
         self._delayed_events: dict[str, tuple[FileEvent, bool, float]] = {}  # file_id -> (event, force, delay)
         self.link = StorageLink(cfg.storage)
-        self._current: Outgoing | None = None
+        self._current: Outgoing | None = None  # the file being sent: the oldest job of the fetch worker
+        self._current_job: int | None = None
+        self._retries: dict[str, int] = {}
         self._stash: list[Any] | None = None
         self._waiting_since: float | None = None
         self._removing = cfg.storage.remove_source == "after_confirmation"
@@ -125,11 +129,13 @@ class Sender:
         self.poller.register(self.confirmations, zmq.POLLIN)
         self.poller.register(self.data, 0)
         self.poller.register(self.data_monitor, zmq.POLLIN)
+        self.fetching = Fetching(self.fetcher, self.context, self.config.chunksize)
+        self.poller.register(self.fetching.socket, zmq.POLLIN)
         self.clients.open(self.poller)
 
     def _close(self) -> None:
-        if self._current is not None:
-            self._current.close()
+        if getattr(self, "fetching", None) is not None:
+            self.fetching.close()
         self.clients.close()
         if getattr(self, "data_monitor", None) is not None:
             self.data.disable_monitor()
@@ -166,7 +172,8 @@ class Sender:
                 drain_until = now + self.config.drain_timeout_s
             link = self.link.up(now)
             self._release_delayed(now)
-            want = link and (self._current is not None or (self._queue and drain_until is None))
+            self._ask_fetcher(draining=drain_until is not None)
+            want = link and self._sendable()
             poller.modify(self.data, zmq.POLLOUT if want else 0)
             poller.modify(self.events, zmq.POLLIN if len(self._queue) < _MAX_QUEUED else 0)
             ready = dict(poller.poll(100))
@@ -176,6 +183,8 @@ class Sender:
                 self._take_confirmations()
             if self.data_monitor in ready:
                 self.link.on_monitor(self.data_monitor)
+            if self.fetching.socket in ready:
+                self._take_fetched()
             if self.data in ready:
                 self._pump(draining=drain_until is not None)
             housekeeping = now >= next_housekeeping
@@ -275,73 +284,126 @@ class Sender:
     def _failed(self, event: FileEvent, what: str, exc: BaseException) -> None:
         """One file's failure: logged with the file, counted and recorded; the sender goes on."""
         self.stats["failed"] += 1
-        log.error("%s: %s failed: %s: %s (kept at the source; tried again when it changes or at the next start)",
-                  event.file_id, what, type(exc).__name__, exc, exc_info=not isinstance(exc, OSError))
+        log.error("%s: %s failed: %s (kept at the source; tried again when it changes or at the next start)",
+                  event.file_id, what, describe(exc), exc_info=not isinstance(exc, (OSError, FetchFailed)))
         try:
-            self.ledger.record_problem(event, FAILED, f"{what}: {type(exc).__name__}: {exc}")
+            self.ledger.record_problem(event, FAILED, f"{what}: {describe(exc)}")
         except Exception:
             log.exception("recording the failure of %s in the ledger failed", event.file_id)
 
-    # -- sending ---------------------------------------------------------------------------------------
+    # -- fetching and sending --------------------------------------------------------------------------
 
-    def _pump(self, draining: bool) -> None:
-        deadline = time.monotonic() + _SLICE_S
-        while time.monotonic() < deadline:
-            if self._stash is None:
-                if self._current is None:
-                    if draining or not self._queue:
-                        return
-                    event = self._queue.popleft()
-                    try:
-                        self._current = self._start(event)
-                    except Exception as exc:  # a fetcher bug must not stop the other files
-                        self._failed(event, "starting to send it", exc)
-                    continue
-                try:
-                    meta, payload = self._current.next_message()
-                except Exception as exc:
-                    self._abandon(exc)
-                    continue
-                self._stash = [meta, payload]
+    def _ask_fetcher(self, draining: bool) -> None:
+        """Keep the fetch worker a few files ahead; when draining, only the file being sent goes on."""
+        if not self.fetching.alive:
+            raise HidraError("the fetch worker stopped; see the error above")
+        if draining:
+            for job in [j for j in self.fetching.jobs if j != self._current_job]:
+                self.fetching.drop(job)
+            return
+        while len(self.fetching.jobs) < JOBS_AHEAD and self._queue:
+            event = self._queue.popleft()
+            force = self._queued.pop(event.file_id, False)
             try:
-                self.data.send_multipart(self._stash, flags=zmq.NOBLOCK, copy=len(self._stash[1]) < ZERO_COPY_MIN)
-            except zmq.Again:
-                return
-            self.stats["bytes"] += len(self._stash[1])
-            if self._current is not None:
-                self._side_copies(self._current, self._stash[1])
-            self._stash = None
-            if self._current is not None and self._current.done:
-                self._finish(self._current)
-                self._current = None
+                row = self.ledger.get(event.file_id)
+            except Exception as exc:
+                self._failed(event, "looking it up in the ledger", exc)
+                continue
+            # NOTE: a version already stored is not read again; the worker only reports its stat.
+            skip = row.identity if row is not None and row.state in (CONFIRMED, REMOVED) else None
+            self.fetching.open(event, force, skip)
 
-    def _start(self, event: FileEvent) -> Outgoing | None:
-        fid = event.file_id
-        force = self._queued.pop(fid, False)
-        stat = self.fetcher.stat(event)
-        if stat is None:
-            self._vanished(event)
+    def _sendable(self) -> bool:
+        return self._stash is not None or (self._current is not None and self._current.ready)
+
+    def _take_fetched(self) -> None:
+        for header, payload in self.fetching.messages():
+            try:
+                self._on_fetched(header, payload)
+            except Exception:  # NOTE: one file's bookkeeping must never stop the storage path
+                log.exception("handling %s from the fetch worker failed", header[:2])
+        self._advance()
+        self.fetching.flush()
+
+    def _on_fetched(self, header: tuple[Any, ...], payload: Any) -> None:
+        kind, key = header[0], header[1]
+        if kind in ("removed", "kept", "remove_failed"):
+            return self._removal_done(kind, key, header[2])
+        job = self.fetching.jobs.get(key)
+        if job is None:  # dropped meanwhile: its chunks only return their budget
+            if payload is not None:
+                self.fetching.credit(len(payload))
             return None
-        if self.fetcher.busy(event, stat):
-            log.log(logging.DEBUG if fid in self._delayed_events else logging.INFO,
-                    "%s is still open for writing; sent once it is closed", fid)
-            self._delay(event, force)
+        if kind == "chunk":
+            if job.out is None or job.received >= job.out.chunk_count:
+                self.fetching.credit(len(payload))
+            else:
+                job.received += 1
+                # NOTE: a view of the received frame, not the frame: clients' sockets track their sends, which
+                # only messages made from a buffer allow; either way the bytes are never copied.
+                job.out.pending.append(payload.buffer)
             return None
+        job.ended = kind != "stat"
+        if kind in ("stat", "unchanged"):
+            self._on_stat(key, job, header[2], unchanged=kind == "unchanged")
+        elif kind == "end" and job.out is not None and job.received < job.out.chunk_count:
+            self._job_failed(key, FetchFailed(f"the fetcher gave {job.received} of {job.out.chunk_count} chunks",
+                                              False))
+        elif kind == "error":
+            self._job_failed(key, FetchFailed(header[2], header[3]))
+        elif kind in ("busy", "vanished"):
+            self.fetching.drop(key)
+            if kind == "busy":
+                log.log(logging.DEBUG if job.event.file_id in self._delayed_events else logging.INFO,
+                        "%s is still open for writing; sent once it is closed", job.event.file_id)
+                self._delay(job.event, job.force)
+            else:
+                self._vanished(job.event)
+        return None
+
+    def _on_stat(self, key: int, job: Job, stat: FileStat, unchanged: bool) -> None:
+        event, fid = job.event, job.event.file_id
         self._delayed_events.pop(fid, None)
         row = self.ledger.get(fid)
         if row is not None and _same_version(row, stat):
             if row.state == CONFIRMED and self._removing:
                 self._remove(event, stat)
             if row.state in (CONFIRMED, REMOVED):
-                return None
+                self.fetching.drop(key)
+                return
         flight = self.link.in_flight.get(fid)
-        if not force and flight is not None and flight.stat == stat:
-            return None
+        if unchanged or (not job.force and flight is not None and flight.stat == stat):
+            self.fetching.drop(key)
+            if unchanged:  # NOTE: the ledger moved on since the worker was asked: ask again
+                self._enqueue(event, job.force)
+            return
         base = {"confirmation_required": self.topic.decode(), "version": self.config.compat_version}
-        if self.host.has_enrichers:
-            base.update(self.host.enrich_metadata(event, dict(base)))
-        out = Outgoing(event, stat, iter(self.fetcher.chunks(event, stat, self.config.chunksize)),
-                       self.config.chunksize, base)
+        try:
+            if self.host.has_enrichers:
+                base.update(self.host.enrich_metadata(event, dict(base)))
+        except Exception as exc:
+            self.fetching.drop(key)
+            self._failed(event, "enriching its metadata", exc)
+            return
+        job.out = Outgoing(event, stat, self.config.chunksize, base)
+
+    def _advance(self) -> None:
+        """The oldest file the worker has stat'ed becomes the one being sent (files go out in order)."""
+        while self._current is None and self.fetching.jobs:
+            key, job = next(iter(self.fetching.jobs.items()))
+            if job.out is None:
+                return
+            try:
+                self._prepare(job.out)
+            except Exception as exc:
+                self.fetching.drop(key)
+                self._failed(job.event, "starting to send it", exc)
+                continue
+            self._current, self._current_job = job.out, key
+
+    def _prepare(self, out: Outgoing) -> None:
+        """Analysis clients and the local copy, chosen once the file is next to go."""
+        event, stat = out.event, out.stat
         if self.clients.active:
             try:
                 out.deliveries = self.clients.plan(event.filename, stat.size, out.chunk_count)
@@ -351,7 +413,41 @@ class Sender:
             parts = tuple(event.relative_path.split("/")) if event.relative_path else ()
             out.local = self.local.open(WriteTarget(self.local_root, parts, event.filename,
                                                     {"file_mod_time": stat.mtime_ns / 1e9}))
-        return out
+
+    def _pump(self, draining: bool) -> None:
+        deadline = time.monotonic() + _SLICE_S
+        try:
+            while time.monotonic() < deadline:
+                if self._stash is None:
+                    if self._current is None or not self._current.ready:
+                        return
+                    try:
+                        self._stash = list(self._current.next_message())
+                    except Exception as exc:
+                        self._abandon(exc)
+                        continue
+                try:
+                    self.data.send_multipart(self._stash, flags=zmq.NOBLOCK,
+                                             copy=len(self._stash[1]) < ZERO_COPY_MIN)
+                except zmq.Again:
+                    return
+                size = len(self._stash[1])
+                self.stats["bytes"] += size
+                self.fetching.credit(size)
+                if self._current is not None:
+                    self._side_copies(self._current, self._stash[1])
+                self._stash = None
+                if self._current is not None and self._current.done:
+                    self._finish(self._current)
+                    self._next_file()
+        finally:
+            self.fetching.flush()
+
+    def _next_file(self) -> None:
+        if self._current_job is not None:
+            self.fetching.drop(self._current_job)
+        self._current = self._current_job = None
+        self._advance()
 
     def _side_copies(self, out: Outgoing, payload: Any) -> None:
         """After storage took a chunk: the same buffer to admitted clients and to the local copy."""
@@ -389,14 +485,39 @@ class Sender:
                 log.exception("sending metadata of %s to analysis clients failed", out.event.file_id)
 
     def _abandon(self, exc: BaseException) -> None:
-        current, self._current = self._current, None
+        current = self._current
         assert current is not None
+        if self._stash is not None:  # NOTE: a message of this file the data socket has not taken yet
+            self.fetching.credit(len(self._stash[1]))
+            self._stash = None
         try:
-            current.close()
-        finally:
             if current.local is not None:
                 self.local.abort(current.local)
-            self._failed(current.event, "reading it", exc)
+        finally:
+            self._next_file()
+            self._failed_or_retry(current.event, "reading it", exc)
+
+    def _job_failed(self, key: int, exc: BaseException) -> None:
+        if key == self._current_job:
+            self._abandon(exc)
+            return
+        job = self.fetching.drop(key)
+        if job is not None:
+            self._failed_or_retry(job.event, "reading it", exc)
+
+    def _failed_or_retry(self, event: FileEvent, what: str, exc: BaseException) -> None:
+        """A retryable error (EIO, ETIMEDOUT, ...) brings the file back a few times before it counts as failed."""
+        fid = event.file_id
+        if getattr(exc, "retryable", False) or retryable(exc):
+            attempt = self._retries.get(fid, 0) + 1
+            if attempt < _READ_ATTEMPTS:
+                self._retries[fid] = attempt
+                log.warning("%s: %s failed (%s); trying again (%d of %d)", fid, what, describe(exc), attempt + 1,
+                            _READ_ATTEMPTS)
+                self._delay(event, force=True)
+                return
+        self._retries.pop(fid, None)
+        self._failed(event, what, exc)
 
     def _vanished(self, event: FileEvent) -> None:
         """Gone before it was sent: forgotten (temp files come and go); gone after a send that was never
@@ -415,6 +536,7 @@ class Sender:
 
     def _finish(self, out: Outgoing) -> None:
         self._finish_local(out)
+        self._retries.pop(out.event.file_id, None)
         try:
             self.ledger.mark_sent(out.event, out.stat.size, out.stat.mtime_ns, out.checksum, out.stat.identity)
         except Exception as exc:  # the file went out; the ledger resumes it at the next start at worst
@@ -441,20 +563,19 @@ class Sender:
                     self._remove(flight.event, flight.stat)
 
     def _remove(self, event: FileEvent, stat: FileStat) -> None:
-        """Remove the confirmed version; a source that changed or is still open is looked at again later (and
-        sent again if it changed), never removed."""
-        try:
-            remove_checked(self.fetcher, event, stat)
-        except SourceChanged as exc:
-            log.info("%s: %s; looked at again later", event.file_id, exc)
+        """Ask the worker to remove the confirmed version; see ``_removal_done``."""
+        self.fetching.remove(event, stat)
+
+    def _removal_done(self, kind: str, event: FileEvent, detail: Any) -> None:
+        """A source that changed or is still open is looked at again later (and sent again if it changed)."""
+        if kind == "removed":
+            self.ledger.set_state(event.file_id, REMOVED)
+            self.stats["removed"] += 1
+        elif kind == "kept":
+            log.info("%s: %s; looked at again later", event.file_id, detail)
             self._delay(event, force=False)
-            return
-        except Exception as exc:
-            log.error("could not remove %s: %s: %s (kept; retried at next start)", event.file_id,
-                      type(exc).__name__, exc, exc_info=not isinstance(exc, OSError))
-            return
-        self.ledger.set_state(event.file_id, REMOVED)
-        self.stats["removed"] += 1
+        else:
+            log.error("could not remove %s: %s (kept; retried at next start)", event.file_id, detail)
 
     def _expire(self, now: float) -> None:
         resend, given_up = self.link.expire(now)
