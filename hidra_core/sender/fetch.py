@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import inspect
 import logging
+import math
 import pickle
 import threading
 import time
@@ -85,6 +86,7 @@ class FetchWorker:
         self._jobs: deque[tuple[int, FileEvent, str | None]] = deque()
         self._removals: deque[tuple[FileEvent, FileStat]] = deque()
         self._reading: tuple[int, FileEvent, Iterator[Any]] | None = None
+        self._left = 0  # chunks of the file being read still to come
         self._outstanding = 0
         self.thread = threading.Thread(target=self._main, name="hidra-fetch", daemon=True)
 
@@ -124,7 +126,7 @@ class FetchWorker:
         if kind == "credit":
             self._outstanding -= msg[1]
         elif kind == "open":
-            self._jobs.append(msg[1:])
+            self._jobs.extend(msg[1])
         elif kind == "remove":
             self._removals.append(msg[1:])
         elif kind == "cancel":
@@ -161,6 +163,7 @@ class FetchWorker:
             return self._report(sock, job, event, exc)
         _send(sock, ("stat", job, stat))
         self._reading = (job, event, chunks)
+        self._left = max(1, math.ceil(stat.size / self.chunksize))
 
     def _read_next(self, sock: zmq.Socket) -> None:
         assert self._reading is not None
@@ -176,6 +179,9 @@ class FetchWorker:
         size = memoryview(payload).nbytes
         self._outstanding += size
         sock.send_multipart([pickle.dumps(("chunk", job)), payload], copy=size < ZERO_COPY_MIN)
+        self._left -= 1
+        if self._left == 0:  # NOTE: all the file's chunks: the router needs no "end" (one message less a file)
+            self._close_reading()
 
     def _report(self, sock: zmq.Socket, job: int, event: FileEvent, exc: BaseException) -> None:
         if not isinstance(exc, OSError):  # NOTE: a driver bug: its traceback is worth a line of its own
@@ -233,10 +239,14 @@ class Fetching:
         self.worker = FetchWorker(fetcher, context, endpoint, chunksize)
         self.worker.thread.start()
 
-    def open(self, event: FileEvent, force: bool, skip: str | None) -> None:
-        job, self._next = self._next, self._next + 1
-        self.jobs[job] = Job(event, force)
-        self.socket.send_pyobj(("open", job, event, skip))
+    def open(self, files: list[tuple[FileEvent, bool, str | None]]) -> None:
+        """Ask for ``(event, force, identity not to read again)`` s, in one message."""
+        asked = []
+        for event, force, skip in files:
+            job, self._next = self._next, self._next + 1
+            self.jobs[job] = Job(event, force)
+            asked.append((job, event, skip))
+        self.socket.send_pyobj(("open", asked))
 
     def remove(self, event: FileEvent, stat: FileStat) -> None:
         self.socket.send_pyobj(("remove", event, stat))

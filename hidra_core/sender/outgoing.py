@@ -92,6 +92,10 @@ class Outgoing:
         """The current chunk's metadata as clients get it: clients never confirm, so no confirmation topic."""
         return encode_metadata({**self._meta, "confirmation_required": False, **changes})
 
+    def close(self) -> None:
+        """Stopping mid-file: let go of the chunks not sent."""
+        self.pending.clear()
+
     def discard(self) -> int:
         """Drop the chunks not sent; returns their bytes (owed back to the fetch worker's budget)."""
         size = sum(len(chunk) for chunk in self.pending)

@@ -126,6 +126,10 @@ class Sender(Sending):
     def _close(self) -> None:
         if getattr(self, "fetching", None) is not None:
             self.fetching.close()
+        if self._current is not None:
+            self._current.close()
+            if self._current.local is not None:
+                self.local.abort(self._current.local)
         self.clients.close()
         if getattr(self, "data_monitor", None) is not None:
             self.data.disable_monitor()

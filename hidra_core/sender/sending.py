@@ -53,7 +53,8 @@ class Sending(Intake):
             for job in [j for j in self.fetching.jobs if j != self._current_job]:
                 self.fetching.drop(job)
             return
-        while len(self.fetching.jobs) < JOBS_AHEAD and self._queue:
+        files: list[tuple[FileEvent, bool, str | None]] = []
+        while len(self.fetching.jobs) + len(files) < JOBS_AHEAD and self._queue:
             event = self._queue.popleft()
             force = self._queued.pop(event.file_id, False)
             try:
@@ -62,8 +63,10 @@ class Sending(Intake):
                 self._failed(event, "looking it up in the ledger", exc)
                 continue
             # NOTE: a version already stored is not read again; the worker only reports its stat.
-            skip = row.identity if row is not None and row.state in (CONFIRMED, REMOVED) else None
-            self.fetching.open(event, force, skip)
+            files.append((event, force, row.identity if row is not None and row.state in (CONFIRMED, REMOVED)
+                          else None))
+        if files:
+            self.fetching.open(files)
 
     def _sendable(self) -> bool:
         return self._stash is not None or (self._current is not None and self._current.ready)
@@ -91,6 +94,7 @@ class Sending(Intake):
                 self.fetching.credit(len(payload))
             else:
                 job.received += 1
+                job.ended = job.received == job.out.chunk_count
                 # NOTE: a view of the received frame, not the frame: clients' sockets track their sends, which
                 # only messages made from a buffer allow; either way the bytes are never copied.
                 job.out.pending.append(payload.buffer)
