@@ -1,9 +1,11 @@
 """The sender's fetch worker: every fetcher call (stat, busy, read, remove) runs in one thread of its own, so a
 slow disk or share never holds up the router loop (confirmations, the com port's answer window, SIGTERM).
 
-The router (``Fetching``) sends requests over an inproc PAIR; the worker (``FetchWorker``) answers in order.
-Chunks come back as zero-copy frames within a byte budget that the router refills as it hands them on, so memory
-stays bounded. Retryable ``OSError`` s are retried with back-off; any other exception is reported with its file.
+The router (``Fetching``) and the worker (``FetchWorker``) hand each other Python objects through two deques
+(thread-safe for append and popleft, and nothing is pickled or copied: chunks are the fetcher's own buffers); an
+inproc PAIR only rings a doorbell so the other side's poll wakes up. The worker answers in order; its chunks stay
+within a byte budget that the router refills as it hands them on, so memory stays bounded. Retryable
+``OSError`` s are retried with back-off; any other exception is reported with its file.
 """
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import errno
 import inspect
 import logging
 import math
-import pickle
 import threading
 import time
 from collections import OrderedDict, deque
@@ -22,7 +23,7 @@ import zmq
 
 from hidra_core.errors import HidraError
 from hidra_core.interfaces import FileStat, SourceChanged
-from hidra_core.sender.outgoing import ZERO_COPY_MIN, Outgoing
+from hidra_core.sender.outgoing import Outgoing
 from hidra_core.types import FileEvent
 
 __all__ = ["FetchFailed", "FetchWorker", "Fetching", "Job", "remove_checked"]
@@ -88,6 +89,10 @@ class FetchWorker:
         self._reading: tuple[int, FileEvent, Iterator[Any]] | None = None
         self._left = 0  # chunks of the file being read still to come
         self._outstanding = 0
+        self.requests: deque[tuple[Any, ...]] = deque()  # from the router
+        self.replies: deque[tuple[Any, ...]] = deque()  # to the router
+        self.rung = False  # a doorbell the router has not answered yet
+        self.asked = False  # the router's doorbell, likewise
         self.thread = threading.Thread(target=self._main, name="hidra-fetch", daemon=True)
 
     def _main(self) -> None:
@@ -108,18 +113,30 @@ class FetchWorker:
         return self._reading is not None and self._outstanding < self.budget
 
     def _serve(self, sock: zmq.Socket) -> None:
+        self._sock = sock
         while True:
-            if sock.poll(0 if self._has_work() else 1000):
-                while sock.poll(0):
-                    if not self._request(sock.recv_pyobj()):
-                        return
+            self.asked = False  # NOTE: before the requests are taken: one appended after this rings again
+            while self.requests:
+                if not self._request(self.requests.popleft()):
+                    return
+            if not self._has_work():
+                # NOTE: the router appends a request before it rings, so a request is never missed here.
+                if sock.poll(1000):
+                    while sock.poll(0):
+                        sock.recv()
                 continue
             if self._removals:
-                self._remove(sock, *self._removals.popleft())
+                self._remove(*self._removals.popleft())
             elif self._reading is None and self._jobs:
-                self._open_next(sock)
+                self._open_next()
             elif self._reading is not None and self._outstanding < self.budget:
-                self._read_next(sock)
+                self._read_next()
+
+    def _send(self, reply: tuple[Any, ...]) -> None:
+        self.replies.append(reply)
+        if not self.rung:
+            self.rung = True
+            _ring(self._sock)
 
     def _request(self, msg: tuple[Any, ...]) -> bool:
         kind = msg[0]
@@ -148,56 +165,55 @@ class FetchWorker:
                 time.sleep(_BACKOFF_S * 2**attempt)  # NOTE: in the worker; the router loop goes on
         raise AssertionError("unreachable")
 
-    def _open_next(self, sock: zmq.Socket) -> None:
+    def _open_next(self) -> None:
         job, event, skip = self._jobs.popleft()
         try:
             stat = self._retry(self.fetcher.stat, event)
             if stat is None:
-                return _send(sock, ("vanished", job))
+                return self._send(("vanished", job))
             if self._retry(self.fetcher.busy, event, stat):
-                return _send(sock, ("busy", job))
+                return self._send(("busy", job))
             if stat.identity == skip:
-                return _send(sock, ("unchanged", job, stat))
+                return self._send(("unchanged", job, stat))
             chunks = iter(self.fetcher.chunks(event, stat, self.chunksize))
         except Exception as exc:
-            return self._report(sock, job, event, exc)
-        _send(sock, ("stat", job, stat))
+            return self._report(job, event, exc)
+        self._send(("stat", job, stat))
         self._reading = (job, event, chunks)
         self._left = max(1, math.ceil(stat.size / self.chunksize))
 
-    def _read_next(self, sock: zmq.Socket) -> None:
+    def _read_next(self) -> None:
         assert self._reading is not None
         job, event, chunks = self._reading
         try:
             payload = next(chunks)
         except StopIteration:
             self._reading = None
-            return _send(sock, ("end", job))
+            return self._send(("end", job))
         except Exception as exc:
             self._close_reading()
-            return self._report(sock, job, event, exc)
-        size = memoryview(payload).nbytes
-        self._outstanding += size
-        sock.send_multipart([pickle.dumps(("chunk", job)), payload], copy=size < ZERO_COPY_MIN)
+            return self._report(job, event, exc)
+        self._outstanding += memoryview(payload).nbytes
+        self._send(("chunk", job, payload))
         self._left -= 1
         if self._left == 0:  # NOTE: all the file's chunks: the router needs no "end" (one message less a file)
             self._close_reading()
 
-    def _report(self, sock: zmq.Socket, job: int, event: FileEvent, exc: BaseException) -> None:
+    def _report(self, job: int, event: FileEvent, exc: BaseException) -> None:
         if not isinstance(exc, OSError):  # NOTE: a driver bug: its traceback is worth a line of its own
             log.error("the fetcher raised on %s", event.file_id, exc_info=exc)
-        _send(sock, ("error", job, describe(exc), retryable(exc)))
+        self._send(("error", job, describe(exc), retryable(exc)))
 
-    def _remove(self, sock: zmq.Socket, event: FileEvent, stat: FileStat) -> None:
+    def _remove(self, event: FileEvent, stat: FileStat) -> None:
         try:
             self._retry(remove_checked, self.fetcher, event, stat)
         except SourceChanged as exc:
-            return _send(sock, ("kept", event, str(exc)))
+            return self._send(("kept", event, str(exc)))
         except Exception as exc:
             if not isinstance(exc, OSError):
                 log.error("the fetcher raised removing %s", event.file_id, exc_info=exc)
-            return _send(sock, ("remove_failed", event, describe(exc)))
-        _send(sock, ("removed", event, stat))
+            return self._send(("remove_failed", event, describe(exc)))
+        self._send(("removed", event, stat))
 
     def _close_reading(self) -> None:
         if self._reading is not None:
@@ -208,10 +224,6 @@ class FetchWorker:
                     close()
                 except Exception:
                     log.exception("closing the fetcher's chunks failed")
-
-
-def _send(sock: zmq.Socket, header: tuple[Any, ...]) -> None:
-    sock.send(pickle.dumps(header))
 
 
 @dataclass
@@ -226,7 +238,7 @@ class Job:
 
 
 class Fetching:
-    """The router's side: the PAIR to the worker, the jobs in the order asked, and the byte credit owed."""
+    """The router's side: the doorbell to the worker, the jobs in the order asked, and the byte credit owed."""
 
     def __init__(self, fetcher: Any, context: zmq.Context, chunksize: int) -> None:
         self.jobs: OrderedDict[int, Job] = OrderedDict()
@@ -239,17 +251,23 @@ class Fetching:
         self.worker = FetchWorker(fetcher, context, endpoint, chunksize)
         self.worker.thread.start()
 
+    def _ask(self, request: tuple[Any, ...]) -> None:
+        self.worker.requests.append(request)
+        if not self.worker.asked:
+            self.worker.asked = True
+            _ring(self.socket)
+
     def open(self, files: list[tuple[FileEvent, bool, str | None]]) -> None:
-        """Ask for ``(event, force, identity not to read again)`` s, in one message."""
+        """Ask for ``(event, force, identity not to read again)`` s, in one request."""
         asked = []
         for event, force, skip in files:
             job, self._next = self._next, self._next + 1
             self.jobs[job] = Job(event, force)
             asked.append((job, event, skip))
-        self.socket.send_pyobj(("open", asked))
+        self._ask(("open", asked))
 
     def remove(self, event: FileEvent, stat: FileStat) -> None:
-        self.socket.send_pyobj(("remove", event, stat))
+        self._ask(("remove", event, stat))
 
     def drop(self, job: int) -> Job | None:
         """Forget a job: its unsent chunks are credited, and the worker stops reading it."""
@@ -258,7 +276,7 @@ class Fetching:
             if dropped.out is not None:
                 self.credit(dropped.out.discard())
             if not dropped.ended:
-                self.socket.send_pyobj(("cancel", job))
+                self._ask(("cancel", job))
         return dropped
 
     def credit(self, size: int) -> None:
@@ -266,28 +284,35 @@ class Fetching:
 
     def flush(self) -> None:
         if self._credit:
-            self.socket.send_pyobj(("credit", self._credit))
+            self._ask(("credit", self._credit))
             self._credit = 0
 
-    def messages(self) -> Iterator[tuple[tuple[Any, ...], Any]]:
-        """Every message the worker has sent so far: ``(header, payload or None)``."""
-        while True:
-            try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            yield pickle.loads(frames[0].bytes), (frames[1] if len(frames) > 1 else None)
+    def messages(self) -> Iterator[tuple[Any, ...]]:
+        """Every reply of the worker so far."""
+        while self.socket.poll(0):
+            self.socket.recv()
+        # NOTE: cleared before the replies are taken: a reply appended after this rings again.
+        self.worker.rung = False
+        replies = self.worker.replies
+        while replies:
+            yield replies.popleft()
 
     @property
     def alive(self) -> bool:
         return self.worker.thread.is_alive()
 
     def close(self) -> None:
-        try:
-            self.socket.send_pyobj(("stop",), zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
+        self.worker.requests.append(("stop",))
+        _ring(self.socket)
         self.worker.thread.join(timeout=5)
         if self.worker.thread.is_alive():
             log.warning("the fetch worker is still blocked in the fetcher; leaving it behind")
         self.socket.close(linger=0)
+
+
+def _ring(sock: zmq.Socket) -> None:
+    """Wake the other side's poll; never blocks (a full pipe already holds doorbells)."""
+    try:
+        sock.send(b"", zmq.NOBLOCK)
+    except zmq.ZMQError:
+        pass

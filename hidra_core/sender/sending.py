@@ -72,32 +72,32 @@ class Sending(Intake):
         return self._stash is not None or (self._current is not None and self._current.ready)
 
     def _take_fetched(self) -> None:
-        for header, payload in self.fetching.messages():
+        for header in self.fetching.messages():
             try:
-                self._on_fetched(header, payload)
-            except Exception:  # NOTE: one file's bookkeeping must never stop the storage path
-                log.exception("handling %s from the fetch worker failed", header[:2])
+                self._on_fetched(header)
+            except Exception as exc:  # NOTE: one file's bookkeeping must never stop the storage path
+                if isinstance(header[1], int) and header[1] in self.fetching.jobs:
+                    self._job_failed(header[1], exc)  # and it must not hold up the files behind it
+                else:
+                    log.exception("handling %s from the fetch worker failed", header[:2])
         self._advance()
         self.fetching.flush()
 
-    def _on_fetched(self, header: tuple[Any, ...], payload: Any) -> None:
+    def _on_fetched(self, header: tuple[Any, ...]) -> None:
         kind, key = header[0], header[1]
         if kind in ("removed", "kept", "remove_failed"):
             return self._removal_done(kind, key, header[2])
         job = self.fetching.jobs.get(key)
-        if job is None:  # dropped meanwhile: its chunks only return their budget
-            if payload is not None:
-                self.fetching.credit(len(payload))
-            return None
         if kind == "chunk":
-            if job.out is None or job.received >= job.out.chunk_count:
-                self.fetching.credit(len(payload))
+            out = job.out if job is not None else None
+            if job is None or out is None or job.received >= out.chunk_count:
+                self.fetching.credit(len(header[2]))  # dropped meanwhile: it only returns its budget
             else:
                 job.received += 1
-                job.ended = job.received == job.out.chunk_count
-                # NOTE: a view of the received frame, not the frame: clients' sockets track their sends, which
-                # only messages made from a buffer allow; either way the bytes are never copied.
-                job.out.pending.append(payload.buffer)
+                job.ended = job.received == out.chunk_count
+                out.pending.append(header[2])
+            return None
+        if job is None:
             return None
         job.ended = kind != "stat"
         if kind in ("stat", "unchanged"):
