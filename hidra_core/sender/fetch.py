@@ -35,6 +35,7 @@ _ATTEMPTS = 3
 _BACKOFF_S = 0.1
 #: files asked of the worker ahead of the one being sent (their stat and first chunks overlap its sending)
 JOBS_AHEAD = 8
+_RING_AFTER = 2 * JOBS_AHEAD  # replies that wake the router even while the worker still has work
 
 
 class FetchFailed(HidraError):
@@ -83,7 +84,9 @@ class FetchWorker:
         self.context = context
         self.endpoint = endpoint
         self.chunksize = chunksize
-        self.budget = 3 * chunksize
+        # NOTE: one chunk read ahead of the data socket, which itself queues up to its HWM: more read-ahead only
+        # outgrew the fetcher's buffer pool (fresh buffers, page faults) and the page cache the receiver needs.
+        self.budget = chunksize
         self._jobs: deque[tuple[int, FileEvent, str | None]] = deque()
         self._removals: deque[tuple[FileEvent, FileStat]] = deque()
         self._reading: tuple[int, FileEvent, Iterator[Any]] | None = None
@@ -93,6 +96,7 @@ class FetchWorker:
         self.replies: deque[tuple[Any, ...]] = deque()  # to the router
         self.rung = False  # a doorbell the router has not answered yet
         self.asked = False  # the router's doorbell, likewise
+        self._sock: zmq.Socket | None = None
         self.thread = threading.Thread(target=self._main, name="hidra-fetch", daemon=True)
 
     def _main(self) -> None:
@@ -120,6 +124,7 @@ class FetchWorker:
                 if not self._request(self.requests.popleft()):
                     return
             if not self._has_work():
+                self._ring()
                 # NOTE: the router appends a request before it rings, so a request is never missed here.
                 if sock.poll(1000):
                     while sock.poll(0):
@@ -134,7 +139,13 @@ class FetchWorker:
 
     def _send(self, reply: tuple[Any, ...]) -> None:
         self.replies.append(reply)
-        if not self.rung:
+        if len(self.replies) >= _RING_AFTER:
+            self._ring()
+
+    def _ring(self) -> None:
+        """Wake the router for the replies so far. NOTE: rung when the worker runs out of work (or budget), so
+        that the router takes a batch of small files per wake-up rather than one."""
+        if self.replies and not self.rung and self._sock is not None:
             self.rung = True
             _ring(self._sock)
 
@@ -304,7 +315,7 @@ class Fetching:
     def close(self) -> None:
         self.worker.requests.append(("stop",))
         _ring(self.socket)
-        self.worker.thread.join(timeout=5)
+        self.worker.thread.join(timeout=2)  # NOTE: a read blocked on a dead share must not hold the stop up
         if self.worker.thread.is_alive():
             log.warning("the fetch worker is still blocked in the fetcher; leaving it behind")
         self.socket.close(linger=0)
