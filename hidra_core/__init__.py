@@ -7,14 +7,15 @@ from hidra_core._version import __version__
 from hidra_core.errors import ConfigError, DriverLoadFailure, HidraError, PathRefused, ProtocolError
 from hidra_core.host.kernel import create_driver
 from hidra_core.host.plugins import PluginHost
-from hidra_core.interfaces import EmptyConfig, EventSource, Fetcher, FileStat, Transport, Writer, WriteTarget
+from hidra_core.interfaces import (EmptyConfig, EventSource, Fetcher, FileStat, SourceChanged, Transport, Writer,
+                                   WriteTarget)
 from hidra_core.markers import hookimpl, hookspec
 from hidra_core.paths import SafeTree, split_checked
 from hidra_core.types import FileEvent, PluginStatus, file_id_of
 
 __all__ = [
     "ConfigError", "DriverLoadFailure", "EmptyConfig", "EventSource", "Fetcher", "FileEvent", "FileStat",
-    "HidraError", "PathRefused", "PluginHost", "PluginStatus", "ProtocolError", "SafeTree", "Transport",
-    "WriteTarget", "Writer",
+    "HidraError", "PathRefused", "PluginHost", "PluginStatus", "ProtocolError", "SafeTree", "SourceChanged",
+    "Transport", "WriteTarget", "Writer",
     "__version__", "create_driver", "file_id_of", "hookimpl", "hookspec", "split_checked",
 ]

@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Se
 
 from pydantic import BaseModel, ConfigDict
 
+from hidra_core.errors import HidraError
+
 if TYPE_CHECKING:  # pragma: no cover
     import zmq
 
     from hidra_core.types import FileEvent
 
-__all__ = ["EmptyConfig", "EventSource", "Fetcher", "FileStat", "Transport", "Writer", "WriteTarget"]
+__all__ = ["EmptyConfig", "EventSource", "Fetcher", "FileStat", "SourceChanged", "Transport", "Writer", "WriteTarget"]
 
 
 class EmptyConfig(BaseModel):
@@ -23,11 +25,28 @@ class EmptyConfig(BaseModel):
 
 @dataclass(frozen=True)
 class FileStat:
-    """What a fetcher knows about a file before its first chunk: size and times (epoch seconds)."""
+    """What a fetcher knows about a file before its first chunk: size and times (ns since the epoch).
+
+    ``identity`` is opaque text that must change whenever the data is replaced or rewritten, even with the same
+    size and mtime (``cp -p``, ``rsync -t``): the ``file`` fetcher uses device, inode, ctime, size and mtime.
+    A fetcher that leaves it empty gets one made of size and times.
+    """
 
     size: int
     mtime_ns: int
     ctime_ns: int
+    identity: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.identity:
+            object.__setattr__(self, "identity", f"{self.size}:{self.mtime_ns}:{self.ctime_ns}")
+
+
+class SourceChanged(HidraError):
+    """``Fetcher.remove`` refused: the source is no longer what was sent, or someone still has it open.
+
+    The source is kept; the kernel looks at it again later and sends it again if its identity changed.
+    """
 
 
 class EventSource(ABC):
@@ -82,9 +101,20 @@ class Fetcher(ABC):
         ZeroMQ without copying and never reuses them. Raise ``OSError`` if the data changed size meanwhile.
         """
 
+    def busy(self, event: FileEvent, stat: FileStat) -> bool:
+        """True while some process may still be writing the data; the kernel asks again a little later.
+
+        Called before every send. The default (never busy) suits sources whose data is complete when announced.
+        """
+        return False
+
     @abstractmethod
-    def remove(self, event: FileEvent) -> None:
-        """Delete the source. Only called after the storage target confirmed a durable, matching copy."""
+    def remove(self, event: FileEvent, stat: FileStat) -> None:
+        """Delete the source. Only called after the storage target confirmed a durable copy of ``stat``'s version.
+
+        Raise ``SourceChanged`` (and keep the source) when its identity is no longer ``stat.identity`` or someone
+        still has it open for writing. Data that is already gone is not an error (removal may be repeated).
+        """
 
 
 class Transport(ABC):

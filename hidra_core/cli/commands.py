@@ -143,8 +143,9 @@ def _kill(child: subprocess.Popen) -> None:
 
 
 def ledger(args: argparse.Namespace) -> int:
-    """Report what a sender's ledger holds: counts per state, and the files not (yet) confirmed."""
-    from hidra_core.sender.ledger import SEEN, SENT, UNCONFIRMED, Ledger
+    """Report what a sender's ledger holds: counts per state, then the files not (yet) confirmed and every file
+    that failed, was refused, given up (unconfirmed) or vanished, with the reason where one was recorded."""
+    from hidra_core.sender.ledger import PROBLEMS, SEEN, SENT, Ledger
 
     config = _load(args)
     path = config.sender.ledger.path or default_ledger_path(source_driver(config, args.config or "<defaults>").root)
@@ -156,8 +157,8 @@ def ledger(args: argparse.Namespace) -> int:
         counts = book.counts()
         print(f"{path}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) if counts else
               f"{path}: empty")
-        for fid, state, attempts in book.files((SEEN, SENT, UNCONFIRMED), args.limit):
-            print(f"  {state:<12} attempts={attempts:<3} {fid}")
+        for fid, state, attempts, reason in book.files((SEEN, SENT, *PROBLEMS), args.limit):
+            print(f"  {state:<12} attempts={attempts:<3} {fid}" + (f"  ({reason})" if reason else ""))
     finally:
         book.close()
     return 0

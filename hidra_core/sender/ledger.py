@@ -1,8 +1,10 @@
 """The sender's on-disk ledger: one row per file with its state, so a restart resumes instead of losing work.
 
 States move ``seen -> sent -> confirmed -> removed``; ``unconfirmed`` marks files that used up their attempts
-(kept at the source and reported). SQLite in WAL mode: a committed transaction survives a SIGKILL of the
-process. The ledger is owned by one thread (the sender's router loop).
+(kept at the source and reported); ``failed`` (the fetcher could not read it), ``refused`` (a name that is not
+valid UTF-8; the row's names are then escaped text) and ``vanished`` (gone after it was sent, before its removal
+was confirmed) are kept with their reason for ``hidra ledger``. SQLite in WAL mode: a committed transaction
+survives a SIGKILL of the process. The ledger is owned by one thread (the sender's router loop).
 """
 from __future__ import annotations
 
@@ -17,10 +19,15 @@ from hidra_core.errors import HidraError
 from hidra_core.host.build import default_ledger_path
 from hidra_core.types import FileEvent
 
-__all__ = ["CONFIRMED", "Ledger", "LedgerLocked", "LedgerRow", "REMOVED", "SEEN", "SENT", "STATE_NAMES", "UNCONFIRMED"]
+__all__ = ["CONFIRMED", "FAILED", "Ledger", "LedgerLocked", "LedgerRow", "PROBLEMS", "REFUSED", "REMOVED", "SEEN",
+           "SENT", "STATE_NAMES", "UNCONFIRMED", "VANISHED"]
 
-SEEN, SENT, CONFIRMED, REMOVED, UNCONFIRMED = 0, 1, 2, 3, 4
-STATE_NAMES = {SEEN: "seen", SENT: "sent", CONFIRMED: "confirmed", REMOVED: "removed", UNCONFIRMED: "unconfirmed"}
+SEEN, SENT, CONFIRMED, REMOVED, UNCONFIRMED, FAILED, REFUSED, VANISHED = range(8)
+STATE_NAMES = {SEEN: "seen", SENT: "sent", CONFIRMED: "confirmed", REMOVED: "removed", UNCONFIRMED: "unconfirmed",
+               FAILED: "failed", REFUSED: "refused", VANISHED: "vanished"}
+#: states a user should hear about: kept at the source (or gone) without a confirmed copy
+PROBLEMS = (UNCONFIRMED, FAILED, REFUSED, VANISHED)
+_INT64 = (-(2**63), 2**63 - 1)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -34,7 +41,9 @@ CREATE TABLE IF NOT EXISTS files (
     mtime_ns INTEGER,
     checksum TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    identity TEXT,
+    reason TEXT
 );
 CREATE INDEX IF NOT EXISTS files_state ON files (state);
 """
@@ -48,6 +57,8 @@ class LedgerRow:
     mtime_ns: int | None
     checksum: str | None
     attempts: int
+    identity: str | None = None
+    reason: str | None = None
 
 
 class LedgerMismatch(HidraError):
@@ -94,6 +105,7 @@ class Ledger:
         # loss the last rows may be lost, which the start-up rescan of the source tree makes good.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._check_root(source_root)
         self._db.execute("BEGIN")
 
@@ -111,6 +123,13 @@ class Ledger:
                                  "give each sender its own sender.ledger.path (or leave it unset: one ledger per"
                                  " source)")
 
+    def _migrate(self) -> None:
+        """Ledgers written before identities and reasons were kept get the columns (empty: resent once)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(files)")}
+        for column in ("identity", "reason"):
+            if column not in have:
+                self._db.execute(f"ALTER TABLE files ADD COLUMN {column} TEXT")
+
     def commit(self) -> None:
         """Make every change since the last commit durable against a process crash."""
         self._db.execute("COMMIT")
@@ -123,28 +142,45 @@ class Ledger:
             self._lock.close()  # NOTE: releases the flock
 
     def record_seen(self, events: Iterable[FileEvent]) -> None:
+        """New files start as ``seen``; a file that failed or vanished and is reported again starts over."""
         now = time.time()
         self._db.executemany(
-            "INSERT OR IGNORE INTO files (file_id, source_path, relative_path, filename, state, updated)"
-            " VALUES (?, ?, ?, ?, 0, ?)",
+            "INSERT INTO files (file_id, source_path, relative_path, filename, state, updated)"
+            " VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT(file_id) DO UPDATE SET state=0, reason=NULL,"
+            f" updated=excluded.updated WHERE state IN ({FAILED}, {VANISHED})",
             [(e.file_id, e.source_path, e.relative_path, e.filename, now) for e in events])
 
     def get(self, file_id: str) -> LedgerRow | None:
-        row = self._db.execute("SELECT file_id, state, size, mtime_ns, checksum, attempts FROM files"
-                               " WHERE file_id=?", (file_id,)).fetchone()
+        row = self._db.execute("SELECT file_id, state, size, mtime_ns, checksum, attempts, identity, reason"
+                               " FROM files WHERE file_id=?", (file_id,)).fetchone()
         return LedgerRow(*row) if row else None
 
-    def mark_sent(self, event: FileEvent, size: int, mtime_ns: int, checksum: str) -> None:
+    def mark_sent(self, event: FileEvent, size: int, mtime_ns: int, checksum: str, identity: str | None = None) -> None:
+        # NOTE: SQLite integers are 64-bit; an mtime after 2262 is stored clamped (the identity keeps it exactly).
+        mtime_ns = min(max(mtime_ns, _INT64[0]), _INT64[1])
         self._db.execute(
             "INSERT INTO files (file_id, source_path, relative_path, filename, state, size, mtime_ns, checksum,"
-            " attempts, updated) VALUES (?, ?, ?, ?, 1, ?, ?, ?, 1, ?) ON CONFLICT(file_id) DO UPDATE SET"
-            " state=1, size=excluded.size, mtime_ns=excluded.mtime_ns, checksum=excluded.checksum,"
-            " attempts=attempts+1, updated=excluded.updated",
+            " attempts, updated, identity) VALUES (?, ?, ?, ?, 1, ?, ?, ?, 1, ?, ?) ON CONFLICT(file_id) DO UPDATE"
+            " SET state=1, size=excluded.size, mtime_ns=excluded.mtime_ns, checksum=excluded.checksum,"
+            " attempts=attempts+1, updated=excluded.updated, identity=excluded.identity, reason=NULL",
             (event.file_id, event.source_path, event.relative_path, event.filename, size, mtime_ns, checksum,
-             time.time()))
+             time.time(), identity))
 
-    def set_state(self, file_id: str, state: int) -> None:
-        self._db.execute("UPDATE files SET state=?, updated=? WHERE file_id=?", (state, time.time(), file_id))
+    def set_state(self, file_id: str, state: int, reason: str | None = None) -> None:
+        self._db.execute("UPDATE files SET state=?, reason=?, updated=? WHERE file_id=?",
+                         (state, reason, time.time(), file_id))
+
+    def record_problem(self, event: FileEvent, state: int, reason: str) -> bool:
+        """Put a file (recorded or not) into a problem state with its reason; False if it already was so."""
+        row = self.get(event.file_id)
+        if row is not None and (row.state, row.reason) == (state, reason):
+            return False
+        self._db.execute(
+            "INSERT INTO files (file_id, source_path, relative_path, filename, state, updated, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(file_id) DO UPDATE SET state=excluded.state,"
+            " reason=excluded.reason, updated=excluded.updated",
+            (event.file_id, event.source_path, event.relative_path, event.filename, state, time.time(), reason))
+        return True
 
     def forget(self, file_id: str) -> None:
         self._db.execute("DELETE FROM files WHERE file_id=?", (file_id,))
@@ -154,18 +190,18 @@ class Ledger:
         confirmed but not yet removed."""
         states = "0, 1, 2, 4" if include_confirmed else "0, 1, 4"
         rows = self._db.execute(
-            "SELECT source_path, relative_path, filename, file_id, state, size, mtime_ns, checksum, attempts"
-            f" FROM files WHERE state IN ({states}) ORDER BY rowid").fetchall()
+            "SELECT source_path, relative_path, filename, file_id, state, size, mtime_ns, checksum, attempts,"
+            f" identity, reason FROM files WHERE state IN ({states}) ORDER BY rowid").fetchall()
         for source_path, rel, name, *rest in rows:
             yield FileEvent(source_path, rel, name), LedgerRow(*rest)
 
-    def files(self, states: Iterable[int], limit: int) -> list[tuple[str, str, int]]:
-        """``(file_id, state name, attempts)`` of files in ``states``, oldest change first."""
+    def files(self, states: Iterable[int], limit: int) -> list[tuple[str, str, int, str | None]]:
+        """``(file_id, state name, attempts, reason)`` of files in ``states``, oldest change first."""
         wanted = sorted(set(states))
         rows = self._db.execute(
-            f"SELECT file_id, state, attempts FROM files WHERE state IN ({','.join('?' * len(wanted))})"
+            f"SELECT file_id, state, attempts, reason FROM files WHERE state IN ({','.join('?' * len(wanted))})"
             " ORDER BY updated LIMIT ?", (*wanted, limit)).fetchall()
-        return [(fid, STATE_NAMES[state], attempts) for fid, state, attempts in rows]
+        return [(fid, STATE_NAMES[state], attempts, reason) for fid, state, attempts, reason in rows]
 
     def counts(self) -> dict[str, int]:
         rows = self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall()

@@ -1,9 +1,12 @@
-"""One file on its way out: metadata, chunking and checksums, driven chunk by chunk by the sender loop."""
+"""One file on its way out: metadata, chunking and checksums, driven chunk by chunk by the sender loop.
+
+Its chunks are handed in by the fetch worker (``pending``) and go out in order, never copied here."""
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from hidra_core.checksum import DEFAULT_ALGORITHM, new_hasher
 from hidra_core.interfaces import FileStat
@@ -32,12 +35,11 @@ class InFlight:
 class Outgoing:
     """Produces the wire messages ``[metadata, payload]`` of one file, one chunk per ``next_message``."""
 
-    def __init__(self, event: FileEvent, stat: FileStat, chunks: Iterator[Any], chunksize: int,
-                 base: dict[str, Any]) -> None:
+    def __init__(self, event: FileEvent, stat: FileStat, chunksize: int, base: dict[str, Any]) -> None:
         self.event = event
         self.stat = stat
         self.chunk_count = max(1, math.ceil(stat.size / chunksize))
-        self._chunks = chunks
+        self.pending: deque[Any] = deque()  # chunks read, not yet sent
         self._number = 0
         self._file_hash = new_hasher(DEFAULT_ALGORITHM) if self.chunk_count > 1 else None
         self.checksum = ""
@@ -61,9 +63,14 @@ class Outgoing:
     def done(self) -> bool:
         return self._number >= self.chunk_count
 
+    @property
+    def ready(self) -> bool:
+        """The next chunk is here."""
+        return bool(self.pending)
+
     def next_message(self) -> tuple[bytes, Any]:
         """The next chunk's encoded metadata and its payload buffer (never copied here)."""
-        payload = next(self._chunks)
+        payload = self.pending.popleft()
         number = self._number
         last = number == self.chunk_count - 1
         digest = new_hasher(DEFAULT_ALGORITHM)
@@ -86,6 +93,11 @@ class Outgoing:
         return encode_metadata({**self._meta, "confirmation_required": False, **changes})
 
     def close(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
+        """Stopping mid-file: let go of the chunks not sent."""
+        self.pending.clear()
+
+    def discard(self) -> int:
+        """Drop the chunks not sent; returns their bytes (owed back to the fetch worker's budget)."""
+        size = sum(len(chunk) for chunk in self.pending)
+        self.pending.clear()
+        return size

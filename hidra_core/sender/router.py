@@ -1,10 +1,12 @@
 """The sender: event source -> router loop -> fetcher -> storage target, with the ledger keeping the state.
 
-One router loop (the calling thread) owns the ledger, the fetcher and every socket but the source's; the event
-source runs in its own thread and hands batches of events over an inproc socket. The loop never blocks on a
-send: it polls the data socket for room, so confirmations, heartbeats and SIGTERM are always served. A file is
-only sent once the storage receiver's beacon shows the confirmation channel is live; a restarted receiver
-(new beacon instance) makes every unconfirmed file go out again; receivers store re-sent files idempotently.
+One router loop (the calling thread) owns the ledger and every socket but the source's and the fetch worker's;
+the event source runs in its own thread and hands batches of events over an inproc socket, and every fetcher
+call (stat, read, remove) runs in the fetch worker's thread (``fetch.py``), so a slow disk never holds the loop
+up. Intake (``intake.py``) and sending (``sending.py``) are the loop's halves. The loop never blocks on a send:
+it polls the data socket for room, so confirmations, heartbeats and SIGTERM are always served. A file is only
+sent once the storage receiver's beacon shows the confirmation channel is live; a restarted receiver (new beacon
+instance) makes every unconfirmed file go out again; receivers store re-sent files idempotently.
 """
 from __future__ import annotations
 
@@ -18,14 +20,16 @@ from typing import Any
 import zmq
 
 from hidra_core.config import InstanceConfig
-from hidra_core.sender.clients.dispatch import ClientDispatcher
-from hidra_core.interfaces import WriteTarget
 from hidra_core.host.build import build_sender
 from hidra_core.host.kernel import StopFlag
-from hidra_core.sender.ledger import CONFIRMED, REMOVED, UNCONFIRMED, Ledger
-from hidra_core.sender.outgoing import ZERO_COPY_MIN, Outgoing
 from hidra_core.host.plugins import PluginHost
 from hidra_core.protocol.confirmation import HEARTBEAT_TOPIC
+from hidra_core.sender.clients.dispatch import ClientDispatcher
+from hidra_core.sender.fetch import Fetching
+from hidra_core.sender.intake import MAX_QUEUED
+from hidra_core.sender.ledger import CONFIRMED, UNCONFIRMED, Ledger
+from hidra_core.sender.outgoing import Outgoing
+from hidra_core.sender.sending import Sending
 from hidra_core.sender.source_thread import SourceThread
 from hidra_core.sender.storage_link import StorageLink
 from hidra_core.types import FileEvent
@@ -34,13 +38,7 @@ __all__ = ["Sender"]
 
 log = logging.getLogger(__name__)
 
-_SLICE_S = 0.02  # longest the loop sends before it serves its other sockets again
-# NOTE: events beyond this wait in the source's socket (then the kernel's inotify queue), which keeps the
-# sender's memory bounded on huge trees; an inotify overflow only costs a rescan, never a file.
-_MAX_QUEUED = 20_000
-
-
-class Sender:
+class Sender(Sending):
     role = "sender"
 
     def __init__(self, config: InstanceConfig, host: PluginHost, *, source_name: str = "<defaults>") -> None:
@@ -57,11 +55,16 @@ class Sender:
         self.clients = ClientDispatcher(cfg.clients, self.endpoints, cfg.compat_version, storing=self.local is not None,
                                         authorize=host.authorize_receiver if host.has_authorizers else None)
         self.topic = f"{socket.getfqdn()}_{os.getpid()}".encode()
-        self.stats = {"sent": 0, "bytes": 0, "confirmed": 0, "removed": 0, "resent": 0, "unconfirmed": 0}
+        self.stats = {"sent": 0, "bytes": 0, "confirmed": 0, "removed": 0, "resent": 0, "unconfirmed": 0,
+                      "failed": 0, "refused": 0}
         self._queue: deque[FileEvent] = deque()
         self._queued: dict[str, bool] = {}  # file_id -> force (send even if unchanged and in flight)
+        self._delayed: list[tuple[float, str]] = []  # heap of (due, file_id): files still being written
+        self._delayed_events: dict[str, tuple[FileEvent, bool, float]] = {}  # file_id -> (event, force, delay)
         self.link = StorageLink(cfg.storage)
-        self._current: Outgoing | None = None
+        self._current: Outgoing | None = None  # the file being sent: the oldest job of the fetch worker
+        self._current_job: int | None = None
+        self._retries: dict[str, int] = {}
         self._stash: list[Any] | None = None
         self._waiting_since: float | None = None
         self._summary_at = time.monotonic()
@@ -110,9 +113,13 @@ class Sender:
         self.poller.register(self.confirmations, zmq.POLLIN)
         self.poller.register(self.data, 0)
         self.poller.register(self.data_monitor, zmq.POLLIN)
+        self.fetching = Fetching(self.fetcher, self.context, self.config.chunksize)
+        self.poller.register(self.fetching.socket, zmq.POLLIN)
         self.clients.open(self.poller)
 
     def _close(self) -> None:
+        if getattr(self, "fetching", None) is not None:
+            self.fetching.close()
         if self._current is not None:
             self._current.close()
             if self._current.local is not None:
@@ -152,9 +159,11 @@ class Sender:
             if self.stop.is_set() and drain_until is None:
                 drain_until = now + self.config.drain_timeout_s
             link = self.link.up(now)
-            want = link and (self._current is not None or (self._queue and drain_until is None))
+            self._release_delayed(now)
+            self._ask_fetcher(draining=drain_until is not None)
+            want = link and self._sendable()
             poller.modify(self.data, zmq.POLLOUT if want else 0)
-            poller.modify(self.events, zmq.POLLIN if len(self._queue) < _MAX_QUEUED else 0)
+            poller.modify(self.events, zmq.POLLIN if len(self._queue) < MAX_QUEUED else 0)
             ready = dict(poller.poll(100))
             if self.events in ready:
                 self._take_events()
@@ -162,6 +171,8 @@ class Sender:
                 self._take_confirmations()
             if self.data_monitor in ready:
                 self.link.on_monitor(self.data_monitor)
+            if self.fetching.socket in ready:
+                self._take_fetched()
             if self.data in ready:
                 self._pump(draining=drain_until is not None)
             housekeeping = now >= next_housekeeping
@@ -223,143 +234,6 @@ class Sender:
         except Exception:
             log.exception("serving analysis clients failed; the storage path goes on")
 
-    def _enqueue(self, event: FileEvent, force: bool = False) -> None:
-        fid = event.file_id
-        if fid in self._queued:
-            self._queued[fid] = self._queued[fid] or force
-            return
-        self._queued[fid] = force
-        self._queue.append(event)
-
-    def _take_events(self) -> None:
-        while len(self._queue) < _MAX_QUEUED:
-            try:
-                batch = self.events.recv_pyobj(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self.ledger.record_seen(batch)
-            for event in batch:
-                self._enqueue(event)
-
-    # -- sending ---------------------------------------------------------------------------------------
-
-    def _pump(self, draining: bool) -> None:
-        deadline = time.monotonic() + _SLICE_S
-        while time.monotonic() < deadline:
-            if self._stash is None:
-                if self._current is None:
-                    if draining or not self._queue:
-                        return
-                    event = self._queue.popleft()
-                    try:
-                        self._current = self._start(event)
-                    except Exception:  # a fetcher bug must not stop the other files
-                        log.exception("could not start sending %s; skipped until it changes or the next start",
-                                      event.file_id)
-                    continue
-                try:
-                    meta, payload = self._current.next_message()
-                except Exception as exc:
-                    self._abandon(exc)
-                    continue
-                self._stash = [meta, payload]
-            try:
-                self.data.send_multipart(self._stash, flags=zmq.NOBLOCK, copy=len(self._stash[1]) < ZERO_COPY_MIN)
-            except zmq.Again:
-                return
-            self.stats["bytes"] += len(self._stash[1])
-            if self._current is not None:
-                self._side_copies(self._current, self._stash[1])
-            self._stash = None
-            if self._current is not None and self._current.done:
-                self._finish(self._current)
-                self._current = None
-
-    def _start(self, event: FileEvent) -> Outgoing | None:
-        fid = event.file_id
-        force = self._queued.pop(fid, False)
-        stat = self.fetcher.stat(event)
-        if stat is None:
-            log.debug("%s vanished before it was sent", fid)
-            if fid not in self.link.in_flight:
-                self.ledger.forget(fid)
-            return None
-        row = self.ledger.get(fid)
-        if row is not None and (row.size, row.mtime_ns) == (stat.size, stat.mtime_ns):
-            if row.state == CONFIRMED and self._removing:
-                self._remove(event, stat)
-            if row.state in (CONFIRMED, REMOVED):
-                return None
-        flight = self.link.in_flight.get(fid)
-        if not force and flight is not None and flight.stat == stat:
-            return None
-        base = {"confirmation_required": self.topic.decode(), "version": self.config.compat_version}
-        if self.host.has_enrichers:
-            base.update(self.host.enrich_metadata(event, dict(base)))
-        out = Outgoing(event, stat, iter(self.fetcher.chunks(event, stat, self.config.chunksize)),
-                       self.config.chunksize, base)
-        if self.clients.active:
-            try:
-                out.deliveries = self.clients.plan(event.filename, stat.size, out.chunk_count)
-            except Exception:  # clients are best effort; storage goes on
-                log.exception("choosing analysis clients for %s failed", event.file_id)
-        if self.local is not None:
-            parts = tuple(event.relative_path.split("/")) if event.relative_path else ()
-            out.local = self.local.open(WriteTarget(self.local_root, parts, event.filename,
-                                                    {"file_mod_time": stat.mtime_ns / 1e9}))
-        return out
-
-    def _side_copies(self, out: Outgoing, payload: Any) -> None:
-        """After storage took a chunk: the same buffer to admitted clients and to the local copy."""
-        if out.deliveries:
-            try:
-                self.clients.send_chunk(out.deliveries, out.client_metadata(), payload, out.done)
-            except Exception:
-                log.exception("sending %s to analysis clients failed", out.event.file_id)
-                out.deliveries = []
-        if out.local is not None:
-            try:
-                self.local.write(out.local, payload)
-            except Exception as exc:
-                log.error("local copy of %s failed: %s", out.event.file_id, exc)
-                self.local.abort(out.local)
-                out.local = None
-
-    def _finish_local(self, out: Outgoing) -> None:
-        """Make the local copy durable; only then may metadata-only clients be pointed at it."""
-        if out.local is None:
-            return
-        try:
-            self.local.close(out.local)
-            self.local.commit([out.local])
-        except Exception as exc:
-            log.error("local copy of %s failed: %s", out.event.file_id, exc)
-            self.local.abort(out.local)
-            return
-        finally:
-            out.local = None
-        if out.deliveries:
-            try:
-                self.clients.send_metadata(out.deliveries, out.client_metadata(source_path=self.local_root))
-            except Exception:
-                log.exception("sending metadata of %s to analysis clients failed", out.event.file_id)
-
-    def _abandon(self, exc: BaseException) -> None:
-        current, self._current = self._current, None
-        assert current is not None
-        current.close()
-        if current.local is not None:
-            self.local.abort(current.local)
-        log.warning("could not read %s (%s); it is sent again when it changes or at the next start",
-                    current.event.file_id, exc)
-
-    def _finish(self, out: Outgoing) -> None:
-        self._finish_local(out)
-        self.ledger.mark_sent(out.event, out.stat.size, out.stat.mtime_ns, out.checksum)
-        if self.link.sent(out) > 1:
-            self.stats["resent"] += 1
-        self.stats["sent"] += 1
-
     # -- confirmations ---------------------------------------------------------------------------------
 
     def _take_confirmations(self) -> None:
@@ -376,21 +250,6 @@ class Sender:
                 self.stats["confirmed"] += 1
                 if self._removing:
                     self._remove(flight.event, flight.stat)
-
-    def _remove(self, event: FileEvent, stat: Any) -> None:
-        now = self.fetcher.stat(event)
-        if now is not None and (now.size, now.mtime_ns) != (stat.size, stat.mtime_ns):
-            log.info("%s changed after it was sent: sending again, not removing", event.file_id)
-            self._enqueue(event, force=True)
-            return
-        if now is not None:
-            try:
-                self.fetcher.remove(event)
-            except OSError as exc:
-                log.error("could not remove %s: %s (kept; retried at next start)", event.file_id, exc)
-                return
-        self.ledger.set_state(event.file_id, REMOVED)
-        self.stats["removed"] += 1
 
     def _expire(self, now: float) -> None:
         resend, overdue = self.link.expire(now)

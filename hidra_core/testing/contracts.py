@@ -225,15 +225,39 @@ class FetcherContract(_DriverContract):
 
     def test_stat_of_removed_data_is_none(self, tmp_path: Path, fetcher: Any) -> None:
         event = self.make_event(tmp_path, "gone.bin", b"abc")
-        fetcher.remove(event)
+        fetcher.remove(event, fetcher.stat(event))
         assert fetcher.stat(event) is None
 
     def test_remove_is_idempotent(self, tmp_path: Path, fetcher: Any) -> None:
         # NOTE: after a crash the sender may remove a file again whose removal it had not recorded yet.
         event = self.make_event(tmp_path, "twice.bin", b"abc")
-        fetcher.remove(event)
-        fetcher.remove(event)
+        stat = fetcher.stat(event)
+        fetcher.remove(event, stat)
+        fetcher.remove(event, stat)
         assert fetcher.stat(event) is None
+
+    def test_remove_keeps_data_replaced_after_the_stat(self, tmp_path: Path, fetcher: Any) -> None:
+        from hidra_core.interfaces import SourceChanged
+
+        event = self.make_event(tmp_path, "replaced.bin", _pattern(100))
+        sent = fetcher.stat(event)
+        self.make_event(tmp_path, "replaced.bin", _pattern(150, seed=1))
+        with pytest.raises(SourceChanged):
+            fetcher.remove(event, sent)
+        now = fetcher.stat(event)
+        assert now is not None and now.size == 150, "a version that was never sent was removed"
+
+    def test_complete_data_is_not_busy(self, tmp_path: Path, fetcher: Any) -> None:
+        event = self.make_event(tmp_path, "complete.bin", b"x" * 10)
+        assert fetcher.busy(event, fetcher.stat(event)) is False
+
+    def test_identity_is_text_that_differs_between_versions(self, tmp_path: Path, fetcher: Any) -> None:
+        event = self.make_event(tmp_path, "versions.bin", _pattern(10))
+        first = fetcher.stat(event)
+        self.make_event(tmp_path, "versions.bin", _pattern(20, seed=1))
+        second = fetcher.stat(event)
+        assert isinstance(first.identity, str) and first.identity
+        assert first.identity != second.identity
 
 
 class WriterContract(_DriverContract):

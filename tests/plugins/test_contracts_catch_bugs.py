@@ -22,7 +22,7 @@ import os
 import zmq
 from pydantic import BaseModel, ConfigDict
 
-from hidra_core import EventSource, Fetcher, FileEvent, FileStat, Transport, Writer
+from hidra_core import EventSource, Fetcher, FileEvent, FileStat, SourceChanged, Transport, Writer
 
 
 class PathConfig(BaseModel):
@@ -64,7 +64,16 @@ class GoodFetcher(Fetcher):
         while chunk := f.read(chunksize):
             yield bytearray(chunk)
 
-    def remove(self, event):
+    def remove(self, event, stat):
+        self.check_version(event, stat)
+        self.unlink(event)
+
+    def check_version(self, event, stat):
+        now = self.stat(event)
+        if now is not None and now.identity != stat.identity:
+            raise SourceChanged("changed")
+
+    def unlink(self, event):
         try:
             os.unlink(_path(event))
         except FileNotFoundError:
@@ -89,8 +98,13 @@ class NoSizeCheckFetcher(GoodFetcher):
 
 
 class StrictRemoveFetcher(GoodFetcher):
-    def remove(self, event):
+    def unlink(self, event):
         os.unlink(_path(event))
+
+
+class UncheckedRemoveFetcher(GoodFetcher):
+    def check_version(self, event, stat):
+        pass
 
 
 class LaxFetcher(GoodFetcher):
@@ -225,6 +239,7 @@ reusing_fetcher = broken_drivers:ReusingFetcher
 no_empty_chunk_fetcher = broken_drivers:NoEmptyChunkFetcher
 no_size_check_fetcher = broken_drivers:NoSizeCheckFetcher
 strict_remove_fetcher = broken_drivers:StrictRemoveFetcher
+unchecked_remove_fetcher = broken_drivers:UncheckedRemoveFetcher
 lax_fetcher = broken_drivers:LaxFetcher
 
 [hidra.event_sources]
@@ -273,6 +288,10 @@ class TestNoSizeCheckFetcher(Fetch):
 
 class TestStrictRemoveFetcher(Fetch):
     driver_name = "strict_remove_fetcher"
+
+
+class TestUncheckedRemoveFetcher(Fetch):
+    driver_name = "unchecked_remove_fetcher"
 
 
 class TestLaxFetcher(Fetch):
@@ -393,6 +412,7 @@ MUST_FAIL = {
     "TestNoSizeCheckFetcher": {"test_size_change_after_stat_raises_oserror[grows]",
                                "test_size_change_after_stat_raises_oserror[shrinks]"},
     "TestStrictRemoveFetcher": {"test_remove_is_idempotent"},
+    "TestUncheckedRemoveFetcher": {"test_remove_keeps_data_replaced_after_the_stat"},
     "TestLaxFetcher": {"test_config_class_is_frozen_and_refuses_extra_keys",
                        "test_unknown_key_is_refused_naming_section_and_key"},
     "TestLeakySource": {"test_close_releases_every_socket"},

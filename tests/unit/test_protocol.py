@@ -117,8 +117,9 @@ def test_frames_may_be_buffers() -> None:
 def test_sender_output_decodes_with_the_right_end_of_file(chunks: list[int]) -> None:
     size = sum(chunks)
     data = [b"y" * n for n in chunks]
-    out = Outgoing(FileEvent("/src", "scan1", "f.raw"), FileStat(size, 10**9, 10**9), iter(data), 10,
+    out = Outgoing(FileEvent("/src", "scan1", "f.raw"), FileStat(size, 10**9, 10**9), 10,
                    {"confirmation_required": "t", "version": "4.4.3"})
+    out.pending.extend(data)  # as the fetch worker hands them in
     decoded = []
     while not out.done:
         meta, payload = out.next_message()

@@ -3,6 +3,8 @@
 New subdirectories are watched and then scanned, so files created before their watch existed are not missed;
 an inotify queue overflow triggers a full rescan; files present at start-up are reported by the first polls.
 Duplicates (a file seen by a scan and an event) are harmless: the sender's ledger deduplicates.
+Symlinks are skipped (with a log line) however they arrive, by a scan or moved in; with ``follow_symlinks`` a
+link whose target is a regular file inside the tree is reported under the link's name.
 """
 from __future__ import annotations
 
@@ -35,6 +37,9 @@ class InotifyConfig(BaseModel):
     scan_at_start: bool = Field(True, description="report files that already exist when the sender starts")
     ignore: list[str] = Field(default_factory=list,
                               description="shell patterns of file names never sent, e.g. ['*.tmp', '.*']")
+    follow_symlinks: bool = Field(False, description=(
+        "send a symlink's target under the link's name, but only a regular file inside the watched tree; "
+        "off: symlinks are skipped with a log line"))
 
 
 class InotifyEventSource(EventSource):
@@ -104,7 +109,10 @@ class InotifyEventSource(EventSource):
                 self._watch_tree(child)
                 self._scans.append(self._scan(child))
         elif mask & (flags.CLOSE_WRITE | flags.MOVED_TO) and not self._ignored(name):
-            out.append(FileEvent(self._root, rel, name))
+            event = self._link_event(rel, name) if mask & flags.MOVED_TO and self._is_link(child) else \
+                FileEvent(self._root, rel, name)
+            if event is not None:
+                out.append(event)
 
     def _forget_if_moved_away(self, wd: int) -> None:
         """A watched directory was renamed: unless a MOVED_TO inside the tree re-mapped it, stop watching it."""
@@ -125,6 +133,25 @@ class InotifyEventSource(EventSource):
                     self._inotify.rm_watch(other)
                 except OSError:
                     pass
+
+    def _is_link(self, rel: str) -> bool:
+        try:
+            return os.path.islink(self._abs(rel))
+        except ValueError:  # NOTE: a NUL cannot be in a name the kernel reported; be safe anyway
+            return False
+
+    def _link_event(self, rel: str, name: str) -> FileEvent | None:
+        """The event for a symlink: None (logged) unless followed and pointing at a file inside the tree."""
+        path = self._abs(f"{rel}/{name}" if rel else name)
+        if not self.config.follow_symlinks:
+            log.warning("skipping symlink %s (follow_symlinks is off)", path)
+            return None
+        real, root = os.path.realpath(path), os.path.realpath(self._root)
+        if os.path.commonpath([real, root]) != root or not os.path.isfile(real):
+            log.warning("skipping symlink %s: its target %s is not a regular file inside the source tree", path,
+                        real)
+            return None
+        return FileEvent(self._root, rel, name, {"link_target": os.path.relpath(real, root).replace(os.sep, "/")})
 
     def _ignored(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.config.ignore)
@@ -175,5 +202,11 @@ class InotifyEventSource(EventSource):
                 if entry.is_dir(follow_symlinks=False):
                     if self.config.recursive:
                         pending.append(child)
-                elif entry.is_file(follow_symlinks=False) and not self._ignored(entry.name):
+                elif self._ignored(entry.name):
+                    continue
+                elif entry.is_symlink():
+                    event = self._link_event(current, entry.name)
+                    if event is not None:
+                        yield event
+                elif entry.is_file(follow_symlinks=False):
                     yield FileEvent(self._root, current, entry.name)

@@ -7,6 +7,7 @@ and inotify delivers events in order, so once the sentinel is reported the other
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -214,3 +215,64 @@ def test_missing_directory_fails_at_construction(tmp_path: Path) -> None:
     with pytest.raises(DriverLoadFailure, match="does not exist"):
         create_driver("event source", "inotify", {"path": str(tmp_path / "nope")}, "<test>",
                       "sender.source.inotify")
+
+
+
+def _secret(tmp_path: Path) -> Path:
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_bytes(b"private")
+    secret.chmod(0o600)
+    return secret
+
+
+def _poll_until_logged(source: Any, caplog: pytest.LogCaptureFixture, lines: list[str]) -> list[Any]:
+    """Every event reported until each of ``lines`` is in the log (the source said why it skipped)."""
+    events: list[Any] = []
+    deadline = time.monotonic() + 30
+    while not all(line in caplog.text for line in lines):
+        assert time.monotonic() < deadline, f"never logged {lines}: {caplog.text}"
+        events += source.poll(50)
+    return events + source.poll(0)
+
+
+def test_symlinks_found_by_the_scan_are_skipped_with_a_log_line(src: Path, tmp_path: Path, open_source: Any,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    (src / "secret.txt").symlink_to(_secret(tmp_path))
+    (src / "hostname").symlink_to("/etc/hostname")
+    (src / "plain.dat").write_bytes(b"x")
+    with caplog.at_level("WARNING"):
+        events = _poll_until_logged(open_source(), caplog, [f"skipping symlink {src / 'secret.txt'}",
+                                                            f"skipping symlink {src / 'hostname'}"])
+    assert _ids(events) <= {"plain.dat"}
+
+
+def test_symlinks_moved_into_the_tree_are_skipped_with_a_log_line(src: Path, tmp_path: Path, open_source: Any,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    source = open_source(scan_at_start=False)
+    (tmp_path / "outside-link").symlink_to(_secret(tmp_path))
+    (tmp_path / "host-link").symlink_to("/etc/hostname")
+    with caplog.at_level("WARNING"):
+        os.rename(tmp_path / "outside-link", src / "secret.txt")
+        os.rename(tmp_path / "host-link", src / "hostname")
+        (src / "sentinel").write_bytes(b"")
+        events = collect_events(source, ["sentinel"])
+    assert _ids(events) == {"sentinel"}
+    assert f"skipping symlink {src / 'secret.txt'}" in caplog.text
+    assert f"skipping symlink {src / 'hostname'}" in caplog.text
+
+
+def test_follow_symlinks_reports_only_links_to_files_inside_the_tree(src: Path, tmp_path: Path, open_source: Any,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    (src / "data").mkdir()
+    (src / "data" / "frame.cbf").write_bytes(b"frame")
+    (src / "latest.cbf").symlink_to(src / "data" / "frame.cbf")
+    (src / "escape.txt").symlink_to(_secret(tmp_path))
+    (src / "dots.txt").symlink_to("data/../../outside/secret.txt")
+    with caplog.at_level("WARNING"):
+        events = _poll_until_logged(open_source(follow_symlinks=True), caplog, [
+            f"skipping symlink {src / 'escape.txt'}", f"skipping symlink {src / 'dots.txt'}"])
+        events += collect_events(open_source(follow_symlinks=True, ignore=["*.txt"]), ["latest.cbf"])
+    latest = [e for e in events if e.file_id == "latest.cbf"]
+    assert latest and all(e.extra == {"link_target": "data/frame.cbf"} for e in latest)
+    assert not {"escape.txt", "dots.txt"} & _ids(events)

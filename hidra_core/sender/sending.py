@@ -1,0 +1,318 @@
+"""The sender's sending side: the fetch worker is kept a few files ahead, the oldest file it stat'ed goes out chunk
+by chunk (storage first, then analysis clients and the local copy), and confirmed versions are removed through it.
+
+A mixin of ``Sender`` (router thread only); the attributes below are the sender's.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import zmq
+
+from hidra_core.config import SenderConfig
+from hidra_core.errors import HidraError
+from hidra_core.host.plugins import PluginHost
+from hidra_core.interfaces import FileStat, WriteTarget
+from hidra_core.sender.clients.dispatch import ClientDispatcher
+from hidra_core.sender.fetch import JOBS_AHEAD, FetchFailed, Fetching, Job, describe, retryable
+from hidra_core.sender.intake import Intake
+from hidra_core.sender.ledger import CONFIRMED, REMOVED, LedgerRow
+from hidra_core.sender.outgoing import ZERO_COPY_MIN, Outgoing
+from hidra_core.types import FileEvent
+
+__all__ = ["Sending"]
+
+log = logging.getLogger(__name__)
+
+_SLICE_S = 0.02  # longest the loop sends before it serves its other sockets again
+_READ_ATTEMPTS = 3  # of a file whose read failed with a retryable error, before it counts as failed
+
+
+class Sending(Intake):
+    config: SenderConfig
+    host: PluginHost
+    clients: ClientDispatcher
+    data: zmq.Socket
+    fetching: Fetching
+    local: Any
+    local_root: str
+    topic: bytes
+    _current: Outgoing | None  # the file being sent: the oldest job of the fetch worker
+    _current_job: int | None
+    _stash: list[Any] | None  # a message the data socket had no room for
+    _retries: dict[str, int]
+    _removing: bool
+
+    def _ask_fetcher(self, draining: bool) -> None:
+        """Keep the fetch worker a few files ahead; when draining, only the file being sent goes on."""
+        if not self.fetching.alive:
+            raise HidraError("the fetch worker stopped; see the error above")
+        if draining:
+            for job in [j for j in self.fetching.jobs if j != self._current_job]:
+                self.fetching.drop(job)
+            return
+        files: list[tuple[FileEvent, bool, str | None]] = []
+        while len(self.fetching.jobs) + len(files) < JOBS_AHEAD and self._queue:
+            event = self._queue.popleft()
+            force = self._queued.pop(event.file_id, False)
+            try:
+                row = self.ledger.get(event.file_id)
+            except Exception as exc:
+                self._failed(event, "looking it up in the ledger", exc)
+                continue
+            # NOTE: a version already stored is not read again; the worker only reports its stat.
+            files.append((event, force, row.identity if row is not None and row.state in (CONFIRMED, REMOVED)
+                          else None))
+        if files:
+            self.fetching.open(files)
+
+    def _sendable(self) -> bool:
+        return self._stash is not None or (self._current is not None and self._current.ready)
+
+    def _take_fetched(self) -> None:
+        for header in self.fetching.messages():
+            try:
+                self._on_fetched(header)
+            except Exception as exc:  # NOTE: one file's bookkeeping must never stop the storage path
+                if isinstance(header[1], int) and header[1] in self.fetching.jobs:
+                    self._job_failed(header[1], exc)  # and it must not hold up the files behind it
+                else:
+                    log.exception("handling %s from the fetch worker failed", header[:2])
+        self._advance()
+        self.fetching.flush()
+
+    def _on_fetched(self, header: tuple[Any, ...]) -> None:
+        kind, key = header[0], header[1]
+        if kind in ("removed", "kept", "remove_failed"):
+            return self._removal_done(kind, key, header[2])
+        job = self.fetching.jobs.get(key)
+        if kind == "chunk":
+            out = job.out if job is not None else None
+            if job is None or out is None or job.received >= out.chunk_count:
+                self.fetching.credit(len(header[2]))  # dropped meanwhile: it only returns its budget
+            else:
+                job.received += 1
+                job.ended = job.received == out.chunk_count
+                out.pending.append(header[2])
+            return None
+        if job is None:
+            return None
+        job.ended = kind != "stat"
+        if kind in ("stat", "unchanged"):
+            self._on_stat(key, job, header[2], unchanged=kind == "unchanged")
+        elif kind == "end" and job.out is not None and job.received < job.out.chunk_count:
+            self._job_failed(key, FetchFailed(f"the fetcher gave {job.received} of {job.out.chunk_count} chunks",
+                                              False))
+        elif kind == "error":
+            self._job_failed(key, FetchFailed(header[2], header[3]))
+        elif kind in ("busy", "vanished"):
+            self.fetching.drop(key)
+            if kind == "busy":
+                log.log(logging.DEBUG if job.event.file_id in self._delayed_events else logging.INFO,
+                        "%s is still open for writing; sent once it is closed", job.event.file_id)
+                self._delay(job.event, job.force)
+            else:
+                self._vanished(job.event)
+        return None
+
+    def _on_stat(self, key: int, job: Job, stat: FileStat, unchanged: bool) -> None:
+        event, fid = job.event, job.event.file_id
+        self._delayed_events.pop(fid, None)
+        row = self.ledger.get(fid)
+        if row is not None and _same_version(row, stat):
+            if row.state == CONFIRMED and self._removing:
+                self._remove(event, stat)
+            if row.state in (CONFIRMED, REMOVED):
+                self.fetching.drop(key)
+                return
+        if unchanged or (not job.force and self._going_out(job, stat)):
+            self.fetching.drop(key)
+            if unchanged:  # NOTE: the ledger moved on since the worker was asked: ask again
+                self._enqueue(event, job.force)
+            return
+        base = {"confirmation_required": self.topic.decode(), "version": self.config.compat_version}
+        try:
+            if self.host.has_enrichers:
+                base.update(self.host.enrich_metadata(event, dict(base)))
+        except Exception as exc:
+            self.fetching.drop(key)
+            self._failed(event, "enriching its metadata", exc)
+            return
+        job.out = Outgoing(event, stat, self.config.chunksize, base)
+
+    def _going_out(self, job: Job, stat: FileStat) -> bool:
+        """This version is awaiting its confirmation, or an earlier job sends it (a scan and an event for one
+        file both asked for it)."""
+        fid = job.event.file_id
+        flight = self.link.in_flight.get(fid)
+        if flight is not None and flight.stat == stat:
+            return True
+        return any(other is not job and other.event.file_id == fid and other.out is not None and
+                   other.out.stat == stat for other in self.fetching.jobs.values())
+
+    def _advance(self) -> None:
+        """The oldest file the worker has stat'ed becomes the one being sent (files go out in order)."""
+        while self._current is None and self.fetching.jobs:
+            key, job = next(iter(self.fetching.jobs.items()))
+            if job.out is None:
+                return
+            try:
+                self._prepare(job.out)
+            except Exception as exc:
+                self.fetching.drop(key)
+                self._failed(job.event, "starting to send it", exc)
+                continue
+            self._current, self._current_job = job.out, key
+
+    def _prepare(self, out: Outgoing) -> None:
+        """Analysis clients and the local copy, chosen once the file is next to go."""
+        event, stat = out.event, out.stat
+        if self.clients.active:
+            try:
+                out.deliveries = self.clients.plan(event.filename, stat.size, out.chunk_count)
+            except Exception:  # clients are best effort; storage goes on
+                log.exception("choosing analysis clients for %s failed", event.file_id)
+        if self.local is not None:
+            parts = tuple(event.relative_path.split("/")) if event.relative_path else ()
+            out.local = self.local.open(WriteTarget(self.local_root, parts, event.filename,
+                                                    {"file_mod_time": stat.mtime_ns / 1e9}))
+
+    def _pump(self, draining: bool) -> None:
+        deadline = time.monotonic() + _SLICE_S
+        try:
+            while time.monotonic() < deadline:
+                if self._stash is None:
+                    if self._current is None or not self._current.ready:
+                        return
+                    try:
+                        self._stash = list(self._current.next_message())
+                    except Exception as exc:
+                        self._abandon(exc)
+                        continue
+                try:
+                    self.data.send_multipart(self._stash, flags=zmq.NOBLOCK,
+                                             copy=len(self._stash[1]) < ZERO_COPY_MIN)
+                except zmq.Again:
+                    return
+                size = len(self._stash[1])
+                self.stats["bytes"] += size
+                self.fetching.credit(size)
+                if self._current is not None:
+                    self._side_copies(self._current, self._stash[1])
+                self._stash = None
+                if self._current is not None and self._current.done:
+                    self._finish(self._current)
+                    self._next_file()
+        finally:
+            self.fetching.flush()
+
+    def _next_file(self) -> None:
+        if self._current_job is not None:
+            self.fetching.drop(self._current_job)
+        self._current = self._current_job = None
+        self._advance()
+
+    def _side_copies(self, out: Outgoing, payload: Any) -> None:
+        """After storage took a chunk: the same buffer to admitted clients and to the local copy."""
+        if out.deliveries:
+            try:
+                self.clients.send_chunk(out.deliveries, out.client_metadata(), payload, out.done)
+            except Exception:
+                log.exception("sending %s to analysis clients failed", out.event.file_id)
+                out.deliveries = []
+        if out.local is not None:
+            try:
+                self.local.write(out.local, payload)
+            except Exception as exc:
+                log.error("local copy of %s failed: %s", out.event.file_id, exc)
+                self.local.abort(out.local)
+                out.local = None
+
+    def _finish_local(self, out: Outgoing) -> None:
+        """Make the local copy durable; only then may metadata-only clients be pointed at it."""
+        if out.local is None:
+            return
+        try:
+            self.local.close(out.local)
+            self.local.commit([out.local])
+        except Exception as exc:
+            log.error("local copy of %s failed: %s", out.event.file_id, exc)
+            self.local.abort(out.local)
+            return
+        finally:
+            out.local = None
+        if out.deliveries:
+            try:
+                self.clients.send_metadata(out.deliveries, out.client_metadata(source_path=self.local_root))
+            except Exception:
+                log.exception("sending metadata of %s to analysis clients failed", out.event.file_id)
+
+    def _abandon(self, exc: BaseException) -> None:
+        current = self._current
+        assert current is not None
+        if self._stash is not None:  # NOTE: a message of this file the data socket has not taken yet
+            self.fetching.credit(len(self._stash[1]))
+            self._stash = None
+        try:
+            if current.local is not None:
+                self.local.abort(current.local)
+        finally:
+            self._next_file()
+            self._failed_or_retry(current.event, "reading it", exc)
+
+    def _job_failed(self, key: int, exc: BaseException) -> None:
+        if key == self._current_job:
+            self._abandon(exc)
+            return
+        job = self.fetching.drop(key)
+        if job is not None:
+            self._failed_or_retry(job.event, "reading it", exc)
+
+    def _failed_or_retry(self, event: FileEvent, what: str, exc: BaseException) -> None:
+        """A retryable error (EIO, ETIMEDOUT, ...) brings the file back a few times before it counts as failed."""
+        fid = event.file_id
+        if getattr(exc, "retryable", False) or retryable(exc):
+            attempt = self._retries.get(fid, 0) + 1
+            if attempt < _READ_ATTEMPTS:
+                self._retries[fid] = attempt
+                log.warning("%s: %s failed (%s); trying again (%d of %d)", fid, what, describe(exc), attempt + 1,
+                            _READ_ATTEMPTS)
+                self._delay(event, force=True)
+                return
+        self._retries.pop(fid, None)
+        self._failed(event, what, exc)
+
+    def _finish(self, out: Outgoing) -> None:
+        self._finish_local(out)
+        self._retries.pop(out.event.file_id, None)
+        try:
+            self.ledger.mark_sent(out.event, out.stat.size, out.stat.mtime_ns, out.checksum, out.stat.identity)
+        except Exception as exc:  # the file went out; the ledger resumes it at the next start at worst
+            self._failed(out.event, "recording its send in the ledger", exc)
+        if self.link.sent(out) > 1:
+            self.stats["resent"] += 1
+        self.stats["sent"] += 1
+
+    def _remove(self, event: FileEvent, stat: FileStat) -> None:
+        """Ask the worker to remove the confirmed version; see ``_removal_done``."""
+        self.fetching.remove(event, stat)
+
+    def _removal_done(self, kind: str, event: FileEvent, detail: Any) -> None:
+        """A source that changed or is still open is looked at again later (and sent again if it changed)."""
+        if kind == "removed":
+            self.ledger.set_state(event.file_id, REMOVED)
+            self.stats["removed"] += 1
+        elif kind == "kept":
+            log.info("%s: %s; looked at again later", event.file_id, detail)
+            self._delay(event, force=False)
+        else:
+            log.error("could not remove %s: %s (kept; retried at next start)", event.file_id, detail)
+
+
+def _same_version(row: LedgerRow, stat: FileStat) -> bool:
+    """Whether the ledger's row is this version of the file (rows of older ledgers know no identity)."""
+    if row.identity is not None:
+        return row.identity == stat.identity
+    return (row.size, row.mtime_ns) == (stat.size, stat.mtime_ns)
