@@ -34,8 +34,8 @@ _RETRYABLE = frozenset({errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.EINTR, e
 _ATTEMPTS = 3
 _BACKOFF_S = 0.1
 #: files asked of the worker ahead of the one being sent (their stat and first chunks overlap its sending)
-JOBS_AHEAD = 8
-_RING_AFTER = 2 * JOBS_AHEAD  # replies that wake the router even while the worker still has work
+JOBS_AHEAD = 32
+_RING_AFTER = 16  # replies that wake the router even while the worker still has work
 
 
 class FetchFailed(HidraError):
@@ -96,6 +96,7 @@ class FetchWorker:
         self.replies: deque[tuple[Any, ...]] = deque()  # to the router
         self.rung = False  # a doorbell the router has not answered yet
         self.asked = False  # the router's doorbell, likewise
+        self.starved = False  # idle for want of budget: only then do credits need to wake the worker
         self._sock: zmq.Socket | None = None
         self.thread = threading.Thread(target=self._main, name="hidra-fetch", daemon=True)
 
@@ -125,10 +126,13 @@ class FetchWorker:
                     return
             if not self._has_work():
                 self._ring()
-                # NOTE: the router appends a request before it rings, so a request is never missed here.
-                if sock.poll(1000):
+                self.starved = self._reading is not None
+                # NOTE: the router appends a request before it looks at ``starved``; a credit it appended
+                # without ringing is seen here.
+                if not self.requests and sock.poll(1000):
                     while sock.poll(0):
                         sock.recv()
+                self.starved = False
                 continue
             if self._removals:
                 self._remove(*self._removals.popleft())
@@ -262,9 +266,9 @@ class Fetching:
         self.worker = FetchWorker(fetcher, context, endpoint, chunksize)
         self.worker.thread.start()
 
-    def _ask(self, request: tuple[Any, ...]) -> None:
+    def _ask(self, request: tuple[Any, ...], wake: bool = True) -> None:
         self.worker.requests.append(request)
-        if not self.worker.asked:
+        if wake and not self.worker.asked:
             self.worker.asked = True
             _ring(self.socket)
 
@@ -295,7 +299,7 @@ class Fetching:
 
     def flush(self) -> None:
         if self._credit:
-            self._ask(("credit", self._credit))
+            self._ask(("credit", self._credit), wake=self.worker.starved)
             self._credit = 0
 
     def messages(self) -> Iterator[tuple[Any, ...]]:
