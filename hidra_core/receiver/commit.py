@@ -47,15 +47,18 @@ class CommitThread:
 
     def __init__(self, receiver: Any) -> None:
         self.receiver = receiver
-        self._bound: queue.Queue[str | None] = queue.Queue()
+        self._bound: queue.Queue[str | BaseException] = queue.Queue()
         self._thread = threading.Thread(target=self._main, name="hidra-commit", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def wait_bound(self) -> str | None:
-        """The endpoint the PUB socket is bound to, or None if binding failed (already logged)."""
-        return self._bound.get()
+    def wait_bound(self) -> str:
+        """The endpoint the PUB socket is bound to; re-raises here, in the caller's thread, why binding failed."""
+        bound = self._bound.get()
+        if isinstance(bound, BaseException):
+            raise bound
+        return bound
 
     def join(self) -> None:
         if self._thread.is_alive():
@@ -68,9 +71,8 @@ class CommitThread:
         r = self.receiver
         try:
             pub = r.endpoints.open(zmq.PUB, r.config.confirmations, bind=True, hwm=1_000_000)
-        except Exception as exc:
-            log.error("cannot open the confirmation socket: %s", exc)
-            self._bound.put(None)
+        except Exception as exc:  # NOTE: handed to the main thread, so a busy port stops start-up like the others
+            self._bound.put(exc)
             return
         try:
             self._bound.put(pub.getsockopt_string(zmq.LAST_ENDPOINT))

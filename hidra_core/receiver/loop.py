@@ -73,8 +73,6 @@ class Receiver:
             self.status_socket = open_input(self.endpoints, zmq.REP, self.config.status, 100)
             committer.start()
             confirmations = committer.wait_bound()
-            if confirmations is None:
-                return 1
             self._start_cleanup()
             log.info("hidra receiver ready: data %s, confirmations %s, status %s, target %s",
                      Endpoints.bound(self.data), confirmations, Endpoints.bound(self.status_socket),

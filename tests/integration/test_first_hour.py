@@ -219,7 +219,7 @@ def held_endpoint() -> Iterator[str]:
 
 
 @pytest.mark.parametrize(("role", "key"), [("receiver", "receiver.data"), ("receiver", "receiver.status"),
-                                           ("sender", "sender.clients.com")])
+                                           ("receiver", "receiver.confirmations"), ("sender", "sender.clients.com")])
 def test_a_busy_port_names_the_option_that_moves_it(tmp_path: Path, held_endpoint: str, role: str, key: str) -> None:
     (tmp_path / "target").mkdir()
     (tmp_path / "source").mkdir()
