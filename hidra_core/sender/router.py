@@ -27,7 +27,7 @@ from hidra_core.protocol.confirmation import HEARTBEAT_TOPIC
 from hidra_core.sender.clients.dispatch import ClientDispatcher
 from hidra_core.sender.fetch import Fetching
 from hidra_core.sender.intake import MAX_QUEUED
-from hidra_core.sender.ledger import CONFIRMED, UNCONFIRMED, Ledger
+from hidra_core.sender.ledger import UNCONFIRMED, Ledger
 from hidra_core.sender.outgoing import Outgoing
 from hidra_core.sender.sending import Sending
 from hidra_core.sender.source_thread import SourceThread
@@ -246,10 +246,7 @@ class Sender(Sending):
             for event in resend:
                 self._enqueue(event, force=True)
             for flight in confirmed:
-                self.ledger.set_state(flight.event.file_id, CONFIRMED)
-                self.stats["confirmed"] += 1
-                if self._removing:
-                    self._remove(flight.event, flight.stat)
+                self._confirmed(flight)
 
     def _expire(self, now: float) -> None:
         resend, overdue = self.link.expire(now)

@@ -19,7 +19,7 @@ from hidra_core.sender.clients.dispatch import ClientDispatcher
 from hidra_core.sender.fetch import JOBS_AHEAD, FetchFailed, Fetching, Job, describe, retryable
 from hidra_core.sender.intake import Intake
 from hidra_core.sender.ledger import CONFIRMED, REMOVED, LedgerRow
-from hidra_core.sender.outgoing import ZERO_COPY_MIN, Outgoing
+from hidra_core.sender.outgoing import ZERO_COPY_MIN, InFlight, Outgoing
 from hidra_core.types import FileEvent
 
 __all__ = ["Sending"]
@@ -291,9 +291,19 @@ class Sending(Intake):
             self.ledger.mark_sent(out.event, out.stat.size, out.stat.mtime_ns, out.checksum, out.stat.identity)
         except Exception as exc:  # the file went out; the ledger resumes it at the next start at worst
             self._failed(out.event, "recording its send in the ledger", exc)
-        if self.link.sent(out) > 1:
+        attempts, confirmed = self.link.sent(out)
+        if attempts > 1:
             self.stats["resent"] += 1
         self.stats["sent"] += 1
+        if confirmed is not None:
+            self._confirmed(confirmed)
+
+    def _confirmed(self, flight: InFlight) -> None:
+        """The storage receiver confirmed a durable, matching copy: record it, and remove the source if asked."""
+        self.ledger.set_state(flight.event.file_id, CONFIRMED)
+        self.stats["confirmed"] += 1
+        if self._removing:
+            self._remove(flight.event, flight.stat)
 
     def _remove(self, event: FileEvent, stat: FileStat) -> None:
         """Ask the worker to remove the confirmed version; see ``_removal_done``."""

@@ -32,6 +32,7 @@ _BEACON_TIMEOUT_S = 3.0
 # file. Confirmations without a checksum never allow removal unless accept_legacy_confirmations is set.
 _BEACON_GRACE_S = 2.0
 _RETRY_REPORT_S = 10.0  # at most one retry WARNING this often
+_EARLY_FILES = 64  # files whose chunk confirmations came before their last chunk went out (see _early)
 
 
 class StorageLink:
@@ -45,6 +46,10 @@ class StorageLink:
         self._overdue: set[str] = set()  # ... and those of them past max_attempts
         self._next_wait: float | None = None  # the shortest confirmation timeout of those sends
         self._next_report = 0.0
+        # NOTE: a 4.x receiver confirms each chunk as soon as it is written, often before the file's last chunk
+        # left this sender (chunks come from the fetch worker over several loop turns): those confirmations are
+        # kept here, for the few files still being sent, and count once the file is in flight.
+        self._early: dict[str, set[int]] = {}
         self._receiver: bytes | None = None
         self._beacon_at = 0.0
         self._connected_at: float | None = None
@@ -70,17 +75,26 @@ class StorageLink:
             elif event == zmq.EVENT_DISCONNECTED:
                 self._connected_at = None
 
-    def sent(self, out: Outgoing) -> int:
-        """Record a file completely handed to the transport; returns how often it has been sent."""
+    def sent(self, out: Outgoing) -> tuple[int, InFlight | None]:
+        """Record a file completely handed to the transport: ``(how often it has been sent, the flight if the
+        confirmations that came while it was being sent already complete it)``."""
         fid = out.event.file_id
         self.attempts[fid] = attempts = self.attempts.get(fid, 0) + 1
         now = time.monotonic()
-        self.in_flight[fid] = InFlight(out.event, out.stat, out.checksum, out.chunk_count, now)
+        flight = InFlight(out.event, out.stat, out.checksum, out.chunk_count, now)
+        earlier = self.in_flight.get(fid)
+        if earlier is not None and earlier.checksum == out.checksum:  # the same content: its confirmations count
+            flight.confirmed |= earlier.confirmed
+            flight.proof = earlier.proof
+        flight.confirmed |= self._early.pop(fid, set())
+        self.in_flight[fid] = flight
+        if self._complete(flight):
+            return attempts, flight
         heapq.heappush(self._due, (now + self.backoff(attempts), fid, now))
         if len(self._due) > 2 * len(self.in_flight) + 1000:  # confirmed files leave stale entries behind
             self._due = [entry for entry in self._due if self._current(entry)]
             heapq.heapify(self._due)
-        return attempts
+        return attempts, None
 
     def on_message(self, frames: list[bytes]) -> tuple[list[FileEvent], list[InFlight]]:
         """A message from the confirmation socket: ``(files to send again, files now confirmed)``."""
@@ -93,6 +107,10 @@ class StorageLink:
             return [], []
         flight = self.in_flight.get(conf.file_id)
         if flight is None:
+            if conf.checksum is None and 0 <= conf.chunk_number:
+                self._early.setdefault(conf.file_id, set()).add(conf.chunk_number)
+                while len(self._early) > _EARLY_FILES:
+                    del self._early[next(iter(self._early))]
             return [], []
         if conf.checksum is not None:
             if conf.checksum != flight.checksum:
@@ -102,15 +120,20 @@ class StorageLink:
             flight.proof = True
         if 0 <= conf.chunk_number < flight.chunk_count:
             flight.confirmed.add(conf.chunk_number)
-        if len(flight.confirmed) == flight.chunk_count and (flight.proof or self.config.accept_legacy_confirmations):
-            del self.in_flight[conf.file_id]
-            self.attempts.pop(conf.file_id, None)
-            if self.retrying:
-                self.retrying.discard(conf.file_id)
-                if not self.retrying:
-                    log.info("every file sent again has been confirmed")
-            return [], [flight]
-        return [], []
+        return [], [flight] if self._complete(flight) else []
+
+    def _complete(self, flight: InFlight) -> bool:
+        """Whether every chunk of ``flight`` is confirmed with a proof; if so, it leaves the books."""
+        if len(flight.confirmed) < flight.chunk_count or not (flight.proof or self.config.accept_legacy_confirmations):
+            return False
+        fid = flight.event.file_id
+        del self.in_flight[fid]
+        self.attempts.pop(fid, None)
+        if self.retrying:
+            self.retrying.discard(fid)
+            if not self.retrying:
+                log.info("every file sent again has been confirmed")
+        return True
 
     def _beacon(self, frames: list[bytes]) -> list[FileEvent]:
         self._beacon_at = time.monotonic()

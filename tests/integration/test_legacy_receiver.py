@@ -70,7 +70,8 @@ def test_legacy_confirmations_remove_sources_only_when_accepted(tmp_path, accept
     sender = Hidra("sender", tmp_path / "sender.log", [
         *sender_overrides(source, state, receiver.data, receiver.confirmations), "sender.chunksize=65536",
         "sender.storage.remove_source=after_confirmation", f"sender.storage.accept_legacy_confirmations={accept}",
-        "sender.storage.confirmation_timeout_s=5"])  # PUB/SUB may lose a confirmation: then the file is re-sent
+        # PUB/SUB may lose a confirmation: then the file is re-sent, every 5 s (no backoff) within the test's wait
+        "sender.storage.confirmation_timeout_s=5", "sender.storage.max_backoff_s=5"])
     try:
         sender.wait_ready()
         wait_until(lambda: all((target / r).exists() and (target / r).read_bytes() == content(Path(r).name, s)
