@@ -59,11 +59,6 @@ class Sim:
         return self.ok("PUT", f"/detector/api/{self.version}/command/{name}")
 
 
-@pytest.fixture(scope="session")
-def decode() -> Callable[..., np.ndarray]:
-    return hdf5_decode
-
-
 @pytest.fixture(scope="module")
 def start_sim() -> Iterator[Callable[..., Sim]]:
     procs: list[subprocess.Popen[str]] = []

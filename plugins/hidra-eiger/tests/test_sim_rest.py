@@ -137,3 +137,23 @@ def test_abort_stops_the_series_without_an_end_message(sim: Sim, pull: Callable[
     assert msg == {"htype": "dheader-1.0", "series": series + 1, "header_detail": "none"}
     sim.command("disarm")
     assert json.loads(sock.recv_multipart()[0])["htype"] == "dseries_end-1.0"
+
+
+def test_cancel_stops_the_series_with_its_end_message(sim: Sim, pull: Callable[[Sim], zmq.Socket]) -> None:
+    sock = pull(sim)
+    for module, param, value in [("stream", "mode", "enabled"), ("stream", "format", "legacy"),
+                                 ("stream", "header_detail", "none"), ("detector", "nimages", 100_000),
+                                 ("detector", "ntrigger", 1), ("detector", "frame_time", 0.01)]:
+        sim.put(module, param, value)
+    series = sim.command("arm")["sequence id"]
+    trigger = threading.Thread(target=sim.command, args=("trigger",))
+    trigger.start()
+    assert json.loads(sock.recv_multipart()[0])["htype"] == "dheader-1.0"
+    assert json.loads(sock.recv_multipart()[0])["frame"] == 0
+    sim.command("cancel")
+    trigger.join(timeout=30)
+    assert not trigger.is_alive()
+    while (msg := json.loads(sock.recv_multipart()[0]))["htype"] == "dimage-1.0":
+        assert msg["series"] == series
+    assert msg == {"htype": "dseries_end-1.0", "series": series}
+    assert sim.ok("GET", "/detector/api/1.8.0/status/state")["value"] == "idle"

@@ -191,8 +191,10 @@ class Detector:
             done = self._stream("images", self._triggers_done * nimages, nimages)
             self._triggers_done += 1
             self._state("acquire")
-        if done is not None:
-            done.result()  # NOTE: like the DCU, trigger returns when the exposure series is over
+        # NOTE: like the DCU, trigger returns when its exposures are over; fewer sent = aborted or cancelled, and
+        # the abort/cancel command ends the series its own way
+        if done is not None and done.result() < nimages:
+            return
         with self._lock:
             if self._series is not None and self._triggers_done >= int(self._series.detector["ntrigger"]):
                 self._finish("end")

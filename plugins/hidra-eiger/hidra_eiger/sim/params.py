@@ -48,13 +48,14 @@ class Param:
         if not isinstance(value, _PY_TYPES[self.value_type]) or (isinstance(value, bool)
                                                                   and self.value_type != "bool"):
             raise ParamError(400, f"{name} takes a {self.value_type}, got {type(value).__name__} {value!r}")
-        if self.value_type == "uint" and value < 0:
+        number: Any = value  # NOTE: isinstance() against a tuple from a dict narrows to object; the type is known
+        if self.value_type == "uint" and number < 0:
             raise ParamError(400, f"{name} takes a uint, got {value!r}")
-        if self.min is not None and value < self.min or self.max is not None and value > self.max:
+        if self.min is not None and number < self.min or self.max is not None and number > self.max:
             raise ParamError(400, f"{name}={value!r} is outside [{self.min}, {self.max}]")
         if self.allowed_values is not None and value not in self.allowed_values:
             raise ParamError(400, f"{name}={value!r} is not one of {self.allowed_values}")
-        return float(value) if self.value_type == "float" else value
+        return float(number) if self.value_type == "float" else value
 
 
 @dataclass

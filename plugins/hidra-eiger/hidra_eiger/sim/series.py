@@ -60,7 +60,10 @@ class Series:
         def _cached(slot: int, channel: int) -> bytes:
             return fn(generator.frame(slot, channel))
 
-        return lambda index, channel=0: _cached(index % generator.distinct, channel)
+        def _encode(index: int, channel: int = 0) -> bytes:
+            return _cached(index % generator.distinct, channel)
+
+        return _encode
 
     def times_ns(self, index: int) -> tuple[int, int, int]:
         """(start, stop, real) exposure times of image ``index`` in ns since the series start."""

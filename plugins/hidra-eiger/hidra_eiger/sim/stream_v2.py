@@ -33,9 +33,10 @@ def _frame(series: Series, index: int, channel: int) -> cbor2.CBORTag:
     bits = int(series.detector["bit_depth_image"])
     blob = series.encode(index, channel)
     compression = series.compression
+    payload: bytes | cbor2.CBORTag = blob
     if compression != "none":
-        blob = cbor2.CBORTag(TAG_COMPRESSED, [compression, bits // 8 if compression == "bslz4" else 0, blob])
-    return cbor2.CBORTag(TAG_MULTIDIM, [list(series.generator.shape), _typed(blob, f"<u{bits // 8}")])
+        payload = cbor2.CBORTag(TAG_COMPRESSED, [compression, bits // 8 if compression == "bslz4" else 0, blob])
+    return cbor2.CBORTag(TAG_MULTIDIM, [list(series.generator.shape), _typed(payload, f"<u{bits // 8}")])
 
 
 def _tables(series: Series) -> dict[str, Any]:

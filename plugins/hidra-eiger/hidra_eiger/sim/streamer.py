@@ -6,7 +6,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import zmq
 
@@ -22,11 +22,12 @@ _POLL_MS = 100
 
 @dataclass
 class _Job:
-    kind: str  # "header", "images", "end"
-    series: Series
+    kind: str  # "header", "images", "end", "barrier"
+    series: Series | None
     first: int = 0
     count: int = 0
-    done: Future[int] | None = None  # images sent
+    done: Future[int] = field(default_factory=Future)  # images sent
+    sent: int = 0
 
 
 class _Aborted(Exception):
@@ -46,16 +47,16 @@ class Streamer:
         self.endpoint = self._bound.result(timeout=10)
         self.sent = 0  # messages sent since start
 
-    def submit(self, kind: str, series: Series, first: int = 0, count: int = 0) -> Future[int]:
-        job = _Job(kind, series, first, count, Future())
+    def submit(self, kind: str, series: Series | None, first: int = 0, count: int = 0) -> Future[int]:
+        """Queue a header, images ``first .. first+count-1`` or an end; the future gives the images sent."""
+        job = _Job(kind, series, first, count)
         self._jobs.put(job)
-        assert job.done is not None
         return job.done
 
     def abort(self) -> None:
         """Drop every queued job and stop the running one after its current message."""
         self._abort.set()
-        self.submit("barrier", None).result(timeout=30)  # type: ignore[arg-type]
+        self.submit("barrier", None).result(timeout=30)
         self._abort.clear()
 
     def close(self) -> None:
@@ -84,33 +85,32 @@ class Streamer:
             sock.close()
 
     def _do(self, sock: zmq.Socket, job: _Job) -> None:
-        assert job.done is not None
-        if job.kind == "barrier" or self._abort.is_set():
+        if job.series is None or self._abort.is_set():
             job.done.set_result(0)
             return
-        sent = 0
         try:
             if job.kind == "images":
-                sent = self._images(sock, job)
+                self._images(sock, job, job.series)
             else:
                 self._send(sock, _message(job.kind, job.series))
         except _Aborted:
-            log.info("series %d: aborted after %d of %d images", job.series.series_id, sent, job.count)
+            log.info("series %d: %s aborted after %d of %d images", job.series.series_id, job.kind, job.sent,
+                     job.count)
         except Exception as exc:  # NOTE: a failing job must not kill the worker; the REST caller sees it
             log.exception("stream job %s failed", job.kind)
             job.done.set_exception(exc)
             return
-        job.done.set_result(sent)
+        job.done.set_result(job.sent)
 
-    def _images(self, sock: zmq.Socket, job: _Job) -> int:
-        frame_time = float(job.series.detector["frame_time"])
+    def _images(self, sock: zmq.Socket, job: _Job, series: Series) -> None:
+        frame_time = float(series.detector["frame_time"])
         t0 = time.monotonic()
         for n, index in enumerate(range(job.first, job.first + job.count)):
             delay = t0 + n * frame_time - time.monotonic()
             if delay > 0:
                 time.sleep(delay)  # NOTE: pacing at frame_time, not synchronisation: the detector's own clock
-            self._send(sock, _message("image", job.series, index))
-        return job.count
+            self._send(sock, _message("image", series, index))
+            job.sent += 1
 
     def _send(self, sock: zmq.Socket, parts: list[bytes]) -> None:
         # NOTE: a PUSH socket without a PULL peer blocks; poll so that abort and close still get through
