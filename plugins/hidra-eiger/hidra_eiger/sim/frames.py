@@ -30,6 +30,7 @@ class FrameGenerator:
         self.seed = seed
         self.distinct = distinct
         self._frame = lru_cache(maxsize=2 * distinct)(self._make)
+        self._mean = lru_cache(maxsize=2)(self._mean_image)
 
     def frame(self, index: int, channel: int = 0) -> np.ndarray:
         """The frame for image ``index`` (0-based) of threshold channel ``channel`` (0-based); read-only."""
@@ -47,7 +48,7 @@ class FrameGenerator:
 
     def _make(self, index: int, channel: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, channel, index])
-        counts = rng.poisson(self._mean_image(channel) * (0.8 + 0.4 * rng.random()))
+        counts = rng.poisson(self._mean(channel) * (0.8 + 0.4 * rng.random()))
         frame = counts.astype(self.dtype)
         frame.flags.writeable = False
         return frame

@@ -65,6 +65,12 @@ class Series:
 
         return _encode
 
+    def warm(self) -> None:
+        """Encode every distinct frame now, so that the series streams at its rate from the first image on."""
+        for index in range(min(self.nimages_total, self.generator.distinct)):
+            for channel in range(len(self.channels)):
+                self.encode(index, channel)
+
     def times_ns(self, index: int) -> tuple[int, int, int]:
         """(start, stop, real) exposure times of image ``index`` in ns since the series start."""
         frame_ns = round(float(self.detector["frame_time"]) * 1e9)

@@ -91,6 +91,9 @@ class Streamer:
         try:
             if job.kind == "images":
                 self._images(sock, job, job.series)
+            elif job.kind == "header":
+                job.series.warm()  # NOTE: at arm, like the DCU's own preparation; images then keep their pace
+                self._send(sock, _message(job.kind, job.series))
             else:
                 self._send(sock, _message(job.kind, job.series))
         except _Aborted:
