@@ -45,7 +45,6 @@ class Streamer:
         self._thread = threading.Thread(target=self._run, args=(host, port, hwm), name="eiger-stream", daemon=True)
         self._thread.start()
         self.endpoint = self._bound.result(timeout=10)
-        self.sent = 0  # messages sent since start
 
     def submit(self, kind: str, series: Series | None, first: int = 0, count: int = 0) -> Future[int]:
         """Queue a header, images ``first .. first+count-1`` or an end; the future gives the images sent."""
@@ -123,7 +122,6 @@ class Streamer:
         if self._abort.is_set():
             raise _Aborted
         sock.send_multipart(parts, copy=False)
-        self.sent += 1
 
 
 def _message(kind: str, series: Series, index: int = 0) -> list[bytes]:
