@@ -3,6 +3,7 @@ rules all drivers share (found by name, strict frozen config)."""
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,8 @@ def test_first_party_driver_has_a_contract_suite(role: str, ep: Any) -> None:
 
 
 def test_every_first_party_distribution_is_installed() -> None:
-    installed = {_dist_name(p.values[1]) for p in _installed()}
+    # NOTE: installed as a distribution, drivers or not: hidra-eiger ships only its simulator so far
+    installed = {dist.metadata["Name"] for dist in importlib.metadata.distributions()}
     assert set(FIRST_PARTY) <= installed, "run bash scripts/install"
 
 

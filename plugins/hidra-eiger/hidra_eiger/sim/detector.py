@@ -1,0 +1,223 @@
+"""The simulated DCU: SIMPLON parameter trees per module, the arm/trigger/disarm state machine, the stream."""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from hidra_eiger.sim.frames import FrameGenerator
+from hidra_eiger.sim.params import Param, ParamError, ParamTree
+from hidra_eiger.sim.series import Series
+from hidra_eiger.sim.streamer import Streamer
+
+log = logging.getLogger(__name__)
+
+__all__ = ["API_VERSIONS", "Detector"]
+
+API_VERSIONS = ("1.6.0", "1.8.0")
+_HC_KEV_A = 12.398419843  # h·c in keV·Å: wavelength from photon energy
+
+
+def _detector_config(size: tuple[int, int], v18: bool) -> ParamTree:
+    x, y = size
+    p = {
+        "nimages": Param(1, "uint", min=1, max=2**31 - 1), "ntrigger": Param(1, "uint", min=1, max=2**31 - 1),
+        "count_time": Param(0.0099, "float", min=1e-6, max=3600, unit="s"),
+        "frame_time": Param(0.01, "float", min=1e-6, max=3600, unit="s"),
+        "trigger_mode": Param("ints", "string", allowed_values=["ints", "inte", "exts", "exte"]),
+        # NOTE: "none" is a simulator extension (V1 encoding "<"); a real DCU offers lz4 and bslz4 only
+        "compression": Param("bslz4", "string", allowed_values=["lz4", "bslz4", "none"]),
+        "photon_energy": Param(8041.0, "float", min=1000, max=100_000, unit="eV"),
+        "threshold_energy": Param(4020.5, "float", min=500, max=100_000, unit="eV"),
+        "wavelength": Param(_HC_KEV_A / 8.041, "float", unit="Å"),
+        "x_pixels_in_detector": Param(x, "uint", "r"), "y_pixels_in_detector": Param(y, "uint", "r"),
+        "x_pixel_size": Param(75e-6, "float", "r", unit="m"), "y_pixel_size": Param(75e-6, "float", "r", unit="m"),
+        "bit_depth_image": Param(16, "uint", allowed_values=[16, 32]),
+        "beam_center_x": Param(x * 0.53, "float", unit="pixel"),
+        "beam_center_y": Param(y * 0.47, "float", unit="pixel"),
+        "detector_distance": Param(0.12, "float", unit="m"),
+        "countrate_correction_applied": Param(True, "bool"), "flatfield_correction_applied": Param(True, "bool"),
+        "pixel_mask_applied": Param(True, "bool"),
+        "sensor_material": Param("Si", "string", "r"), "sensor_thickness": Param(450e-6, "float", "r", unit="m"),
+        "description": Param("Dectris EIGER2 Si 1M (simulated)" if v18 else "Dectris EIGER 1M (simulated)",
+                             "string", "r"),
+        "detector_number": Param("E-SIM-0001", "string", "r"),
+        "software_version": Param("hidra-eiger-sim 0.1.0", "string", "r"),
+    }
+    if v18:
+        p["threshold/2/mode"] = Param("disabled", "string", allowed_values=["enabled", "disabled"])
+    return ParamTree("detector config", p)
+
+
+def _trees(size: tuple[int, int], version: str) -> dict[tuple[str, str], ParamTree]:
+    v18 = version == "1.8.0"
+    stream = {
+        "mode": Param("disabled", "string", allowed_values=["enabled", "disabled"]),
+        "header_detail": Param("basic", "string", allowed_values=["all", "basic", "none"]),
+        "header_appendix": Param("", "string"), "image_appendix": Param("", "string"),
+    }
+    if v18:  # NOTE: stream format (and so Stream V2) exists from API 1.8 on; 1.6 clients get a 404
+        stream["format"] = Param("legacy", "string", allowed_values=["legacy", "cbor"])
+    return {
+        ("detector", "config"): _detector_config(size, v18),
+        ("detector", "status"): ParamTree("detector status", {
+            "state": Param("idle", "string", "r"), "error": Param([], "list", "r"),
+            "builder/dcu_buffer_free": Param(100.0, "float", "r", unit="%")}),
+        ("stream", "config"): ParamTree("stream config", stream),
+        ("stream", "status"): ParamTree("stream status", {
+            "state": Param("disabled", "string", "r"), "error": Param([], "list", "r"),
+            "dropped": Param(0, "uint", "r")}),
+        ("simulator", "config"): ParamTree("simulator config", {
+            "bitshuffle_header": Param(False, "bool"), "seed": Param(0, "uint"),
+            "distinct_frames": Param(16, "uint", min=1, max=4096)}),
+    }
+
+
+_DEAD_TIME_S = 1e-7  # readout dead time between count_time and frame_time
+
+
+class Detector:
+    """The DCU's state and behaviour, independent of HTTP (the REST app only translates)."""
+
+    def __init__(self, streamer: Streamer, version: str = "1.8.0", size: tuple[int, int] = (1030, 1065)) -> None:
+        if version not in API_VERSIONS:
+            raise ValueError(f"api version must be one of {API_VERSIONS}, got {version!r}")
+        self.version = version
+        self.streamer = streamer
+        self.trees = _trees(size, version)
+        self._lock = threading.Lock()
+        self._series: Series | None = None
+        self._series_id = 0
+        self._triggers_done = 0
+        self._unique = random.getrandbits(63)  # NOTE: new per process, like series_unique_id after a DCU restart
+
+    def tree(self, module: str, task: str) -> ParamTree:
+        try:
+            return self.trees[(module, task)]
+        except KeyError:
+            raise ParamError(404, f"no {module} {task} in SIMPLON {self.version}") from None
+
+    def put(self, module: str, task: str, name: str, value: Any) -> list[str]:
+        if task != "config":
+            raise ParamError(405, f"{module} {task} is read-only; PUT goes to {module}/api/{self.version}/config")
+        tree = self.tree(module, task)
+        with self._lock:
+            before = tree.values()
+            changed = tree.put(name, value)
+            self._side_effects(module, name)
+            changed += [k for k, v in tree.values().items() if k != name and v != before[k]]
+        return changed
+
+    def put_many(self, module: str, task: str, body: dict[str, Any]) -> list[str]:
+        """Bulk PUT ``{name: {"value": x}, ...}``: every name and type is checked before anything changes."""
+        tree = self.tree(module, task)
+        for name, obj in body.items():
+            if not isinstance(obj, dict) or "value" not in obj:
+                raise ParamError(400, f"{name}: expected {{\"value\": ...}}, got {obj!r}")
+            tree.get(name).check(name, obj["value"])
+        changed: list[str] = []
+        for name, obj in body.items():
+            changed += [n for n in self.put(module, task, name, obj["value"]) if n not in changed]
+        return changed
+
+    def _side_effects(self, module: str, name: str) -> None:
+        cfg = self.trees[("detector", "config")]
+        if module == "detector" and name == "photon_energy":
+            cfg.set("threshold_energy", cfg["photon_energy"] / 2)
+            cfg.set("wavelength", _HC_KEV_A / (cfg["photon_energy"] / 1000))
+        elif module == "detector" and name == "count_time" and cfg["frame_time"] < cfg["count_time"] + _DEAD_TIME_S:
+            cfg.set("frame_time", cfg["count_time"] + _DEAD_TIME_S)
+        elif module == "detector" and name == "frame_time" and cfg["count_time"] > cfg["frame_time"] - _DEAD_TIME_S:
+            cfg.set("count_time", max(cfg["frame_time"] - _DEAD_TIME_S, 1e-6))
+        elif module == "stream" and name == "mode":
+            enabled = self.trees[("stream", "config")]["mode"] == "enabled"
+            self.trees[("stream", "status")].set("state", "ready" if enabled else "disabled")
+
+    def command(self, module: str, name: str) -> Any:
+        if module == "stream" and name == "initialize" or module == "detector" and name == "status_update":
+            return None
+        if module != "detector":
+            raise ParamError(404, f"no command {name!r} in {module}")
+        handlers = {"initialize": self._initialize, "arm": self._arm, "trigger": self._trigger,
+                    "disarm": self._disarm, "cancel": self._cancel, "abort": self._abort}
+        if name not in handlers:
+            raise ParamError(404, f"unknown detector command {name!r}; known: {sorted(handlers)}")
+        return handlers[name]()
+
+    def _state(self, state: str) -> None:
+        self.trees[("detector", "status")].set("state", state)
+
+    def _initialize(self) -> None:
+        self._abort()
+
+    def _arm(self) -> dict[str, int]:
+        with self._lock:
+            state = self.trees[("detector", "status")]["state"]
+            if state != "idle":
+                raise ParamError(409, f"arm needs an idle detector, state is {state!r}; disarm or abort first")
+            self._series_id += 1
+            self._series = self._new_series()
+            self._triggers_done = 0
+            self._state("ready")
+            self._stream("header")
+            log.info("armed series %d (%s)", self._series_id, self._series.stream_format)
+            return {"sequence id": self._series_id}
+
+    def _new_series(self) -> Series:
+        cfg = self.trees[("detector", "config")].values()
+        stream = self.trees[("stream", "config")].values()
+        sim = self.trees[("simulator", "config")].values()
+        fmt = stream.get("format", "legacy")
+        two = fmt == "cbor" and cfg.get("threshold/2/mode") == "enabled"
+        generator = FrameGenerator((cfg["y_pixels_in_detector"], cfg["x_pixels_in_detector"]),
+                                   f"uint{cfg['bit_depth_image']}", sim["seed"], sim["distinct_frames"])
+        return Series(self._series_id, self._unique, fmt, stream["header_detail"], cfg, stream["header_appendix"],
+                      stream["image_appendix"], sim["bitshuffle_header"],
+                      ["threshold_1", "threshold_2"] if two else ["threshold_1"], generator)
+
+    def _stream(self, kind: str, first: int = 0, count: int = 0) -> Future[int] | None:
+        if self._series is None or self.trees[("stream", "config")]["mode"] != "enabled":
+            return None
+        return self.streamer.submit(kind, self._series, first, count)
+
+    def _trigger(self) -> None:
+        with self._lock:
+            state = self.trees[("detector", "status")]["state"]
+            if state != "ready" or self._series is None:
+                raise ParamError(409, f"trigger needs an armed detector, state is {state!r}; arm first")
+            nimages = int(self._series.detector["nimages"])
+            done = self._stream("images", self._triggers_done * nimages, nimages)
+            self._triggers_done += 1
+            self._state("acquire")
+        # NOTE: like the DCU, trigger returns when its exposures are over; fewer sent = aborted or cancelled, and
+        # the abort/cancel command ends the series its own way
+        if done is not None and done.result() < nimages:
+            return
+        with self._lock:
+            if self._series is not None and self._triggers_done >= int(self._series.detector["ntrigger"]):
+                self._finish("end")
+            elif self._series is not None:
+                self._state("ready")
+
+    def _finish(self, end: str | None) -> None:
+        if end is not None:
+            self._stream(end)
+        self._series = None
+        self._state("idle")
+
+    def _disarm(self) -> None:
+        with self._lock:
+            if self._series is not None:
+                self._finish("end")
+
+    def _cancel(self) -> None:
+        self.streamer.abort()
+        self._disarm()
+
+    def _abort(self) -> None:
+        # NOTE: abort drops the rest of the series and sends no end message: the "aborted series" case of tests
+        self.streamer.abort()
+        with self._lock:
+            self._finish(None)
