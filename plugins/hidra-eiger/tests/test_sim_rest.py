@@ -115,8 +115,8 @@ def test_arm_trigger_disarm_flow(sim: Sim, pull: Callable[[Sim], zmq.Socket]) ->
     assert {m["series"] for m in msgs} == {first + 1}
 
 
-def test_abort_stops_the_series_without_an_end_message(sim: Sim, pull: Callable[[Sim], zmq.Socket]) -> None:
-    sock = pull(sim)
+def _long_series_running(sim: Sim, sock: zmq.Socket) -> tuple[int, threading.Thread]:
+    """Arm a 100,000-frame V1 series and trigger it in a thread; returns once its first frame arrived."""
     for module, param, value in [("stream", "mode", "enabled"), ("stream", "format", "legacy"),
                                  ("stream", "header_detail", "none"), ("detector", "nimages", 100_000),
                                  ("detector", "ntrigger", 1), ("detector", "frame_time", 0.01)]:
@@ -126,6 +126,12 @@ def test_abort_stops_the_series_without_an_end_message(sim: Sim, pull: Callable[
     trigger.start()
     assert json.loads(sock.recv_multipart()[0])["htype"] == "dheader-1.0"
     assert json.loads(sock.recv_multipart()[0])["frame"] == 0
+    return series, trigger
+
+
+def test_abort_stops_the_series_without_an_end_message(sim: Sim, pull: Callable[[Sim], zmq.Socket]) -> None:
+    sock = pull(sim)
+    series, trigger = _long_series_running(sim, sock)
     sim.command("abort")
     trigger.join(timeout=30)
     assert not trigger.is_alive()  # the blocked trigger returned
@@ -141,15 +147,7 @@ def test_abort_stops_the_series_without_an_end_message(sim: Sim, pull: Callable[
 
 def test_cancel_stops_the_series_with_its_end_message(sim: Sim, pull: Callable[[Sim], zmq.Socket]) -> None:
     sock = pull(sim)
-    for module, param, value in [("stream", "mode", "enabled"), ("stream", "format", "legacy"),
-                                 ("stream", "header_detail", "none"), ("detector", "nimages", 100_000),
-                                 ("detector", "ntrigger", 1), ("detector", "frame_time", 0.01)]:
-        sim.put(module, param, value)
-    series = sim.command("arm")["sequence id"]
-    trigger = threading.Thread(target=sim.command, args=("trigger",))
-    trigger.start()
-    assert json.loads(sock.recv_multipart()[0])["htype"] == "dheader-1.0"
-    assert json.loads(sock.recv_multipart()[0])["frame"] == 0
+    series, trigger = _long_series_running(sim, sock)
     sim.command("cancel")
     trigger.join(timeout=30)
     assert not trigger.is_alive()
