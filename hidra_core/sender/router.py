@@ -38,6 +38,7 @@ __all__ = ["Sender"]
 
 log = logging.getLogger(__name__)
 
+
 class Sender(Sending):
     role = "sender"
 

@@ -114,7 +114,7 @@ class ClientDispatcher:
             try:
                 frames = self.request.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                return
+                break  # NOTE: not return: the targets follow what these requests changed, below
             peer = _peer(frames)
             if len(frames) != 2 or frames[0].bytes not in (b"NEXT", b"CANCEL"):
                 log.info("ignoring malformed request from %s", peer or "local")
