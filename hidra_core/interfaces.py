@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Se
 from pydantic import BaseModel, ConfigDict
 
 from hidra_core.errors import HidraError
+from hidra_core.types import FILE
 
 if TYPE_CHECKING:  # pragma: no cover
     import zmq
@@ -149,11 +150,19 @@ class WriteTarget:
     root: str
     relative_parts: tuple[str, ...]
     filename: str
-    metadata: Mapping[str, Any]
+    metadata: Mapping[str, Any]  # the message's wire metadata
+    kind: str = FILE  # the message type (``hidra_core.types``)
+    series: str = ""  # the series a series message belongs to
 
     @property
     def relative_name(self) -> str:
         return "/".join((*self.relative_parts, self.filename))
+
+    @property
+    def event_metadata(self) -> Mapping[str, Any]:
+        """The source's metadata of the event (``FileEvent.metadata``), e.g. a frame's shape and encoding."""
+        value = self.metadata.get("metadata")
+        return value if isinstance(value, dict) else {}
 
 
 class Writer(ABC):
@@ -161,9 +170,16 @@ class Writer(ABC):
 
     ``open``/``write``/``close`` run in the receiving thread; ``commit`` runs in the commit thread with a batch
     of closed files and must make all of them durable and visible under their final names before returning.
+
+    ``accepts`` names the message types the writer takes; the receiver hands each message only to the writers
+    that take its type. A series writer (``series_start``, ``frame``, ``series_end``) gets every message of a
+    series in the order sent; each one is a "file" here (``open`` .. ``commit``), confirmed once ``commit``
+    returned, so ``commit`` must make each frame durable (a restarted receiver gets only unconfirmed ones again,
+    and must continue the series where the durable part ends).
     """
 
     config_class: ClassVar[type[BaseModel]] = EmptyConfig
+    accepts: ClassVar[frozenset[str]] = frozenset({FILE})
 
     def __init__(self, config: BaseModel, *, target: str) -> None:
         self.config = config
@@ -198,6 +214,12 @@ class Writer(ABC):
     @abstractmethod
     def abort(self, handle: Any) -> None:
         """Forget a file: remove whatever was written for it. Must not raise for a missing temp file."""
+
+    def shutdown(self) -> None:
+        """The receiver stops: release what the writer keeps open across files (a series stays resumable).
+
+        Called once in the receiving thread after the last ``commit`` returned."""
+        return None
 
     def cleanup(self, before: float) -> int:
         """Remove leftovers (temp files) of a predecessor that crashed; return how many.

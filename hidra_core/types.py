@@ -4,7 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["FileEvent", "PluginStatus", "file_id_of"]
+__all__ = ["FILE", "FRAME", "KINDS", "SERIES_END", "SERIES_START", "FileEvent", "PluginStatus", "file_id_of",
+           "payload_size"]
+
+#: Message types. Each has its wire codec (``hidra_core.protocol``); writers declare the ones they take
+#: (``Writer.accepts``) and the receiver routes by type. ``series_start`` carries a series' header, ``frame`` one
+#: image (or pulse) of it, ``series_end`` closes it; a ``file`` stands alone.
+FILE, SERIES_START, FRAME, SERIES_END = "file", "series_start", "frame", "series_end"
+KINDS = frozenset({FILE, SERIES_START, FRAME, SERIES_END})
 
 
 def file_id_of(relative_path: str, filename: str) -> str:
@@ -13,22 +20,52 @@ def file_id_of(relative_path: str, filename: str) -> str:
     return f"{rel}/{filename}" if rel else filename
 
 
+def payload_size(payload: Any) -> int:
+    """Bytes in a buffer (``bytes``, ``memoryview``, a ``zmq.Frame``'s ``buffer``, a numpy array)."""
+    return memoryview(payload).nbytes
+
+
 @dataclass(frozen=True)
 class FileEvent:
-    """A file (or frame) that an event source says is ready to be sent.
+    """Something an event source says is ready to be sent: a file, or a frame or series event of a stream.
 
-    ``source_path`` is the watched root, ``relative_path`` the ``/``-separated directory below it ("" at the
-    root) and ``filename`` the basename. ``extra`` carries source-specific facts (sizes, inline payloads).
+    ``source_path`` is the watched root (or the stream's address), ``relative_path`` the ``/``-separated directory
+    below it ("" at the root) and ``filename`` the basename; together they name the event (``file_id``), which
+    must be unique among the events a sender holds. ``extra`` carries source-specific facts that stay in the
+    sender (for the fetcher).
+
+    ``kind`` is the message type (``FILE``, ``SERIES_START``, ``FRAME``, ``SERIES_END``); ``series`` names the
+    series a series event belongs to (writers key their output by it). ``metadata`` is JSON-able and travels on
+    the wire (the ``metadata`` key) to writers and analysis clients, and into the ledger. ``payload`` is the data
+    itself when it arrived in memory (one buffer, never copied; the ``inline`` fetcher sends it): such an event
+    cannot be fetched again, so the sender holds it until the storage receiver confirmed it. ``size`` is its size
+    when the source knows it; ``version`` an identity (ETag, sequence) that changes whenever the data does.
     """
 
     source_path: str
     relative_path: str
     filename: str
     extra: Mapping[str, Any] = field(default_factory=dict)
+    kind: str = FILE
+    series: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    payload: Any = field(default=None, compare=False, repr=False)
+    size: int | None = None
+    version: str = ""
 
     @property
     def file_id(self) -> str:
         return file_id_of(self.relative_path, self.filename)
+
+    @property
+    def inline(self) -> bool:
+        """The data came with the event (a stream): it exists nowhere else until storage confirmed it."""
+        return self.payload is not None
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of payload the sender holds for this event."""
+        return 0 if self.payload is None else payload_size(self.payload)
 
 
 @dataclass(frozen=True)
