@@ -117,6 +117,17 @@ class LedgerConfig(_Section):
         " shared by two sources")
 
 
+class HoldConfig(_Section):
+    """Data that arrived in memory (stream frames) exists nowhere else until the storage receiver confirmed it."""
+
+    max_bytes: int = Field(
+        512 * MiB, gt=0, description="payload bytes held from the source's hand-over until storage confirmed them;"
+        " past this the source waits or drops (when_full)")
+    when_full: Literal["block", "drop"] = Field(
+        "block", description="block: the source stops reading (back-pressure reaches the detector, whose buffer"
+        " holds the data); drop: new frames are dropped, counted, logged and recorded as 'lost' in the ledger")
+
+
 class SenderConfig(_Section):
     source: DriverChoice = Field(default_factory=lambda: DriverChoice(type=DEFAULT_SOURCE),
                                  description="event source driver (entry point in hidra.event_sources)")
@@ -125,6 +136,7 @@ class SenderConfig(_Section):
     storage: StorageTarget = Field(default_factory=StorageTarget)
     chunksize: int = Field(10 * MiB, gt=0, description="bytes per data message")
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    hold: HoldConfig = Field(default_factory=HoldConfig)
     compat_version: str = Field("4.4.3", pattern=r"^4\.\d+\.\d+$",
                                 description="HiDRA 4.x version announced on the wire (never the package version)")
     drain_timeout_s: float = Field(

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 _PROTECTED_KEYS = frozenset({
     "filename", "relative_path", "source_path", "filesize", "file_mod_time", "file_create_time", "chunksize",
     "chunk_number", "chunk_count", "last_chunk", "checksum_algorithm", "chunk_checksum", "file_checksum",
-    "confirmation_required", "version", "htype",
+    "confirmation_required", "version", "htype", "series", "metadata",
 })
 
 

@@ -1,8 +1,10 @@
-"""Codec for data messages: ``[json(metadata), payload]``, native ``hidra-file-1.0`` or legacy 4.x.
+"""Codec for data messages: ``[json(metadata), payload]``, native (``htype`` names the message type) or legacy 4.x.
 
 The native form is a superset of the 4.x metadata (hidra4-protocol.md §6.4): every legacy key keeps its meaning
 and ``htype``, ``chunk_count``, ``last_chunk``, ``checksum_algorithm``, ``chunk_checksum`` and (last chunk only)
-``file_checksum`` are added.
+``file_checksum`` are added; series messages add ``series`` and every message may carry its source's ``metadata``
+(a JSON object). Each message type (``hidra_core.types``) has its ``htype``; all share the chunked envelope, so a
+4.x client sees a frame as a one-chunk file. A message with an ``htype`` of no known type raises ``UnknownType``.
 """
 from __future__ import annotations
 
@@ -11,11 +13,16 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from hidra_core.errors import ProtocolError
-from hidra_core.types import file_id_of
+from hidra_core.types import FILE, FRAME, SERIES_END, SERIES_START, file_id_of
 
-__all__ = ["ALIVE_TEST", "HTYPE", "DataMessage", "decode_data", "encode_metadata", "is_alive_test"]
+__all__ = ["ALIVE_TEST", "HTYPE", "HTYPES", "DataMessage", "UnknownType", "decode_data", "encode_metadata",
+           "is_alive_test"]
 
 HTYPE = "hidra-file-1.0"
+#: the ``htype`` of each message type, and back
+HTYPES = {FILE: HTYPE, SERIES_START: "hidra-series-start-1.0", FRAME: "hidra-frame-1.0",
+          SERIES_END: "hidra-series-end-1.0"}
+_KINDS = {htype: kind for kind, htype in HTYPES.items()}
 ALIVE_TEST = b"ALIVE_TEST"
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -41,10 +48,16 @@ class DataMessage:
     chunk_number: int
     is_last: bool
     native: bool
+    kind: str = FILE
+    series: str = ""
 
     @property
     def file_id(self) -> str:
         return file_id_of(self.relative_path, self.filename)
+
+
+class UnknownType(ProtocolError):
+    """A message whose ``htype`` names no type this version knows (a newer peer): counted and dropped."""
 
 
 def _int_field(meta: Mapping[str, Any], key: str, minimum: int) -> int:
@@ -65,8 +78,14 @@ def decode_data(frames: Sequence[Any]) -> DataMessage:
     if not isinstance(meta, dict):
         raise ProtocolError("metadata frame is not a JSON object")
     htype = meta.get("htype")
-    if htype is not None and htype != HTYPE:
-        raise ProtocolError(f"unknown htype {htype!r}")
+    kind = FILE if htype is None else _KINDS.get(htype) if isinstance(htype, str) else None
+    if kind is None:
+        raise UnknownType(f"unknown message type (htype {htype!r}); this receiver knows {sorted(_KINDS)}")
+    series = meta.get("series", "")
+    if not isinstance(series, str):
+        raise ProtocolError(f"field 'series' must be a string, got {series!r}")
+    if not isinstance(meta.get("metadata", {}), dict):
+        raise ProtocolError(f"field 'metadata' must be a JSON object, got {meta['metadata']!r}")
     filename = meta.get("filename")
     if not isinstance(filename, str):
         raise ProtocolError(f"field 'filename' must be a string, got {filename!r}")
@@ -84,4 +103,4 @@ def decode_data(frames: Sequence[Any]) -> DataMessage:
     else:  # 4.x rule (§6.2): a short chunk, or the exact-multiple case
         is_last = size < chunksize or (filesize % chunksize == 0 and filesize // chunksize == chunk_number + 1)
     return DataMessage(meta, payload, relative_path, filename, filesize, chunksize, chunk_number, is_last,
-                       htype == HTYPE)
+                       htype is not None, kind, series)

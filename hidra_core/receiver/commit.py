@@ -114,9 +114,11 @@ class CommitThread:
         stored = batch
         failed: list[tuple[CommitItem, BaseException]] = []
         for index, writer in enumerate(self.receiver.writers):
-            errors = _commit_each(writer, [item.handles[index] for item in stored])
-            failed += [(item, error) for item, error in zip(stored, errors) if error is not None]
-            stored = [item for item, error in zip(stored, errors) if error is None]
+            mine = [item for item in stored if item.handles[index] is not None]
+            errors = _commit_each(writer, [item.handles[index] for item in mine])
+            bad = {id(item): error for item, error in zip(mine, errors) if error is not None}
+            failed += [(item, bad[id(item)]) for item in mine if id(item) in bad]
+            stored = [item for item in stored if id(item) not in bad]
         if failed:
             self._failed(failed, len(batch))
         r = self.receiver
@@ -143,6 +145,8 @@ class CommitThread:
                       batch_size)
         for item, _error in failed:
             for writer, handle in zip(r.writers, item.handles):
+                if handle is None:
+                    continue
                 try:
                     writer.abort(handle)
                 except Exception:

@@ -26,7 +26,7 @@ from hidra_core.host.build import build_receiver
 from hidra_core.host.kernel import Endpoints, StopFlag
 from hidra_core.paths import split_checked
 from hidra_core.host.plugins import PluginHost
-from hidra_core.protocol import decode_data, is_alive_test
+from hidra_core.protocol import UnknownType, decode_data, is_alive_test
 from hidra_core.receiver.commit import FILES_LOGGER, CommitItem, CommitThread
 from hidra_core.receiver.partials import Partial, Partials
 from hidra_core.receiver.status import StatusBoard, Summary
@@ -57,7 +57,8 @@ class Receiver:
         self.writers, self.endpoints = built.writers, built.endpoints
         self.instance = uuid.uuid4().hex
         self.status = StatusBoard()
-        self.stats = {"stored": 0, "bytes": 0, "refused": 0, "malformed": 0, "failed": 0, "alive_tests": 0}
+        self.stats = {"stored": 0, "bytes": 0, "refused": 0, "malformed": 0, "unknown_type": 0, "unrouted": 0,
+                      "failed": 0, "alive_tests": 0}
         self._partials = Partials(cfg.max_unfinished_per_sender, cfg.max_unfinished, self._abort)
         self._commits: queue.Queue[CommitItem | None] = queue.Queue()
         if not cfg.log_each_file:
@@ -98,6 +99,11 @@ class Receiver:
     def _close(self) -> None:
         for partial in self._partials.drain():
             self._abort(partial)
+        for writer in self.writers:
+            try:
+                writer.shutdown()
+            except Exception:
+                log.exception("shutting writer %s down failed", type(writer).__name__)
         for name in ("data", "status_socket"):
             sock = getattr(self, name, None)
             if sock is not None:
@@ -146,6 +152,10 @@ class Receiver:
                 self._chunk(frames)
             except PathRefused as exc:
                 self._refuse("refused", exc, "path refused")
+            except UnknownType as exc:
+                self._refuse("unknown_type", exc, "message of an unknown type dropped")
+            except Unrouted as exc:
+                self._refuse("unrouted", exc, "message dropped, not confirmed")
             except ProtocolError as exc:
                 self._refuse("malformed", exc, "malformed message dropped")
             except Exception as exc:  # OSError, or a third-party writer's bug: the file is lost here, not the receiver
@@ -168,7 +178,8 @@ class Receiver:
             if partial is not None:  # a re-sent file restarts (4.x rule)
                 self._abort(self._partials.pop(fid))
             _topic_of(msg.metadata)  # refused before anything is opened
-            partial = self._open(WriteTarget(self.config.target, parts, filename, msg.metadata))
+            partial = self._open(WriteTarget(self.config.target, parts, filename, msg.metadata, msg.kind,
+                                             msg.series))
             partial.sender = _sender_of(msg.metadata, frames[0])
             self._partials.add(fid, partial)
         elif partial is None or msg.chunk_number != partial.next_chunk:
@@ -179,7 +190,8 @@ class Receiver:
             raise ProtocolError(f"{fid}: chunk {msg.chunk_number} arrived out of order; file dropped")
         try:
             for writer, handle in zip(self.writers, partial.handles):
-                writer.write(handle, payload)
+                if handle is not None:
+                    writer.write(handle, payload)
         except Exception:
             self._abort(self._partials.pop(fid))
             raise
@@ -192,12 +204,16 @@ class Receiver:
             self._complete(fid, self._partials.pop(fid), msg.metadata, msg.filesize)
 
     def _open(self, target: WriteTarget) -> Partial:
+        """Open the message in every writer that takes its type (``None`` stands for the others)."""
+        if not any(target.kind in writer.accepts for writer in self.writers):
+            raise Unrouted(f"{target.relative_name}: no writer of this receiver takes {target.kind!r} messages"
+                           f" (writers: {', '.join(self.config.writers)}); add one that does to receiver.writers")
         algorithm = target.metadata.get("checksum_algorithm")
         known = isinstance(algorithm, str) and algorithm in ALGORITHMS
         handles: list[Any] = []
         try:
             for writer in self.writers:
-                handles.append(writer.open(target))
+                handles.append(writer.open(target) if target.kind in writer.accepts else None)
         except Exception:
             self._abort(Partial(target, handles, None, None))
             raise
@@ -221,7 +237,8 @@ class Receiver:
         try:
             topic = _topic_of(meta)
             for writer, handle in zip(self.writers, partial.handles):
-                writer.close(handle)
+                if handle is not None:
+                    writer.close(handle)
         except Exception:
             self._abort(partial)
             raise
@@ -230,10 +247,16 @@ class Receiver:
 
     def _abort(self, partial: Partial) -> None:
         for writer, handle in zip(self.writers, partial.handles):
+            if handle is None:
+                continue
             try:
                 writer.abort(handle)
             except Exception:
                 log.exception("writer %s could not abort %s", type(writer).__name__, partial.target.relative_name)
+
+
+class Unrouted(ProtocolError):
+    """No writer of this receiver takes the message's type."""
 
 
 def open_input(endpoints: Endpoints, socket_type: int, endpoint: str, hwm: int) -> zmq.Socket:

@@ -22,7 +22,8 @@ from typing import Any, Iterator
 import zmq
 
 from hidra_core.errors import HidraError
-from hidra_core.interfaces import FileStat, SourceChanged
+from hidra_core.inline import InlineFetcher
+from hidra_core.interfaces import EmptyConfig, FileStat, SourceChanged
 from hidra_core.sender.outgoing import Outgoing
 from hidra_core.types import FileEvent
 
@@ -81,6 +82,7 @@ class FetchWorker:
 
     def __init__(self, fetcher: Any, context: zmq.Context, endpoint: str, chunksize: int) -> None:
         self.fetcher = fetcher
+        self.inline = InlineFetcher(EmptyConfig())  # NOTE: every event that carries its data, whatever the config
         self.context = context
         self.endpoint = endpoint
         self.chunksize = chunksize
@@ -182,15 +184,16 @@ class FetchWorker:
 
     def _open_next(self) -> None:
         job, event, skip = self._jobs.popleft()
+        fetcher = self.inline if event.payload is not None else self.fetcher
         try:
-            stat = self._retry(self.fetcher.stat, event)
+            stat = self._retry(fetcher.stat, event)
             if stat is None:
                 return self._send(("vanished", job))
-            if self._retry(self.fetcher.busy, event, stat):
+            if self._retry(fetcher.busy, event, stat):
                 return self._send(("busy", job))
             if stat.identity == skip:
                 return self._send(("unchanged", job, stat))
-            chunks = iter(self.fetcher.chunks(event, stat, self.chunksize))
+            chunks = iter(fetcher.chunks(event, stat, self.chunksize))
         except Exception as exc:
             return self._report(job, event, exc)
         self._send(("stat", job, stat))

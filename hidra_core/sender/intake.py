@@ -1,21 +1,23 @@
 """The sender's intake: events from the source become queued files; names that cannot go on the wire are refused
 and reported; files still being written wait on a delayed queue; one file's failure is recorded, never fatal.
+Events that carry their data (stream frames) are held, their bytes counted in the hand-off's bound, until storage
+confirmed them or they ended otherwise (``_release``).
 
 A mixin of ``Sender`` (router thread only); the attributes below are the sender's.
 """
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import time
 from collections import deque
 
-import zmq
-
 from hidra_core.sender.fetch import FetchFailed, describe
-from hidra_core.sender.ledger import FAILED, REFUSED, SEEN, SENT, UNCONFIRMED, VANISHED, Ledger
+from hidra_core.sender.handoff import Handoff
+from hidra_core.sender.ledger import FAILED, LOST, REFUSED, SEEN, SENT, UNCONFIRMED, VANISHED, Ledger
 from hidra_core.sender.storage_link import StorageLink
-from hidra_core.types import FileEvent
+from hidra_core.types import KINDS, FileEvent
 
 __all__ = ["Intake", "MAX_QUEUED"]
 
@@ -32,8 +34,9 @@ _BUSY_DELAY_S = (0.2, 5.0)
 class Intake:
     ledger: Ledger
     link: StorageLink
-    events: zmq.Socket
+    handoff: Handoff
     stats: dict[str, int]
+    _held: dict[str, int]  # file_id -> payload bytes of an event whose data the sender holds
     _queue: deque[FileEvent]
     _queued: dict[str, bool]  # file_id -> force (send even if unchanged and in flight)
     _delayed: list[tuple[float, str]]  # heap of (due, file_id): files still being written
@@ -63,13 +66,46 @@ class Intake:
                 self._enqueue(entry[0], entry[1])
 
     def _take_events(self) -> None:
-        while len(self._queue) < MAX_QUEUED:
+        batch = [event for event in self.handoff.take(MAX_QUEUED - len(self._queue)) if self._admitted(event)]
+        for event in self._recorded(batch):
+            self._enqueue(event)
+        dropped = self.handoff.take_dropped()
+        if dropped:
+            self._lost(dropped, "dropped: the sender's hold (sender.hold.max_bytes) was full")
+
+    def _admitted(self, event: FileEvent) -> bool:
+        if not self._valid(event):
+            return False
+        if not event.inline:
+            return True
+        fid = event.file_id
+        if fid in self._held:
+            # NOTE: two events of one name in memory at once: the second cannot replace the first unseen
+            # (its row is the first one's, so it is counted and logged, not recorded)
+            self.handoff.release(event.held_bytes)
+            self.stats["lost"] += 1
+            log.error("%s: dropped: an earlier event of this name is still held (not yet confirmed); event sources"
+                      " must name the events they hold uniquely", fid)
+            return False
+        self._held[fid] = event.held_bytes
+        return True
+
+    def _release(self, event: FileEvent) -> None:
+        """The sender is done with an event's data: its bytes leave the hold (no-op for files)."""
+        size = self._held.pop(event.file_id, None)
+        if size is not None:
+            self.handoff.release(size)
+
+    def _lost(self, events: list[FileEvent], reason: str) -> None:
+        """Data that arrived in memory and will never reach storage: counted, logged and recorded."""
+        self.stats["lost"] += len(events)
+        log.error("%d events lost (%s), first %s; recorded as 'lost' in the ledger", len(events), reason,
+                  events[0].file_id)
+        for event in events:
             try:
-                batch = self.events.recv_pyobj(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            for event in self._recorded([e for e in batch if self._valid_name(e)]):
-                self._enqueue(event)
+                self.ledger.record_problem(event, LOST, reason)
+            except Exception:
+                log.exception("recording the loss of %s in the ledger failed", event.file_id)
 
     def _recorded(self, batch: list[FileEvent]) -> list[FileEvent]:
         """The events the ledger took; one that it cannot take is reported and skipped, never fatal."""
@@ -79,34 +115,38 @@ class Intake:
         except Exception as exc:
             if len(batch) == 1:
                 self._failed(batch[0], "recording it in the ledger", exc)
+                self._release(batch[0])
                 return []
         return [event for part in batch for event in self._recorded([part])]
 
-    def _valid_name(self, event: FileEvent) -> bool:
-        """Names must be valid UTF-8 to go on the wire; others are refused and reported, the file stays."""
-        try:
-            for text in (event.source_path, event.relative_path, event.filename):
-                text.encode("utf-8")
+    def _valid(self, event: FileEvent) -> bool:
+        """Names must be valid UTF-8 to go on the wire, the type known and the metadata JSON; others are refused
+        and reported (a file stays at the source)."""
+        problem = _problem(event)
+        if not problem:
             return True
-        except UnicodeEncodeError:
-            pass
         self.stats["refused"] += 1
+        self.handoff.release(event.held_bytes)
         shown = FileEvent(_escaped(event.source_path), _escaped(event.relative_path), _escaped(event.filename))
         try:
-            new = self.ledger.record_problem(shown, REFUSED, "name is not valid UTF-8")
+            new = self.ledger.record_problem(shown, REFUSED, problem)
         except Exception:
             log.exception("recording the refused name %s in the ledger failed", shown.file_id)
             new = True
         if new:
-            log.warning("refusing %s/%s: its name is not valid UTF-8 (kept at the source; listed by hidra ledger)",
-                        shown.source_path, shown.file_id)
+            log.warning("refusing %s/%s: %s (%s; listed by hidra ledger)", shown.source_path, shown.file_id,
+                        problem, "its data is dropped" if event.inline else "kept at the source")
         return False
 
     def _failed(self, event: FileEvent, what: str, exc: BaseException) -> None:
-        """One file's failure: logged with the file, counted and recorded; the sender goes on."""
+        """One file's failure: logged with the file, counted and recorded; the sender goes on. An event whose
+        data was held in memory is let go: nothing could send it again."""
         self.stats["failed"] += 1
-        log.error("%s: %s failed: %s (kept at the source; tried again when it changes or at the next start)",
-                  event.file_id, what, describe(exc), exc_info=not isinstance(exc, (OSError, FetchFailed)))
+        kept = "its data is dropped" if event.inline else \
+            "kept at the source; tried again when it changes or at the next start"
+        log.error("%s: %s failed: %s (%s)", event.file_id, what, describe(exc), kept,
+                  exc_info=not isinstance(exc, (OSError, FetchFailed)))
+        self._release(event)
         try:
             self.ledger.record_problem(event, FAILED, f"{what}: {describe(exc)}")
         except Exception:
@@ -126,6 +166,22 @@ class Intake:
         elif row.state in (SENT, UNCONFIRMED, FAILED):
             log.warning("%s vanished from the source before its copy was confirmed", fid)
             self.ledger.set_state(fid, VANISHED, "vanished from the source before its copy was confirmed")
+
+
+def _problem(event: FileEvent) -> str:
+    """Why an event cannot go on the wire, or ""."""
+    try:
+        for text in (event.source_path, event.relative_path, event.filename, event.series):
+            text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "name is not valid UTF-8"
+    if event.kind not in KINDS:
+        return f"unknown message type {event.kind!r} (known: {', '.join(sorted(KINDS))})"
+    try:
+        json.dumps(event.metadata, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return f"its metadata is not JSON: {exc}"
+    return ""
 
 
 def _escaped(text: str) -> str:

@@ -3,30 +3,34 @@
 States move ``seen -> sent -> confirmed -> removed``; ``unconfirmed`` marks files that used up their attempts
 (kept at the source and reported); ``failed`` (the fetcher could not read it), ``refused`` (a name that is not
 valid UTF-8; the row's names are then escaped text) and ``vanished`` (gone after it was sent, before its removal
-was confirmed) are kept with their reason for ``hidra ledger``. SQLite in WAL mode: a committed transaction
+was confirmed) are kept with their reason for ``hidra ledger``. Events that carried their data in memory (stream
+frames, ``inline``) are forgotten once confirmed (their copy is safe, and a stream would fill the ledger); one
+still pending when a sender stops, or dropped at the hold bound, becomes ``lost``: its data is gone and the row
+says so, with the event's metadata. SQLite in WAL mode: a committed transaction
 survives a SIGKILL of the process. The ledger is owned by one thread (the sender's router loop).
 """
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, Iterable, Iterator
 
 from hidra_core.errors import HidraError
 from hidra_core.host.build import default_ledger_path
-from hidra_core.types import FileEvent
+from hidra_core.types import FILE, FileEvent
 
-__all__ = ["CONFIRMED", "FAILED", "Ledger", "LedgerLocked", "LedgerRow", "PROBLEMS", "REFUSED", "REMOVED", "SEEN",
-           "SENT", "STATE_NAMES", "UNCONFIRMED", "VANISHED"]
+__all__ = ["CONFIRMED", "FAILED", "LOST", "Ledger", "LedgerLocked", "LedgerRow", "PROBLEMS", "REFUSED", "REMOVED",
+           "SEEN", "SENT", "STATE_NAMES", "UNCONFIRMED", "VANISHED"]
 
-SEEN, SENT, CONFIRMED, REMOVED, UNCONFIRMED, FAILED, REFUSED, VANISHED = range(8)
+SEEN, SENT, CONFIRMED, REMOVED, UNCONFIRMED, FAILED, REFUSED, VANISHED, LOST = range(9)
 STATE_NAMES = {SEEN: "seen", SENT: "sent", CONFIRMED: "confirmed", REMOVED: "removed", UNCONFIRMED: "unconfirmed",
-               FAILED: "failed", REFUSED: "refused", VANISHED: "vanished"}
+               FAILED: "failed", REFUSED: "refused", VANISHED: "vanished", LOST: "lost"}
 #: states a user should hear about: kept at the source (or gone) without a confirmed copy
-PROBLEMS = (UNCONFIRMED, FAILED, REFUSED, VANISHED)
+PROBLEMS = (UNCONFIRMED, FAILED, REFUSED, VANISHED, LOST)
 _INT64 = (-(2**63), 2**63 - 1)
 
 _SCHEMA = """
@@ -43,7 +47,11 @@ CREATE TABLE IF NOT EXISTS files (
     attempts INTEGER NOT NULL DEFAULT 0,
     updated REAL NOT NULL,
     identity TEXT,
-    reason TEXT
+    reason TEXT,
+    kind TEXT,
+    series TEXT,
+    metadata TEXT,
+    inline INTEGER
 );
 CREATE INDEX IF NOT EXISTS files_state ON files (state);
 """
@@ -59,6 +67,7 @@ class LedgerRow:
     attempts: int
     identity: str | None = None
     reason: str | None = None
+    inline: bool = False  # the data was in memory: it cannot be read again
 
 
 class LedgerMismatch(HidraError):
@@ -126,9 +135,10 @@ class Ledger:
     def _migrate(self) -> None:
         """Ledgers written before identities and reasons were kept get the columns (empty: resent once)."""
         have = {row[1] for row in self._db.execute("PRAGMA table_info(files)")}
-        for column in ("identity", "reason"):
+        for column, sql_type in (("identity", "TEXT"), ("reason", "TEXT"), ("kind", "TEXT"), ("series", "TEXT"),
+                                 ("metadata", "TEXT"), ("inline", "INTEGER")):
             if column not in have:
-                self._db.execute(f"ALTER TABLE files ADD COLUMN {column} TEXT")
+                self._db.execute(f"ALTER TABLE files ADD COLUMN {column} {sql_type}")
 
     def commit(self) -> None:
         """Make every change since the last commit durable against a process crash."""
@@ -142,13 +152,16 @@ class Ledger:
             self._lock.close()  # NOTE: releases the flock
 
     def record_seen(self, events: Iterable[FileEvent]) -> None:
-        """New files start as ``seen``; a file that failed or vanished and is reported again starts over."""
+        """New files start as ``seen``; a file that failed, vanished or was lost and is reported again starts over.
+
+        Events with metadata, a type or a payload keep them in the row (``inline``: the data was in memory)."""
         now = time.time()
         self._db.executemany(
-            "INSERT INTO files (file_id, source_path, relative_path, filename, state, updated)"
-            " VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT(file_id) DO UPDATE SET state=0, reason=NULL,"
-            f" updated=excluded.updated WHERE state IN ({FAILED}, {VANISHED})",
-            [(e.file_id, e.source_path, e.relative_path, e.filename, now) for e in events])
+            "INSERT INTO files (file_id, source_path, relative_path, filename, state, updated, kind, series, metadata,"
+            " inline) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?) ON CONFLICT(file_id) DO UPDATE SET state=0, reason=NULL,"
+            " updated=excluded.updated, kind=excluded.kind, series=excluded.series, metadata=excluded.metadata,"
+            f" inline=excluded.inline WHERE state IN ({FAILED}, {VANISHED}, {LOST}) OR excluded.inline",
+            [(e.file_id, e.source_path, e.relative_path, e.filename, now, *_described(e)) for e in events])
 
     def get(self, file_id: str) -> LedgerRow | None:
         row = self._db.execute("SELECT file_id, state, size, mtime_ns, checksum, attempts, identity, reason"
@@ -176,10 +189,11 @@ class Ledger:
         if row is not None and (row.state, row.reason) == (state, reason):
             return False
         self._db.execute(
-            "INSERT INTO files (file_id, source_path, relative_path, filename, state, updated, reason)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(file_id) DO UPDATE SET state=excluded.state,"
-            " reason=excluded.reason, updated=excluded.updated",
-            (event.file_id, event.source_path, event.relative_path, event.filename, state, time.time(), reason))
+            "INSERT INTO files (file_id, source_path, relative_path, filename, state, updated, reason, kind, series,"
+            " metadata, inline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(file_id) DO UPDATE SET"
+            " state=excluded.state, reason=excluded.reason, updated=excluded.updated",
+            (event.file_id, event.source_path, event.relative_path, event.filename, state, time.time(), reason,
+             *_described(event)))
         return True
 
     def forget(self, file_id: str) -> None:
@@ -190,10 +204,13 @@ class Ledger:
         confirmed but not yet removed."""
         states = "0, 1, 2, 4" if include_confirmed else "0, 1, 4"
         rows = self._db.execute(
-            "SELECT source_path, relative_path, filename, file_id, state, size, mtime_ns, checksum, attempts,"
-            f" identity, reason FROM files WHERE state IN ({states}) ORDER BY rowid").fetchall()
-        for source_path, rel, name, *rest in rows:
-            yield FileEvent(source_path, rel, name), LedgerRow(*rest)
+            "SELECT source_path, relative_path, filename, kind, series, metadata, inline, file_id, state, size,"
+            f" mtime_ns, checksum, attempts, identity, reason FROM files WHERE state IN ({states}) ORDER BY rowid"
+        ).fetchall()
+        for source_path, rel, name, kind, series, metadata, inline, *rest in rows:
+            event = FileEvent(source_path, rel, name, kind=kind or FILE, series=series or "",
+                              metadata=json.loads(metadata) if metadata else {})
+            yield event, replace(LedgerRow(*rest), inline=bool(inline))
 
     def files(self, states: Iterable[int], limit: int) -> list[tuple[str, str, int, str | None]]:
         """``(file_id, state name, attempts, reason)`` of files in ``states``, oldest change first."""
@@ -206,3 +223,9 @@ class Ledger:
     def counts(self) -> dict[str, int]:
         rows = self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall()
         return {STATE_NAMES[state]: n for state, n in rows}
+
+
+def _described(event: FileEvent) -> tuple[str | None, str | None, str | None, int]:
+    """The row's ``kind, series, metadata, inline`` of an event (NULLs for a plain file)."""
+    return (None if event.kind == FILE else event.kind, event.series or None,
+            json.dumps(event.metadata, separators=(",", ":")) if event.metadata else None, int(event.inline))

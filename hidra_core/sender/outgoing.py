@@ -10,7 +10,7 @@ from typing import Any
 
 from hidra_core.checksum import DEFAULT_ALGORITHM, new_hasher
 from hidra_core.interfaces import FileStat
-from hidra_core.protocol import HTYPE, encode_metadata
+from hidra_core.protocol import HTYPES, encode_metadata
 from hidra_core.types import FileEvent
 
 __all__ = ["InFlight", "Outgoing", "ZERO_COPY_MIN"]
@@ -47,7 +47,7 @@ class Outgoing:
         self.local: Any = None  # handle of the sender's local copy, if one is kept
         self._meta = {
             **base,
-            "htype": HTYPE,
+            "htype": HTYPES[event.kind],
             "filename": event.filename,
             "relative_path": event.relative_path,
             "source_path": event.source_path,
@@ -58,6 +58,10 @@ class Outgoing:
             "chunk_count": self.chunk_count,
             "checksum_algorithm": DEFAULT_ALGORITHM,
         }
+        if event.series:
+            self._meta["series"] = event.series
+        if event.metadata:
+            self._meta["metadata"] = event.metadata
 
     @property
     def done(self) -> bool:

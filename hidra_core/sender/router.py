@@ -26,6 +26,7 @@ from hidra_core.host.plugins import PluginHost
 from hidra_core.protocol.confirmation import HEARTBEAT_TOPIC
 from hidra_core.sender.clients.dispatch import ClientDispatcher
 from hidra_core.sender.fetch import Fetching
+from hidra_core.sender.handoff import Handoff
 from hidra_core.sender.intake import MAX_QUEUED
 from hidra_core.sender.ledger import UNCONFIRMED, Ledger
 from hidra_core.sender.outgoing import Outgoing
@@ -57,7 +58,9 @@ class Sender(Sending):
                                         authorize=host.authorize_receiver if host.has_authorizers else None)
         self.topic = f"{socket.getfqdn()}_{os.getpid()}".encode()
         self.stats = {"sent": 0, "bytes": 0, "confirmed": 0, "removed": 0, "resent": 0, "unconfirmed": 0,
-                      "failed": 0, "refused": 0}
+                      "failed": 0, "refused": 0, "lost": 0}
+        self._held: dict[str, int] = {}
+        self._hold_warned_at = 0.0
         self._queue: deque[FileEvent] = deque()
         self._queued: dict[str, bool] = {}  # file_id -> force (send even if unchanged and in flight)
         self._delayed: list[tuple[float, str]] = []  # heap of (due, file_id): files still being written
@@ -80,9 +83,11 @@ class Sender(Sending):
         if self.config.storage.accept_legacy_confirmations:
             log.warning("accept_legacy_confirmations is on: confirmations without a checksum count as storage proof")
         self.ledger = Ledger(self.config.ledger.path, self.source.root)
-        source = SourceThread(self.source, self.context, self.stop)
+        hold = self.config.hold
+        self.handoff = Handoff(self.context, hold.max_bytes, hold.when_full, self.stop)
+        source = SourceThread(self.source, self.context, self.stop, self.handoff)
         try:
-            self._open_sockets(source.endpoint)
+            self._open_sockets()
             source.start()
             if not source.wait_ready():
                 return 1
@@ -95,12 +100,8 @@ class Sender(Sending):
             source.join()
             self._close()
 
-    def _open_sockets(self, events_endpoint: str) -> None:
+    def _open_sockets(self) -> None:
         storage = self.config.storage
-        self.events = self.context.socket(zmq.PULL)
-        self.events.linger = 0
-        self.events.rcvhwm = 64
-        self.events.bind(events_endpoint)
         monitors: list[zmq.Socket] = []
         events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         self.data = self.endpoints.open(zmq.PUSH, storage.data, bind=False, hwm=storage.hwm,
@@ -110,7 +111,7 @@ class Sender(Sending):
         self.confirmations.subscribe(self.topic)
         self.confirmations.subscribe(HEARTBEAT_TOPIC)
         self.poller = zmq.Poller()
-        self.poller.register(self.events, zmq.POLLIN)
+        self.poller.register(self.handoff.socket, zmq.POLLIN)
         self.poller.register(self.confirmations, zmq.POLLIN)
         self.poller.register(self.data, 0)
         self.poller.register(self.data_monitor, zmq.POLLIN)
@@ -128,10 +129,11 @@ class Sender(Sending):
         self.clients.close()
         if getattr(self, "data_monitor", None) is not None:
             self.data.disable_monitor()
-        for name in ("data_monitor", "events", "data", "confirmations"):
+        for name in ("data_monitor", "data", "confirmations"):
             sock = getattr(self, name, None)
             if sock is not None:
                 sock.close(linger=0)
+        self.handoff.close()
         self.ledger.commit()
         counts = self.ledger.counts()
         self.ledger.close()
@@ -142,10 +144,17 @@ class Sender(Sending):
         self.host.shutdown(self)
 
     def _resume(self) -> None:
-        """Queue what a previous run left unfinished; the source's own start-up scan adds the rest."""
+        """Queue what a previous run left unfinished; the source's own start-up scan adds the rest. Data that
+        was held in memory by that run is gone: recorded as lost."""
+        lost = []
         for event, row in self.ledger.pending(include_confirmed=self._removing):
+            if row.inline:
+                lost.append(event)
+                continue
             self.link.attempts[event.file_id] = row.attempts
             self._enqueue(event, force=True)
+        if lost:
+            self._lost(lost, "held in memory by a sender that stopped before storage confirmed it")
         if self._queue:
             log.info("resuming %d files from the ledger", len(self._queue))
 
@@ -164,9 +173,10 @@ class Sender(Sending):
             self._ask_fetcher(draining=drain_until is not None)
             want = link and self._sendable()
             poller.modify(self.data, zmq.POLLOUT if want else 0)
-            poller.modify(self.events, zmq.POLLIN if len(self._queue) < MAX_QUEUED else 0)
+            taking = len(self._queue) < MAX_QUEUED
+            poller.modify(self.handoff.socket, zmq.POLLIN if taking else 0)
             ready = dict(poller.poll(100))
-            if self.events in ready:
+            if taking and (self.handoff.socket in ready or len(self.handoff)):
                 self._take_events()
             if self.confirmations in ready:
                 self._take_confirmations()
@@ -199,6 +209,7 @@ class Sender(Sending):
     def _housekeeping(self, now: float, link: bool) -> None:
         self._expire(now)
         self._warn_if_waiting(now, link)
+        self._warn_if_hold_full(now)
         interval = self.config.summary_interval_s
         if interval and now >= self._summary_at + interval:
             self._summary(now)
@@ -209,11 +220,23 @@ class Sender(Sending):
         # NOTE: an idle sender logs one last summary, then stays quiet until something happens.
         if totals != self._summarised or queued or waiting or retrying or self._current is not None:
             span = now - self._summary_at
-            log.info("summary: %.1f files/s, %.2f MiB/s over %.0f s; %d queued, %d awaiting confirmation, %d retrying;"
-                     " since start %d sent, %d confirmed", (totals[0] - self._summarised[0]) / span,
-                     (totals[1] - self._summarised[1]) / span / 2**20, span, queued, waiting, retrying, totals[0],
-                     totals[2])
+            held = f"; {self.handoff.held / 2**20:.1f} MiB held in memory" if self.handoff.held else ""
+            lost = f", {self.stats['lost']} lost" if self.stats["lost"] else ""
+            log.info("summary: %.1f files/s, %.2f MiB/s over %.0f s; %d queued, %d awaiting confirmation,"
+                     " %d retrying%s; since start %d sent, %d confirmed%s", (totals[0] - self._summarised[0]) / span,
+                     (totals[1] - self._summarised[1]) / span / 2**20, span, queued, waiting, retrying, held,
+                     totals[0], totals[2], lost)
         self._summary_at, self._summarised = now, totals
+
+    def _warn_if_hold_full(self, now: float) -> None:
+        """The source waits for room (``hold.when_full: block``): say so, at most every 10 s."""
+        hold = self.config.hold
+        if hold.when_full != "block" or self.handoff.held + self.config.chunksize < hold.max_bytes:
+            return
+        if now - self._hold_warned_at > 10:
+            self._hold_warned_at = now
+            log.warning("the hold is full: %.0f MiB of in-memory data await storage confirmation"
+                        " (sender.hold.max_bytes); the source waits", self.handoff.held / 2**20)
 
     def _warn_if_waiting(self, now: float, link: bool) -> None:
         if link or not (self._queue or self.link.in_flight):

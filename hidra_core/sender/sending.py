@@ -174,7 +174,7 @@ class Sending(Intake):
                 out.deliveries = self.clients.plan(event.filename, stat.size, out.chunk_count)
             except Exception:  # clients are best effort; storage goes on
                 log.exception("choosing analysis clients for %s failed", event.file_id)
-        if self.local is not None:
+        if self.local is not None and event.kind in self.local.accepts:
             parts = tuple(event.relative_path.split("/")) if event.relative_path else ()
             out.local = self.local.open(WriteTarget(self.local_root, parts, event.filename,
                                                     {"file_mod_time": stat.mtime_ns / 1e9}))
@@ -300,8 +300,12 @@ class Sending(Intake):
 
     def _confirmed(self, flight: InFlight) -> None:
         """The storage receiver confirmed a durable, matching copy: record it, and remove the source if asked."""
-        self.ledger.set_state(flight.event.file_id, CONFIRMED)
         self.stats["confirmed"] += 1
+        if flight.event.inline:  # NOTE: safe at storage: its row and its data are let go (see ledger.py)
+            self.ledger.forget(flight.event.file_id)
+            self._release(flight.event)
+            return
+        self.ledger.set_state(flight.event.file_id, CONFIRMED)
         if self._removing:
             self._remove(flight.event, flight.stat)
 

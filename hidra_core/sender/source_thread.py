@@ -1,4 +1,4 @@
-"""Hosts the event source in its own thread; batches of events go to the router loop over inproc."""
+"""Hosts the event source in its own thread; its events go to the router loop through the ``Handoff``."""
 from __future__ import annotations
 
 import logging
@@ -6,6 +6,8 @@ import threading
 from typing import Any
 
 import zmq
+
+from hidra_core.sender.handoff import Handoff
 
 __all__ = ["SourceThread"]
 
@@ -18,11 +20,11 @@ _MAX_BACKOFF_S = 30.0
 class SourceThread:
     """Opens, polls and closes one ``EventSource``; restarts it with back-off when it raises."""
 
-    def __init__(self, source: Any, context: zmq.Context, stop: Any) -> None:
+    def __init__(self, source: Any, context: zmq.Context, stop: Any, handoff: Handoff) -> None:
         self.source = source
         self.context = context
         self.stop = stop
-        self.endpoint = f"inproc://hidra-events-{id(self):x}"
+        self.handoff = handoff
         self._ready = threading.Event()
         self._failed: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="hidra-source", daemon=True)
@@ -46,16 +48,13 @@ class SourceThread:
             self._thread.join(timeout=10)
 
     def _main(self) -> None:
-        push = self.context.socket(zmq.PUSH)
-        push.linger = 0
-        push.sndhwm = 64
-        push.connect(self.endpoint)
+        bell = self.handoff.connect(self.context)
         try:
-            self._run(push)
+            self._run(bell)
         finally:
-            push.close()
+            bell.close()
 
-    def _run(self, push: zmq.Socket) -> None:
+    def _run(self, bell: zmq.Socket) -> None:
         backoff = 0.5
         try:
             self.source.open(self.context)
@@ -66,10 +65,8 @@ class SourceThread:
         while not self.stop.is_set():
             try:
                 events = self.source.poll(_POLL_MS)
-                while events and not self.stop.is_set():
-                    if push.poll(_POLL_MS, zmq.POLLOUT):
-                        push.send_pyobj(events)
-                        break
+                if events:
+                    self.handoff.put(events, bell)
                 backoff = 0.5
             except Exception:
                 log.exception("event source failed; restarting it in %.1f s", backoff)

@@ -6,13 +6,14 @@ Legacy end-of-file rule (hidra4-protocol.md §6.2): a chunk is the last when ``l
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 
 from hidra_core import FileEvent, FileStat, ProtocolError
 from hidra_core.sender.outgoing import Outgoing
-from hidra_core.protocol import ALIVE_TEST, HTYPE, decode_data, encode_metadata, is_alive_test
+from hidra_core.protocol import ALIVE_TEST, HTYPE, HTYPES, UnknownType, decode_data, encode_metadata, is_alive_test
 from hidra_core.protocol.confirmation import (
     HEARTBEAT_TOPIC,
     Confirmation,
@@ -166,8 +167,10 @@ def test_malformed_frames(frames: list[bytes], why: str) -> None:
 
 
 @pytest.mark.parametrize(("change", "why"), [
-    ({"htype": "hidra-file-2.0"}, "unknown htype 'hidra-file-2.0'"),
-    ({"htype": 1}, "unknown htype 1"),
+    ({"htype": "hidra-file-2.0"}, "unknown message type (htype 'hidra-file-2.0')"),
+    ({"htype": 1}, "unknown message type (htype 1)"),
+    ({"series": 7}, "'series' must be a string, got 7"),
+    ({"metadata": [1]}, "'metadata' must be a JSON object, got [1]"),
     ({"filesize": None}, "'filesize' must be an integer >= 0, got None"),
     ({"filesize": -1}, "'filesize' must be an integer >= 0, got -1"),
     ({"filesize": True}, "'filesize' must be an integer >= 0, got True"),
@@ -183,8 +186,26 @@ def test_malformed_frames(frames: list[bytes], why: str) -> None:
 ])
 def test_malformed_metadata_names_the_field(change: dict[str, Any], why: str) -> None:
     meta = _native(**change)
-    with pytest.raises(ProtocolError, match=why.replace("(", r"\(")):
+    with pytest.raises(ProtocolError, match=re.escape(why)):
         decode_data([encode_metadata(meta), b"12345"])
+
+
+def test_an_unknown_type_is_its_own_error_so_the_receiver_counts_it_apart() -> None:
+    with pytest.raises(UnknownType, match="knows"):
+        decode_data([encode_metadata(_native(htype="hidra-hologram-1.0")), b"12345"])
+
+
+@pytest.mark.parametrize("kind", sorted(HTYPES))
+def test_each_message_type_round_trips_with_series_and_metadata(kind: str) -> None:
+    meta = _native(htype=HTYPES[kind], series="series_7", metadata={"image_id": 3, "shape": [2, 3]})
+    msg = decode_data([encode_metadata(meta), b"12345"])
+    assert (msg.kind, msg.series, msg.metadata["metadata"]) == (kind, "series_7", {"image_id": 3, "shape": [2, 3]})
+
+
+def test_a_legacy_message_is_a_file() -> None:
+    meta = _native()
+    del meta["htype"]
+    assert decode_data([encode_metadata(meta), b"12345"]).kind == "file"
 
 
 @pytest.mark.parametrize("key", ["filesize", "chunksize", "chunk_number", "filename"])
