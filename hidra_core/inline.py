@@ -21,7 +21,8 @@ class InlineFetcher(Fetcher):
             return None  # NOTE: not in-memory data (a misconfigured fetcher): reported by the sender as vanished
         now = time.time_ns()
         # NOTE: the identity must not change between sends of one event (a re-send is the same version)
-        return FileStat(event.held_bytes, now, now, identity=event.version or f"inline:{event.held_bytes}")
+        return FileStat(event.held_bytes, now, now,
+                        identity=event.version or f"inline:{event.held_bytes}:{id(event.payload):x}")
 
     def chunks(self, event: FileEvent, stat: FileStat, chunksize: int) -> Iterator[Any]:
         view = memoryview(event.payload).cast("B")

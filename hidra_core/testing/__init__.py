@@ -14,20 +14,27 @@ time beyond defining them. Use them directly in a test, or subclass a contract c
 
 Fixtures: ``plugin_host``, ``register_plugin``, ``zmq_context``, ``socket``, ``bound_pair``, ``ipc_dir``,
 ``inproc_transport``.
-Helpers: ``wait_until``, ``collect_events``.
+Helpers: ``wait_until``, ``collect_events``, ``poll_until``. Contracts for in-memory data:
+``StreamSourceContract`` (detector streams and other sources of frames and series) and ``SeriesWriterContract``.
 """
 from __future__ import annotations
 
 import pytest
 
 # NOTE: must run before the submodules are imported, so their plain asserts report values like test code does.
-pytest.register_assert_rewrite("hidra_core.testing.contracts", "hidra_core.testing.fixtures")
+pytest.register_assert_rewrite("hidra_core.testing.contracts", "hidra_core.testing.fixtures",
+                               "hidra_core.testing.series_contracts")
 
 from hidra_core.testing.contracts import (  # noqa: E402  (after the rewrite registration on purpose)
     EventSourceContract,
     FetcherContract,
     TransportContract,
     WriterContract,
+)
+from hidra_core.testing.series_contracts import (  # noqa: E402
+    SeriesWriterContract,
+    StreamSourceContract,
+    poll_until,
 )
 from hidra_core.testing.fixtures import (  # noqa: E402
     TrackingContext,
@@ -43,7 +50,7 @@ from hidra_core.testing.fixtures import (  # noqa: E402
 )
 
 __all__ = [
-    "EventSourceContract", "FetcherContract", "TrackingContext", "TransportContract", "WriterContract",
-    "bound_pair", "collect_events", "inproc_transport", "ipc_dir", "plugin_host", "register_plugin", "socket",
-    "wait_until", "zmq_context",
+    "EventSourceContract", "FetcherContract", "SeriesWriterContract", "StreamSourceContract", "TrackingContext",
+    "TransportContract", "WriterContract", "bound_pair", "collect_events", "inproc_transport", "ipc_dir",
+    "plugin_host", "poll_until", "register_plugin", "socket", "wait_until", "zmq_context",
 ]

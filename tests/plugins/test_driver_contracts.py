@@ -14,8 +14,8 @@ from hidra_core.host.plugins import _dist_name, entry_points_of
 from hidra_core.cli.reference import FIRST_PARTY
 
 REPO = Path(__file__).resolve().parents[2]
-CONTRACTS = {"event source": "EventSourceContract", "fetcher": "FetcherContract",
-             "transport": "TransportContract", "writer": "WriterContract"}
+CONTRACTS = {"event source": ("EventSourceContract", "StreamSourceContract"), "fetcher": ("FetcherContract",),
+             "transport": ("TransportContract",), "writer": ("WriterContract", "SeriesWriterContract")}
 
 
 def _installed() -> list[Any]:
@@ -47,8 +47,10 @@ def _contract_suites(tests_dir: Path) -> set[tuple[str, str]]:
 @pytest.mark.parametrize("role, ep", [p for p in _installed() if _dist_name(p.values[1]) in FIRST_PARTY])
 def test_first_party_driver_has_a_contract_suite(role: str, ep: Any) -> None:
     tests_dir = REPO / "plugins" / _dist_name(ep) / "tests"
-    assert (CONTRACTS[role], ep.name) in _contract_suites(tests_dir), (
-        f"add a {CONTRACTS[role]} subclass with driver_name = {ep.name!r} to {tests_dir.relative_to(REPO)}")
+    suites = _contract_suites(tests_dir)
+    assert any((contract, ep.name) in suites for contract in CONTRACTS[role]), (
+        f"add a {' or '.join(CONTRACTS[role])} subclass with driver_name = {ep.name!r} to"
+        f" {tests_dir.relative_to(REPO)}")
 
 
 def test_every_first_party_distribution_is_installed() -> None:
