@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import bitshuffle
 import cbor2
 import hdf5plugin
 import lz4.block
@@ -186,3 +187,9 @@ def test_v2_series_has_dectris_tags_and_frames_decode(v2: tuple[Sim, zmq.Socket]
             frame = _decode_v2(image["data"][name], bits, compression)
             np.testing.assert_array_equal(frame, _expected(index, bits, channel))
     assert end == {"type": "end", "series_id": series, "series_unique_id": start["series_unique_id"]}
+
+
+def test_flux_scales_the_photons_per_pixel_and_so_the_compressed_size() -> None:
+    bright, faint = (FrameGenerator(SHAPE, "uint16", seed=0, flux=f).frame(0) for f in (1.0, 0.01))
+    assert 0.005 < faint.mean() / bright.mean() < 0.02
+    assert 0 < len(bitshuffle.compress_lz4(faint)) < len(bitshuffle.compress_lz4(bright))

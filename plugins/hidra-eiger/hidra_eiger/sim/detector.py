@@ -71,7 +71,10 @@ def _trees(size: tuple[int, int], version: str) -> dict[tuple[str, str], ParamTr
             "dropped": Param(0, "uint", "r")}),
         ("simulator", "config"): ParamTree("simulator config", {
             "bitshuffle_header": Param(False, "bool"), "seed": Param(0, "uint"),
-            "distinct_frames": Param(16, "uint", min=1, max=4096)}),
+            "distinct_frames": Param(16, "uint", min=1, max=4096),
+            # NOTE: mean photons per pixel relative to a bright ~0.1 s exposure; at kHz frame rates real frames
+            # hold ~100x fewer (mostly zeros), which is what decides their compressed size
+            "flux": Param(1.0, "float", min=0.0, max=100.0)}),
     }
 
 
@@ -172,7 +175,8 @@ class Detector:
         fmt = stream.get("format", "legacy")
         two = fmt == "cbor" and cfg.get("threshold/2/mode") == "enabled"
         generator = FrameGenerator((cfg["y_pixels_in_detector"], cfg["x_pixels_in_detector"]),
-                                   f"uint{cfg['bit_depth_image']}", sim["seed"], sim["distinct_frames"])
+                                   f"uint{cfg['bit_depth_image']}", sim["seed"], sim["distinct_frames"],
+                                   sim["flux"])
         return Series(self._series_id, self._unique, fmt, stream["header_detail"], cfg, stream["header_appendix"],
                       stream["image_appendix"], sim["bitshuffle_header"],
                       ["threshold_1", "threshold_2"] if two else ["threshold_1"], generator)

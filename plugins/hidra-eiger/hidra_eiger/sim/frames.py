@@ -14,13 +14,14 @@ _RING_RADII = (0.12, 0.21, 0.33, 0.42, 0.57)  # fractions of the frame diagonal,
 
 
 class FrameGenerator:
-    """Frame ``i`` of channel ``c`` depends only on (shape, dtype, seed, c, i % distinct).
+    """Frame ``i`` of channel ``c`` depends only on (shape, dtype, seed, flux, c, i % distinct).
 
     # NOTE: content repeats with period ``distinct`` so that large, fast series cost a few frames of CPU and
     # memory; a test regenerates any frame with the same four arguments.
     """
 
-    def __init__(self, shape: tuple[int, int], dtype: str, seed: int = 0, distinct: int = 16) -> None:
+    def __init__(self, shape: tuple[int, int], dtype: str, seed: int = 0, distinct: int = 16,
+                 flux: float = 1.0) -> None:
         if len(shape) != 2 or min(shape) < 1:
             raise ValueError(f"frame shape must be two positive numbers (y, x), got {shape!r}")
         if distinct < 1:
@@ -29,6 +30,7 @@ class FrameGenerator:
         self.dtype = np.dtype(dtype)
         self.seed = seed
         self.distinct = distinct
+        self.flux = flux
         self._frame = lru_cache(maxsize=2 * distinct)(self._make)
         self._mean = lru_cache(maxsize=2)(self._mean_image)
 
@@ -44,7 +46,7 @@ class FrameGenerator:
         for k, radius in enumerate(_RING_RADII):
             mean += (120.0 / (k + 1)) * np.exp(-(((r - radius) / 0.006) ** 2))
         # NOTE: the second threshold counts only the harder photons: fewer counts, same geometry
-        return mean / (1 + 2 * channel)
+        return self.flux * mean / (1 + 2 * channel)
 
     def _make(self, index: int, channel: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, channel, index])

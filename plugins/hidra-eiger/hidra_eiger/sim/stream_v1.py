@@ -1,7 +1,6 @@
 """Stream V1 ("legacy") multipart messages: ``dheader-1.0`` at each detail, ``dimage-1.0``, ``dseries_end-1.0``."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from typing import Any
@@ -57,7 +56,7 @@ def image_parts(series: Series, index: int) -> list[bytes]:
     start, stop, real = series.times_ns(index)
     parts = [
         _json({"htype": "dimage-1.0", "series": series.series_id, "frame": index,
-               "hash": hashlib.md5(blob).hexdigest()}),
+               "hash": series.md5(index, 0)}),
         _json({"htype": "dimage_d-1.0", "shape": _xy(series), "type": f"uint{bits}",
                "encoding": v1_encoding(series.compression, bits), "size": len(blob)}),
         blob,
