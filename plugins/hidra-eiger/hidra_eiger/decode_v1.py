@@ -100,7 +100,10 @@ def _header(head: dict[str, Any], parts: Sequence[Buffer]) -> Header:
 
 
 def _frame(desc: dict[str, Any], blob: Buffer, ids: dict[str, Any]) -> ChannelFrame:
-    compression, order = parse_encoding(desc.get("encoding"))  # type: ignore[arg-type]
+    try:
+        compression, order = parse_encoding(desc.get("encoding"))  # type: ignore[arg-type]
+    except DecodeError as err:
+        raise DecodeError(err.kind, str(err), **ids) from None
     code = _TYPES.get(str(desc.get("type")))
     shape = desc.get("shape")
     if code is None or not isinstance(shape, list) or len(shape) != 2 or not all(
