@@ -2,6 +2,7 @@
 reported, and the stream goes on."""
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import uuid
 from collections.abc import Callable, Iterator
@@ -207,9 +208,7 @@ class TestEigerStreamContract(EventSourceContract):
         return {"endpoint": f"inproc://eiger-contract-{uuid.uuid4().hex}"}
 
     def test_default_fetcher_is_installed(self) -> None:
-        from hidra_core.host.drivers import entry_points_of
-
-        if not any(ep.name == "inline" for ep in entry_points_of("hidra.fetchers")):
+        if not any(ep.name == "inline" for ep in importlib.metadata.entry_points(group="hidra.fetchers")):
             pytest.skip("the inline fetcher comes with the kernel's stream plumbing (issue 7 part 1)")
         super().test_default_fetcher_is_installed()
 
