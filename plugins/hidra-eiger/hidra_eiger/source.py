@@ -83,6 +83,7 @@ def decode_message(parts: list[Any]) -> Message:
 class EigerStreamSource(EventSource):
     config_class = EigerStreamConfig
     default_fetcher = "inline"
+    config: EigerStreamConfig
 
     def __init__(self, config: EigerStreamConfig) -> None:
         super().__init__(config)

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import cbor2
 import numpy as np
 import pytest
 
 from conftest import SHAPE, SIZE, decode_payload, expected_frame, golden_series
-from hidra_eiger import cbor_tags
+from hidra_eiger import cbor_tags, cbor_view
 from hidra_eiger.messages import DecodeError, End, Header, Image
 from hidra_eiger.sim import stream_v1, stream_v2
 from hidra_eiger.source import decode_message
@@ -99,16 +100,65 @@ def test_v2_end() -> None:
     assert decode_message([stream_v2.end_message(series)]) == End(4, f"{0xC0FFEE:016x}-4")
 
 
-def test_cbor_tag_hook_works_with_the_installed_cbor2() -> None:
-    # NOTE: cbor2 5.x and 6.x call tag_hook with different arguments; the installed one must reach our records
-    typed = {tag: np.arange(4, dtype=cbor_tags._typed_dtype(tag)) for tag in (64, 65, 70, 74, 81, 86)}
-    for tag, arr in typed.items():
-        out = cbor_tags.decode(cbor2.dumps(cbor2.CBORTag(40, [[2, 2], cbor2.CBORTag(tag, arr.tobytes())])))
-        assert isinstance(out, cbor_tags.MultiDimArray) and out.dims == [2, 2]
-        np.testing.assert_array_equal(np.frombuffer(out.contents.data, out.contents.dtype), arr)
-    compressed = cbor_tags.decode(cbor2.dumps(cbor2.CBORTag(56500, ["lz4", 0, b"xyz"])))
-    assert compressed == cbor_tags.Compressed("lz4", 0, b"xyz")
-    assert cbor_tags.decode(cbor2.dumps(cbor2.CBORTag(999, 1))) == cbor2.CBORTag(999, 1)
+def _plain(value: Any) -> Any:
+    """cbor_view's output in cbor2's terms, to compare the two readers."""
+    if isinstance(value, memoryview):
+        return bytes(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, cbor_tags.MultiDimArray):
+        return cbor2.CBORTag(40 if value.row_major else 1040, [value.dims, _plain(value.contents)])
+    if isinstance(value, cbor_tags.TypedArray):
+        return cbor2.CBORTag(value.tag, _plain(value.data))
+    if isinstance(value, cbor_tags.Compressed):
+        return cbor2.CBORTag(56500, [value.algorithm, value.element_size, _plain(value.data)])
+    return value
+
+
+@pytest.mark.parametrize("value", [
+    0, 23, 24, 255, 65536, 2**40, -1, -500, 1.5, 3.25e-7, float("inf"), True, False, None, "", "é" * 300,
+    b"", b"x" * 70_000, [], [1, [2, [3]]], {"a": {"b": [1.0, None]}}, {1: "int key"},
+    cbor2.CBORTag(40, [[2, 2], cbor2.CBORTag(86, b"\0" * 32)]), cbor2.CBORTag(999, "unknown tag"),
+])
+def test_cbor_view_reads_what_cbor2_writes(value: Any) -> None:
+    assert _plain(cbor_view.loads(cbor2.dumps(value))) == _lists(cbor2.loads(cbor2.dumps(value)))
+
+
+def _lists(value: Any) -> Any:
+    """cbor2 6 decodes arrays inside tags as tuples, cbor2 5 as lists."""
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    if isinstance(value, cbor2.CBORTag):
+        return cbor2.CBORTag(value.tag, _lists(value.value))
+    return value
+
+
+def test_cbor_view_reads_indefinite_lengths_and_half_floats() -> None:
+    # RFC 8949 appendix A examples: (_ h'0102', h'030405'), (_ "strea", "ming"), [_ 1, [2, 3]], {_ "a": 1}, 1.5
+    assert cbor_view.loads(bytes.fromhex("5f42010243030405ff")) == b"\x01\x02\x03\x04\x05"
+    assert cbor_view.loads(bytes.fromhex("7f657374726561646d696e67ff")) == "streaming"
+    assert cbor_view.loads(bytes.fromhex("9f018202039f0405ffff")) == [1, [2, 3], [4, 5]]
+    assert cbor_view.loads(bytes.fromhex("bf61610161629f0203ffff")) == {"a": 1, "b": [2, 3]}
+    assert cbor_view.loads(bytes.fromhex("f93e00")) == 1.5
+
+
+@pytest.mark.parametrize(("data", "says"), [
+    (b"\x5a\x00\x00\x10\x00abc", "truncated"), (b"\x82\x01", "truncated"), (b"\x01\x02", "1 bytes after"),
+    (b"\xff", "break code"), (b"\x1c", "reserved"), (b"\x81" * 100_000 + b"\x00", "deeply nested"),
+])
+def test_cbor_view_refuses_broken_cbor_naming_the_problem(data: bytes, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        cbor_view.loads(data)
+
+
+def test_v2_image_payload_is_a_slice_of_the_received_message_not_a_copy() -> None:
+    series = golden_series("cbor", compression="bslz4")
+    message = stream_v2.image_message(series, 0)
+    msg = decode_message([memoryview(message)])
+    assert isinstance(msg, Image) and msg.frames[0].payload.obj is message
+    assert bytes(msg.frames[0].payload) == series.encode(0, 0)
 
 
 @pytest.mark.parametrize(("parts", "kind", "says"), [
