@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from string import Template
@@ -36,10 +37,13 @@ class _Series:
     frames: int = 0
     missing: int = 0
     problems: Counter[str] = field(default_factory=Counter)
+    # NOTE: V1 has no unique id, and a restarted DCU counts series from 1 again: the header's arrival time tells
+    # two series with the same id apart in the events' versions
+    started_ns: int = field(default_factory=time.time_ns)
 
     @property
     def ident(self) -> str:
-        return self.unique_id or str(self.series_id)
+        return self.unique_id or f"{self.series_id}@{self.started_ns}"
 
 
 class SeriesTracker:

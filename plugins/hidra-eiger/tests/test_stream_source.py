@@ -161,6 +161,18 @@ def test_new_header_while_a_series_is_open_ends_the_old_one_as_aborted_first(dcu
     assert events[-1].metadata["aborted"] is False
 
 
+def test_v1_series_with_a_repeated_id_get_other_versions(dcu: Feed) -> None:
+    # NOTE: a restarted DCU numbers its series from 1 again; V1 sends no unique id
+    push, source = dcu()
+    series, images = _v1(1)
+    _send(push, [stream_v1.header_parts(series), *images, stream_v1.end_parts(series)])
+    first = _until_end(source)
+    _send(push, [stream_v1.header_parts(series), *images, stream_v1.end_parts(series)])
+    second = _until_end(source)
+    assert [e.filename for e in first] == [e.filename for e in second]
+    assert not {e.version for e in first} & {e.version for e in second}
+
+
 def test_hash_mismatch_drops_the_frame_when_verify_hash_is_on(dcu: Feed,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     push, source = dcu(verify_hash=True)
