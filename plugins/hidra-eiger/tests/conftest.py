@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import hdf5plugin  # noqa: F401  (registers the HDF5 filters)
+import hdf5plugin
 import numpy as np
 import pytest
 import zmq
@@ -121,3 +121,47 @@ def hdf5_decode(chunk: bytes, shape: tuple[int, int], dtype: str, filter_: Any) 
         dset = f.create_dataset("d", shape=(1, *shape), dtype=dtype, chunks=(1, *shape), **filter_)
         dset.id.write_direct_chunk((0, 0, 0), chunk)
         return dset[0]
+
+
+# --- golden messages and payload decoding for the eiger_stream source tests ---------------------------------------
+
+SHAPE = (SIZE[1], SIZE[0])  # numpy order (y, x)
+
+
+def golden_series(fmt: str = "legacy", detail: str = "basic", compression: str = "bslz4", bits: int = 16,
+                  bs_header: bool = False, channels: int = 1, series_id: int = 1, header_appendix: str = "",
+                  image_appendix: str = "") -> Any:
+    """A simulator ``Series`` as ``arm`` makes it, to build messages with the simulator's own encoders."""
+    from hidra_eiger.sim.detector import _detector_config
+    from hidra_eiger.sim.frames import FrameGenerator
+    from hidra_eiger.sim.series import Series
+
+    cfg = _detector_config(SIZE, fmt == "cbor").values()
+    cfg.update(compression=compression, bit_depth_image=bits, nimages=8, frame_time=0.002)
+    names = ["threshold_1", "threshold_2"][:channels]
+    return Series(series_id, 0xC0FFEE, fmt, detail, cfg, header_appendix, image_appendix, bs_header, names,
+                  FrameGenerator(SHAPE, f"uint{bits}", 0))
+
+
+def expected_frame(index: int, bits: int = 16, channel: int = 0) -> np.ndarray:
+    """The frame the simulator generates for image ``index`` (seed 0, the test frame size)."""
+    from hidra_eiger.sim.frames import FrameGenerator
+
+    return FrameGenerator(SHAPE, f"uint{bits}", seed=0).frame(index, channel)
+
+
+def decode_payload(payload: Any, meta: dict[str, Any]) -> np.ndarray:
+    """A frame event's payload as pixels, from its metadata alone (as the HDF5 writer and clients must)."""
+    import lz4.block
+
+    shape, dtype = tuple(meta["shape"]), meta["dtype"]
+    blob = bytes(payload)
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if meta["compression"] == "none":
+        return np.frombuffer(blob, dtype=dtype).reshape(shape)
+    if meta["compression"] == "lz4" and not meta["hdf5_framed"]:
+        return np.frombuffer(lz4.block.decompress(blob, uncompressed_size=nbytes), dtype=dtype).reshape(shape)
+    if not meta["hdf5_framed"]:  # bslz4 without the 12-byte header: bitshuffle's default 8 KiB blocks
+        blob = nbytes.to_bytes(8, "big") + (8192).to_bytes(4, "big") + blob
+    filter_ = hdf5plugin.Bitshuffle(cname="lz4") if meta["compression"] == "bslz4" else hdf5plugin.LZ4()
+    return hdf5_decode(blob, shape, dtype, filter_)
