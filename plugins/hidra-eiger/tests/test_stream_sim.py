@@ -12,7 +12,7 @@ import zmq
 
 from conftest import SHAPE, SIZE, Sim, decode_payload, expected_frame
 from hidra_core import FRAME, SERIES_END, SERIES_START, FileEvent
-from hidra_core.testing import collect_events
+from hidra_core.testing import StreamSourceContract, collect_events
 from hidra_eiger.source import EigerStreamConfig, EigerStreamSource
 
 NIMAGES = 50
@@ -146,3 +146,23 @@ def test_v2_series_from_the_simulator_has_one_frame_per_channel_that_decodes_exa
     assert all(e.metadata["series_unique_id"] == meta["series_unique_id"] for e in frames)
     assert all(e.metadata["hdf5_framed"] == (compression != "none") for e in frames)
     _check_end(end, series, NIMAGES * channels)
+
+
+class TestEigerStreamContract(StreamSourceContract):
+    """The stream-source rules against the simulator (Stream V1; one simulator per test: one client per stream)."""
+
+    driver_name = "eiger_stream"
+
+    @pytest.fixture(autouse=True)
+    def _sim(self, start_sim: Callable[..., Sim]) -> None:
+        self.sim = start_sim("--api-version", "1.6.0")
+        self.sim.put("stream", "mode", "enabled")
+        self.sim.put("detector", "nimages", self.frames)
+        self.sim.put("detector", "frame_time", 0.001)
+
+    def make_config(self, tmp_path: Any) -> dict[str, Any]:
+        return {"endpoint": self.sim.stream}
+
+    def produce_series(self, tmp_path: Any, frames: int) -> None:
+        self.sim.command("arm")
+        self.sim.command("trigger")

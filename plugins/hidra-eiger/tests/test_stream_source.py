@@ -2,12 +2,9 @@
 reported, and the stream goes on."""
 from __future__ import annotations
 
-import importlib.metadata
 import logging
-import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import cbor2
 import pytest
@@ -15,7 +12,7 @@ import zmq
 
 from conftest import golden_series
 from hidra_core import FRAME, SERIES_END, SERIES_START, FileEvent
-from hidra_core.testing import EventSourceContract, collect_events
+from hidra_core.testing import collect_events
 from hidra_eiger.sim import stream_v1, stream_v2
 from hidra_eiger.source import EigerStreamConfig, EigerStreamSource
 
@@ -208,25 +205,3 @@ def test_series_open_at_close_is_ended_as_aborted_with_a_warning(dcu: Feed, zmq_
     (end,) = source.poll(0)
     assert (end.kind, end.filename, end.metadata["aborted"], end.metadata["reason"]) == (
         SERIES_END, "series_1.end", True, "the source closed")
-
-
-class TestEigerStreamContract(EventSourceContract):
-    """The file-oriented rules that fit a stream source; naming and ordering rules are in the tests above."""
-
-    driver_name = "eiger_stream"
-
-    def make_config(self, tmp_path: Path) -> Mapping[str, Any]:
-        # NOTE: a PULL may connect before anyone binds; inproc needs no port
-        return {"endpoint": f"inproc://eiger-contract-{uuid.uuid4().hex}"}
-
-    def test_default_fetcher_is_installed(self) -> None:
-        if not any(ep.name == "inline" for ep in importlib.metadata.entry_points(group="hidra.fetchers")):
-            pytest.skip("the inline fetcher comes with the kernel's stream plumbing (issue 7 part 1)")
-        super().test_default_fetcher_is_installed()
-
-    def test_produced_file_is_reported(self, tmp_path: Path, opened_source: Any) -> None:
-        pytest.skip("a stream source names events after the detector's series and image ids, not after a file "
-                    "name the test picks; StreamSourceContract covers it")
-
-    def test_nested_file_has_a_slash_separated_relative_path(self, tmp_path: Path, opened_source: Any) -> None:
-        pytest.skip("relative_path is configured, not discovered; see the stream tests")
