@@ -164,7 +164,7 @@ class SeriesFile:
         with h5py.File(fresh, "r+", libver="latest") as f:
             lead = (0,) if len(self.channels) == 1 else (0, len(self.channels))
             data = f.create_dataset(DATA, shape=(*lead, *spec.shape), maxshape=(None, *lead[1:], *spec.shape),
-                                    chunks=(1, *lead[1:], *spec.shape), dtype=spec.dtype,
+                                    chunks=(1,) * len(lead) + spec.shape, dtype=spec.dtype,
                                     **filter_options(spec.compression))
             data.attrs["compression"] = spec.compression
         _fsync_path(fresh)

@@ -78,6 +78,7 @@ class Hdf5Writer(Writer):
 
     def __init__(self, config: Hdf5WriterConfig, *, target: str) -> None:
         super().__init__(config, target=target)
+        self.config: Hdf5WriterConfig = config
         self._tree = SafeTree(target)
         self._lock = threading.Lock()
         self._open: dict[_Key, SeriesFile] = {}
@@ -175,7 +176,7 @@ class Hdf5Writer(Writer):
         except (OSError, KeyError, ValueError) as exc:
             aside = f"{temp}.unreadable-{int(time.time())}"
             os.replace(temp, aside)
-            raise SeriesRefused(f"{temp} cannot be read ({exc}); moved to {aside}, its series cannot continue")
+            raise SeriesRefused(f"{temp} cannot be read ({exc}); moved to {aside}, its series cannot continue") from exc
         log.info("%s rebuilt with %d stored frame chunks", temp, count)
         return SeriesFile(temp)
 
