@@ -30,7 +30,7 @@ DETECTOR = "entry/instrument/detector"
 #: the series_end facts, as attributes of /entry; written at the start with "no end seen" values, because SWMR
 #: mode may change existing attributes but not create new ones
 END_DEFAULTS: dict[str, Any] = {"frames": np.int64(-1), "missing": np.int64(-1), "stored": np.int64(-1),
-                                "aborted": np.int8(0), "reason": np.bytes_(b" " * 256)}
+                                "aborted": np.int8(0), "reason": ""}
 
 
 def _attr_value(value: Any) -> Any:
@@ -68,6 +68,16 @@ def write_header(path: str, series: str, final: str, meta: Mapping[str, Any], pa
     channels = meta.get("channels") or ["data"]
     if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
         raise SeriesRefused(f"series_start metadata 'channels' must be a list of names, got {channels!r}")
+    # NOTE: built aside and renamed, so that a kill meanwhile never leaves a broken file under the series' name
+    fresh = path + ".new"
+    _write_header(fresh, series, final, meta, blobs, channels)
+    _fsync_path(fresh)
+    os.replace(fresh, path)
+    _fsync_path(os.path.dirname(path))
+
+
+def _write_header(path: str, series: str, final: str, meta: Mapping[str, Any], blobs: dict[str, np.ndarray],
+                  channels: list[str]) -> None:
     with h5py.File(path, "w", libver="latest") as f:
         entry = f.create_group("entry")
         entry.attrs["NX_class"] = "NXentry"
@@ -179,10 +189,9 @@ class SeriesFile:
         assert self.file is not None
         attrs = self.file["entry"].attrs
         stored = 0 if self.data is None else self.data.id.get_num_chunks()
-        reason = str(meta.get("reason") or "").encode()[:256].ljust(256)
         for key, value in (("frames", np.int64(_count(meta, "frames"))), ("missing", np.int64(_count(meta, "missing"))),
                            ("stored", np.int64(stored)), ("aborted", np.int8(bool(meta.get("aborted")))),
-                           ("reason", np.bytes_(reason))):
+                           ("reason", str(meta.get("reason") or ""))):
             attrs.modify(key, value)
 
     def flush(self) -> None:

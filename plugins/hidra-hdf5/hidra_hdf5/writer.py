@@ -19,7 +19,6 @@ import itertools
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
@@ -36,6 +35,18 @@ log = logging.getLogger(__name__)
 
 _SUBDIR = "hdf5"
 _Key = tuple[tuple[str, ...], str]
+
+
+def _link_aside(path: str, prefix: str, suffix: str = "") -> str:
+    """A second name ``<path><prefix>N<suffix>`` (lowest free N) for the file at ``path``; never replaces one."""
+    for n in itertools.count(1):
+        aside = f"{path}{prefix}{n}{suffix}"
+        try:
+            os.link(path, aside, follow_symlinks=False)
+            return aside
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class Hdf5WriterConfig(BaseModel):
@@ -66,8 +77,9 @@ class _Message:
 
 @dataclass
 class _Live:
-    """Bookkeeping of an open series file: handles awaiting commit, and whether its fd may go."""
+    """Bookkeeping of a series file: handles awaiting commit, and whether its fd may go."""
 
+    file: SeriesFile
     pending: int = 0
     finished: bool = False
 
@@ -111,11 +123,15 @@ class Hdf5Writer(Writer):
             else:
                 self._end(handle)
             if handle.file is not None:
-                self._live.setdefault(id(handle.file), _Live()).pending += 1
+                self._live.setdefault(id(handle.file), _Live(handle.file)).pending += 1
 
     def _start(self, handle: _Message, payload: bytes) -> SeriesFile:
         meta = handle.item.event_metadata
-        current = self._lookup(handle.key)
+        try:
+            current = self._lookup(handle.key)
+        except SeriesRefused as exc:  # NOTE: an unreadable leftover was moved aside; a new start needs none of it
+            log.error("%s; series %s starts afresh", exc, handle.key[1])
+            current = None
         if current is not None and current.identity == identity_of(meta):
             log.info("%s: series_start again (re-sent after a restart): the series continues", current.series)
             return current
@@ -174,8 +190,8 @@ class Hdf5Writer(Writer):
         try:
             count = recover(temp)
         except (OSError, KeyError, ValueError) as exc:
-            aside = f"{temp}.unreadable-{int(time.time())}"
-            os.replace(temp, aside)
+            aside = _link_aside(temp, ".unreadable-")
+            os.unlink(temp)
             raise SeriesRefused(f"{temp} cannot be read ({exc}); moved to {aside}, its series cannot continue") from exc
         log.info("%s rebuilt with %d stored frame chunks", temp, count)
         return SeriesFile(temp)
@@ -256,13 +272,8 @@ class Hdf5Writer(Writer):
         if os.path.isdir(final):
             raise IsADirectoryError(f"{final!r}: a directory stands where the series file should go")
         if os.path.lexists(final) and self.config.existing == "backup":
-            for n in itertools.count(1):
-                try:
-                    os.link(final, f"{final}.~{n}~", follow_symlinks=False)
-                    log.info("%s existed: the earlier file is kept as %s.~%d~", final, os.path.basename(final), n)
-                    break
-                except FileExistsError:
-                    continue
+            backup = _link_aside(final, ".~", "~")
+            log.info("%s existed: the earlier file is kept as %s", final, os.path.basename(backup))
         os.replace(temp, final)
         if self.config.fsync:
             for directory in {os.path.dirname(final), os.path.dirname(temp)}:
@@ -286,7 +297,7 @@ class Hdf5Writer(Writer):
             sf.release()
 
     def _retire(self, sf: SeriesFile) -> None:
-        live = self._live.setdefault(id(sf), _Live())
+        live = self._live.setdefault(id(sf), _Live(sf))
         live.finished = True
         if live.pending <= 0:
             del self._live[id(sf)]
@@ -302,7 +313,7 @@ class Hdf5Writer(Writer):
 
     def shutdown(self) -> None:
         with self._lock:
-            for sf in self._open.values():
+            for sf in (*self._open.values(), *(live.file for live in self._live.values())):
                 sf.release()
             self._open.clear()
             self._live.clear()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import random
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -117,7 +119,7 @@ def test_aborted_series_reason_is_recorded(root: Path) -> None:
     SeriesWriterContract().run_series(writer, root, frames_of(2), aborted=True)
     with h5py.File(root / "series_1.aborted.h5", "r") as f:
         assert f["entry"].attrs["aborted"] == 1
-        assert f["entry"].attrs["reason"].decode().strip() == "source closed"
+        assert f["entry"].attrs["reason"] == "source closed"
 
 
 @pytest.mark.parametrize(("existing", "kept"), [("backup", True), ("overwrite", False)])
@@ -216,3 +218,76 @@ def _run_and_kill(root: Path, after: int) -> int:
             child.stdout.close()
     assert confirmed >= after, "the child ended before it was killed"
     return confirmed + 1
+
+
+def test_series_of_a_killed_receiver_without_end_is_published_as_aborted_after_abandon_after_s(root: Path) -> None:
+    confirmed = _run_and_kill(root, 40)
+    (temp,) = (root / ".hidra-partial" / "hdf5").iterdir()
+    old = temp.stat().st_mtime - 7200
+    os.utime(temp, (old, old))
+    writer = make(root, abandon_after_s=3600)
+    assert writer.cleanup(before=old + 3599) == 0  # not yet abandoned: untouched for less than an hour
+    assert writer.cleanup(before=old + 3601) == 1
+    generator = FrameGenerator((64, 80), "<u2", seed=3)
+    with h5py.File(root / "s.aborted.h5", "r") as f:
+        data = f["entry/data/data"]
+        assert data.shape[0] >= confirmed
+        for n in range(confirmed):
+            np.testing.assert_array_equal(data[n], generator.frame(n))
+        assert f["entry"].attrs["reason"] == "abandoned: no series_end came"
+    assert not list((root / ".hidra-partial" / "hdf5").iterdir())
+
+
+def test_commits_in_their_own_thread_while_frames_arrive_store_every_frame(root: Path) -> None:
+    frames = frames_of(60, dtype="<u4")
+    writer = make(root)
+    batches: queue.Queue[list[Any] | None] = queue.Queue()
+    results: list[list[BaseException | None]] = []
+
+    def committer() -> None:
+        while (batch := batches.get()) is not None:
+            results.append(writer.commit_each(batch))
+
+    thread = threading.Thread(target=committer)
+    thread.start()
+    try:
+        batch = [C.send(writer, C.item(root, SERIES_START, "s", C.start_meta()))]
+        for n, frame in enumerate(frames):
+            item = C.item(root, FRAME, "s", C.frame_meta(n, frame, "bslz4", True))
+            handle = writer.open(item)
+            blob = bslz4_hdf5(frame)
+            for piece in (bytearray(blob[:100]), memoryview(blob)[100:5000], blob[5000:]):
+                writer.write(handle, piece)
+            writer.close(handle)
+            batch.append(handle)
+            if len(batch) == 3:
+                batches.put(batch)
+                batch = []
+        batch.append(C.send(writer, C.item(root, SERIES_END, "s", C.end_meta(len(frames)))))
+        batches.put(batch)
+    finally:
+        batches.put(None)
+        thread.join()
+    writer.shutdown()
+    assert all(error is None for result in results for error in result)
+    with h5py.File(root / "s.h5", "r") as f:
+        np.testing.assert_array_equal(f["entry/data/data"][()], np.stack(frames))
+
+
+def test_unreadable_leftover_is_moved_aside_and_a_new_start_begins_afresh(root: Path) -> None:
+    frames = frames_of(2)
+    writer = make(root)
+    commit(writer, [C.send(writer, C.item(root, SERIES_START, "s", C.start_meta()))])
+    writer.shutdown()
+    (temp,) = (root / ".hidra-partial" / "hdf5").glob("*.h5")
+    temp.write_bytes(b"not HDF5 at all")
+    writer = make(root)
+    with pytest.raises(SeriesRefused, match="cannot be read"):
+        C.send(writer, C.item(root, FRAME, "s", C.frame_meta(0, frames[0])), frames[0].tobytes())
+    (aside,) = (root / ".hidra-partial" / "hdf5").glob("*.unreadable-*")
+    assert aside.read_bytes() == b"not HDF5 at all"
+    temp.write_bytes(b"garbage again")
+    SeriesWriterContract().run_series(writer, root, frames, series="s")
+    with h5py.File(root / "s.h5", "r") as f:
+        np.testing.assert_array_equal(f["entry/data/data"][()], np.stack(frames))
+    assert len(list((root / ".hidra-partial" / "hdf5").glob("*.unreadable-*"))) == 2

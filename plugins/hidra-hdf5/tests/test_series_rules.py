@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pytest
 
-from hidra_core import FRAME, SERIES_END, SERIES_START, WriteTarget
+from hidra_core import FRAME, SERIES_END, SERIES_START, WriteTarget, create_driver
 
 
 def frames_of(count: int, shape: tuple[int, int] = (48, 64), dtype: str = "<u2", seed: int = 7) -> list[np.ndarray]:
@@ -83,16 +83,16 @@ class SeriesWriterContract:
 
     def run_series(self, writer: Any, root: Path, frames: list[np.ndarray], ids: Sequence[int] | None = None,
                    encode: Callable[[np.ndarray], Any] = lambda f: f.tobytes(), aborted: bool = False,
-                   **frame_options: Any) -> None:
-        handles = [self.send(writer, self.item(root, SERIES_START, self.series, self.start_meta()))]
+                   series: str | None = None, **frame_options: Any) -> None:
+        series = series or self.series
+        handles = [self.send(writer, self.item(root, SERIES_START, series, self.start_meta()))]
         for n in ids if ids is not None else range(len(frames)):
             meta = self.frame_meta(n, frames[n], **frame_options)
-            handles.append(self.send(writer, self.item(root, FRAME, self.series, meta), encode(frames[n])))
+            handles.append(self.send(writer, self.item(root, FRAME, series, meta), encode(frames[n])))
             if len(handles) == 4:
                 self.commit(writer, handles)
                 handles = []
-        handles.append(self.send(writer, self.item(root, SERIES_END, self.series,
-                                                   self.end_meta(len(frames), aborted))))
+        handles.append(self.send(writer, self.item(root, SERIES_END, series, self.end_meta(len(frames), aborted))))
         self.commit(writer, handles)
 
     # --- the rules -----------------------------------------------------------------------------------------
@@ -156,9 +156,8 @@ class SeriesWriterContract:
 
 class TestHdf5SeriesRules(SeriesWriterContract):
     def make_writer(self, root: Path, **options: Any) -> Any:
-        from hidra_hdf5.writer import Hdf5Writer, Hdf5WriterConfig
-
-        return Hdf5Writer(Hdf5WriterConfig(**options), target=str(root))
+        # NOTE: built as the receiver builds it: the entry point by name, the options through its config model
+        return create_driver("writer", "hdf5", options, "<test>", "receiver.hdf5", target=str(root))
 
     def read_frames(self, root: Path, name: str) -> np.ndarray:
         import h5py
