@@ -4,19 +4,22 @@ open/write/close/commit_each, against h5py writing the same compressed chunks fr
     .venv/bin/python benchmarks/hdf5_writer.py [--frames 1000] [--batch 32] [--workdir DIR] [--repeat 3]
 
 Rows (median of --repeat runs, each into a new file in --workdir, which must be on the file system to measure):
-``writer fsync`` (the writer as the receiver drives it: one commit_each per batch = flush + fsync), ``writer
-no-fsync`` (fsync: false), ``h5py swmr+fsync`` (h5py direct chunk writes in SWMR mode, flush + fsync per batch,
-the floor under the writer), ``h5py plain`` (direct chunk writes, one flush at the end). The frames are made and
-compressed (headerless bitshuffle-LZ4, as Stream V1 sends it) before the clock starts.
+``writer fsync`` (one commit_each per batch = flush + fsync, in the same thread), ``writer fsync thr`` (the same
+with commit_each in a commit thread, as the receiver drives it), ``writer no-fsync`` (fsync: false), ``h5py
+swmr+fsync`` (h5py direct chunk writes in SWMR mode, flush + fsync per batch, the floor under the writer), ``h5py
+plain`` (direct chunk writes, one flush at the end). The frames are made and compressed (headerless
+bitshuffle-LZ4, as Stream V1 sends it) before the clock starts; MiB/s counts compressed bytes.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import queue
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable
 
@@ -36,17 +39,48 @@ def _item(root: str, kind: str, name: str, meta: dict[str, Any]) -> WriteTarget:
     return WriteTarget(root, (), name, {"metadata": meta}, kind=kind, series="bench")
 
 
-def run_writer(root: str, blobs: list[bytes], frames: int, batch: int, fsync: bool) -> float:
+class _Committer:
+    """commit_each of each batch: in the calling thread, or (``threaded``) in a commit thread as the receiver has."""
+
+    def __init__(self, writer: Hdf5Writer, threaded: bool) -> None:
+        self.writer = writer
+        self.queue: queue.Queue[list[Any] | None] | None = queue.Queue(maxsize=4) if threaded else None
+        self.thread = threading.Thread(target=self._run) if threaded else None
+        if self.thread is not None:
+            self.thread.start()
+
+    def _run(self) -> None:
+        assert self.queue is not None
+        while (batch := self.queue.get()) is not None:
+            self._commit(batch)
+
+    def _commit(self, batch: list[Any]) -> None:
+        assert self.writer.commit_each(batch) == [None] * len(batch)
+
+    def __call__(self, batch: list[Any] | None) -> None:
+        if self.queue is not None:
+            self.queue.put(batch)
+        elif batch is not None:
+            self._commit(batch)
+
+    def join(self) -> None:
+        self(None)
+        if self.thread is not None:
+            self.thread.join()
+
+
+def run_writer(root: str, blobs: list[bytes], frames: int, batch: int, fsync: bool, threaded: bool) -> float:
     writer = Hdf5Writer(Hdf5WriterConfig(fsync=fsync), target=root)
     ident = {"series_id": 1, "series_unique_id": "bench"}
     meta = {**ident, "channels": ["data"], "config": {}, "blobs": []}
-    handles = []
+    handles: list[Any] = []
+    commit = _Committer(writer, threaded)
 
     def send(kind: str, name: str, meta: dict[str, Any], payload: Any) -> None:
         handle = writer.open(_item(root, kind, name, meta))
         writer.write(handle, payload)
         writer.close(handle)
-        handles.append(handle)
+        handles.append(handle)  # NOTE: the list in use when sent (run_writer rebinds it per batch)
 
     start = time.perf_counter()
     send(SERIES_START, "bench.start", meta, b"")
@@ -55,10 +89,11 @@ def run_writer(root: str, blobs: list[bytes], frames: int, batch: int, fsync: bo
                                        "compression": "bslz4", "hdf5_framed": False, "element_size": 2},
              blobs[n % len(blobs)])
         if len(handles) >= batch:
-            assert writer.commit_each(handles) == [None] * len(handles)
-            handles.clear()
+            commit(handles)
+            handles = []
     send(SERIES_END, "bench.end", {**ident, "frames": frames, "missing": 0, "aborted": False}, b"")
-    assert writer.commit_each(handles) == [None] * len(handles)
+    commit(handles)
+    commit.join()
     elapsed = time.perf_counter() - start
     writer.shutdown()
     return elapsed
@@ -98,8 +133,9 @@ def main() -> None:
     total = sum(len(framed[n % 16]) for n in range(args.frames)) / MiB
     work = tempfile.mkdtemp(prefix="hidra-hdf5-bench-", dir=args.workdir)
     modes: dict[str, Callable[[str], float]] = {
-        "writer fsync": lambda d: run_writer(d, raw, args.frames, args.batch, True),
-        "writer no-fsync": lambda d: run_writer(d, raw, args.frames, args.batch, False),
+        "writer fsync": lambda d: run_writer(d, raw, args.frames, args.batch, True, False),
+        "writer fsync thr": lambda d: run_writer(d, raw, args.frames, args.batch, True, True),
+        "writer no-fsync": lambda d: run_writer(d, raw, args.frames, args.batch, False, False),
         "h5py swmr+fsync": lambda d: run_h5py(os.path.join(d, "x.h5"), framed, args.frames, args.batch, True),
         "h5py plain": lambda d: run_h5py(os.path.join(d, "x.h5"), framed, args.frames, args.batch, False),
     }
