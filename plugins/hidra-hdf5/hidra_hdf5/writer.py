@@ -112,6 +112,7 @@ class Hdf5Writer(Writer):
         handle.buffers.append(view if view.readonly else memoryview(bytes(view)))
 
     def close(self, handle: _Message) -> None:
+        # NOTE: an empty message (series_end) may come without any write()
         payload: Any = handle.buffers[0] if len(handle.buffers) == 1 else b"".join(handle.buffers)
         handle.buffers = []
         with self._lock:
@@ -148,7 +149,7 @@ class Hdf5Writer(Writer):
     def _frame(self, handle: _Message, payload: Any) -> SeriesFile | None:
         meta = handle.item.event_metadata
         spec = frame_spec(meta)
-        current = self._lookup(handle.key)
+        current = self._lookup_same(handle)
         if current is None:
             self._check_published(handle.key, meta, spec)
             return None
@@ -159,7 +160,7 @@ class Hdf5Writer(Writer):
 
     def _end(self, handle: _Message) -> None:
         meta = handle.item.event_metadata
-        current = self._lookup(handle.key)
+        current = self._lookup_same(handle)
         if current is None:
             if self._published(handle.key, meta) is None:
                 raise SeriesRefused(f"series_end of {handle.key[1]!r}: no such series was started here")
@@ -168,6 +169,15 @@ class Hdf5Writer(Writer):
         # (a new series may have the same name); once per series, so the fsync does not slow frames down.
         aborted = bool(meta.get("aborted"))
         self._finish_now(handle.key, current, meta, ".aborted.h5" if aborted else ".h5")
+
+    def _lookup_same(self, handle: _Message) -> SeriesFile | None:
+        """``_lookup``, refusing a message of another series that has the same name (a stale one)."""
+        current = self._lookup(handle.key)
+        meta = handle.item.event_metadata
+        if current is not None and current.identity != identity_of(meta):
+            raise SeriesRefused(f"{handle.item.kind} {handle.item.filename!r} belongs to series {identity_of(meta)}"
+                                f" (series_id:series_unique_id), but {handle.key[1]!r} is now {current.identity}")
+        return current
 
     def _lookup(self, key: _Key) -> SeriesFile | None:
         """The open file of a series, or its temp file continued (after a restart), or None."""

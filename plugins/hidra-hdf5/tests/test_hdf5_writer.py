@@ -291,3 +291,21 @@ def test_unreadable_leftover_is_moved_aside_and_a_new_start_begins_afresh(root: 
     with h5py.File(root / "s.h5", "r") as f:
         np.testing.assert_array_equal(f["entry/data/data"][()], np.stack(frames))
     assert len(list((root / ".hidra-partial" / "hdf5").glob("*.unreadable-*"))) == 2
+
+
+def test_stale_frame_and_end_of_an_earlier_series_of_the_same_name_are_refused(root: Path) -> None:
+    frames = frames_of(2)
+    writer = make(root)
+    commit(writer, [C.send(writer, C.item(root, SERIES_START, "s", C.start_meta(series_id=2, uid="b"))),
+                    C.send(writer, C.item(root, FRAME, "s", C.frame_meta(0, frames[0], series_id=2, uid="b")),
+                           frames[0].tobytes())])
+    with pytest.raises(SeriesRefused, match="belongs to series 1:a"):
+        C.send(writer, C.item(root, FRAME, "s", C.frame_meta(1, frames[1], series_id=1, uid="a")),
+               frames[1].tobytes())
+    with pytest.raises(SeriesRefused, match="belongs to series 1:a"):
+        C.send(writer, C.item(root, SERIES_END, "s", C.end_meta(2, series_id=1, uid="a")))
+    end = writer.open(C.item(root, SERIES_END, "s", C.end_meta(1, series_id=2, uid="b")))
+    writer.close(end)  # NOTE: no write() at all for an empty message
+    commit(writer, [end])
+    with h5py.File(root / "s.h5", "r") as f:
+        assert f["entry/data/data"].shape[0] == 1

@@ -11,7 +11,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pytest
 
-from hidra_core import FRAME, SERIES_END, SERIES_START, WriteTarget, create_driver
+from hidra_core import FILE, FRAME, SERIES_END, SERIES_START, WriteTarget, create_driver
+from hidra_core.testing import WriterContract
 
 
 def frames_of(count: int, shape: tuple[int, int] = (48, 64), dtype: str = "<u2", seed: int = 7) -> list[np.ndarray]:
@@ -168,3 +169,33 @@ class TestHdf5SeriesRules(SeriesWriterContract):
 
     def file_names(self, series: str, aborted: bool = False) -> str:
         return f"{series}.aborted.h5" if aborted else f"{series}.h5"
+
+
+_FILE_RULES = "a rule for writers of plain files; a series writer keeps SeriesWriterContract's rules instead"
+
+
+class TestHdf5DriverRules(WriterContract):
+    """The rules every writer driver keeps (found by name, strict frozen config); the file rules do not apply."""
+
+    driver_name = "hdf5"
+
+    def test_plain_files_are_refused_with_a_clear_error(self, tmp_path: Path, writer: Any) -> None:
+        item = WriteTarget(str(self.target_root(tmp_path)), (), "a.dat", {}, kind=FILE)
+        with pytest.raises(Exception, match="takes series messages, not 'file'"):
+            writer.open(item)
+
+    @pytest.mark.skip(reason=_FILE_RULES)
+    def test_commit_makes_the_file_visible_and_byte_identical(self) -> None:  # type: ignore[override]
+        pass
+
+    @pytest.mark.skip(reason=_FILE_RULES)
+    def test_several_files_commit_in_one_batch(self) -> None:  # type: ignore[override]
+        pass
+
+    @pytest.mark.skip(reason=_FILE_RULES)
+    def test_abort_leaves_nothing_behind(self) -> None:
+        pass
+
+    @pytest.mark.skip(reason=_FILE_RULES)
+    def test_cleanup_spares_files_of_the_running_writer(self) -> None:  # type: ignore[override]
+        pass
