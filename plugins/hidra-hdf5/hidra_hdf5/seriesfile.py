@@ -1,12 +1,12 @@
 """One series' HDF5 file while it is written: header, frames as direct chunk writes, end facts, recovery.
 
-Crash safety rests on HDF5's single-writer/multiple-reader mode (SWMR): from the first frame on the file is
-written with ``libver="latest"`` and ``swmr_mode``, so the library orders its metadata writes such that the file
-on disk is readable at any moment, and after ``flush`` + ``fsync`` every chunk written so far is in its index.
-A file left by a killed process opens read-only in SWMR mode; ``recover`` copies its header and every chunk
-(raw, ``read_direct_chunk``) into a fresh file, which replaces it. The header-only file (between
-``series_start`` and the first frame) is closed cleanly after each step, and the switch to SWMR happens on a
-copy renamed over it, so no step leaves a file that cannot be opened.
+Crash safety rests on HDF5's single-writer/multiple-reader mode (SWMR): once it has frames, the file is only
+ever opened for writing directly in SWMR mode (``libver="latest"``), where the library orders its metadata writes
+such that the file on disk is readable at any moment, and after ``flush`` + ``fsync`` every chunk written so far
+is in its index. A file left by a killed process opens read-only in SWMR mode; ``recover`` copies its header and
+every chunk (raw, ``read_direct_chunk``) into a fresh file, which replaces it. A plain write open would leave a
+file that neither mode can open after a kill, so the header-only file (``series_start`` up to the first frame)
+is never opened for writing: it is built, and later changed, on a copy that is fsynced and renamed over it.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import shutil
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import h5py
 import numpy as np
@@ -117,16 +117,19 @@ class SeriesFile:
         self._open()
 
     def _open(self) -> None:
-        self.file = h5py.File(self.path, "r+", libver="latest")
+        # NOTE: a series file is only ever opened for writing in SWMR mode, which a kill leaves readable. The
+        # header-only file (no frames yet) is read here and changed only on copies (_edit_copy).
+        with h5py.File(self.path, "r", libver="latest") as f:
+            entry = f["entry"]
+            self.series = str(entry.attrs["series"])
+            self.final = str(entry.attrs["hidra_final"])
+            self.identity = str(entry.attrs["identity"])
+            self.channels: list[str] = json.loads(entry.attrs["channels"])
+            has_data = DATA in f
         self.sync_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        entry = self.file["entry"]
-        self.series = str(entry.attrs["series"])
-        self.final = str(entry.attrs["hidra_final"])
-        self.identity = str(entry.attrs["identity"])
-        self.channels: list[str] = json.loads(entry.attrs["channels"])
-        self.data = self.file.get(DATA)
-        if self.data is not None:
-            self.file.swmr_mode = True
+        if has_data:
+            self.file = _open_swmr_write(self.path)
+            self.data = self.file[DATA]
 
     def has_chunk(self, spec: FrameSpec) -> bool:
         data = self.data
@@ -164,35 +167,49 @@ class SeriesFile:
                                 f" {data.attrs['compression']})")
 
     def _begin_data(self, spec: FrameSpec) -> h5py.Dataset:
-        """Create the frame dataset on a copy of the header file, switch it to SWMR, rename it over the original."""
-        assert self.file is not None
-        self.file.close()
-        # NOTE: the old fd stays open until release(): the commit thread may be fsyncing it right now
-        self._stale_fds.append(self.sync_fd)
-        fresh = self.path + ".new"
-        shutil.copyfile(self.path, fresh)
-        with h5py.File(fresh, "r+", libver="latest") as f:
-            lead = (0,) if len(self.channels) == 1 else (0, len(self.channels))
+        """Create the frame dataset (on a copy of the header-only file); from now on the file is written in SWMR."""
+        lead = (0,) if len(self.channels) == 1 else (0, len(self.channels))
+
+        def create(f: h5py.File) -> None:
             data = f.create_dataset(DATA, shape=(*lead, *spec.shape), maxshape=(None, *lead[1:], *spec.shape),
                                     chunks=(1,) * len(lead) + spec.shape, dtype=spec.dtype,
                                     **filter_options(spec.compression))
             data.attrs["compression"] = spec.compression
+
+        self._edit_copy(create)
+        assert self.data is not None
+        return self.data
+
+    def _edit_copy(self, edit: Callable[[h5py.File], None]) -> None:
+        """Change the header-only file on a copy that is made durable and renamed over it."""
+        assert self.file is None
+        # NOTE: the old fd stays open until release(): the commit thread may be fsyncing it right now
+        self._stale_fds.append(self.sync_fd)
+        self.sync_fd = -1
+        fresh = self.path + ".new"
+        shutil.copyfile(self.path, fresh)
+        with h5py.File(fresh, "r+", libver="latest") as f:
+            edit(f)
         _fsync_path(fresh)
         os.replace(fresh, self.path)
         _fsync_path(os.path.dirname(self.path))
         self._open()
-        assert self.data is not None
-        return self.data
 
     def set_end(self, meta: Mapping[str, Any]) -> None:
         """Record the series_end facts in the attributes made for them at the start."""
-        assert self.file is not None
-        attrs = self.file["entry"].attrs
         stored = 0 if self.data is None else self.data.id.get_num_chunks()
-        for key, value in (("frames", np.int64(_count(meta, "frames"))), ("missing", np.int64(_count(meta, "missing"))),
-                           ("stored", np.int64(stored)), ("aborted", np.int8(bool(meta.get("aborted")))),
-                           ("reason", str(meta.get("reason") or ""))):
-            attrs.modify(key, value)
+        facts = {"frames": np.int64(_count(meta, "frames")), "missing": np.int64(_count(meta, "missing")),
+                 "stored": np.int64(stored), "aborted": np.int8(bool(meta.get("aborted"))),
+                 "reason": str(meta.get("reason") or "")}
+
+        def record(f: h5py.File) -> None:
+            for key, value in facts.items():
+                f["entry"].attrs.modify(key, value)
+
+        if self.file is None:
+            self._edit_copy(record)
+        else:
+            record(self.file)
 
     def flush(self) -> None:
         if self.file is not None:
@@ -211,6 +228,14 @@ class SeriesFile:
                 os.close(fd)
         self._stale_fds = []
         self.sync_fd = -1
+
+
+def _open_swmr_write(path: str) -> h5py.File:
+    """Open an existing file for writing directly in SWMR mode (h5py opens "r+" files in plain mode first)."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE, fapl=fapl)
+    return h5py.File(fid)
 
 
 def recover(path: str) -> int:

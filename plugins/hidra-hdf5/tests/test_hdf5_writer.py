@@ -197,12 +197,16 @@ def test_receiver_sigkilled_mid_series_loses_no_confirmed_frame_and_duplicates_n
     assert caplog.text.count("rebuilding it from its chunks") == 3, "the killed writer's files needed no recovery?"
 
 
-def _run_and_kill(root: Path, after: int) -> int:
-    """Run the child writer, SIGKILL it once it confirmed ``after`` frames (it goes on writing meanwhile)."""
+def _child(root: Path, count: int, end: bool, die_at: int = 0) -> subprocess.Popen[str]:
     here = Path(__file__).parent
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]))
-    child = subprocess.Popen([sys.executable, str(here / "hdf5_kill_child.py"), str(root), "0", "400"],
-                             stdout=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen([sys.executable, str(here / "hdf5_kill_child.py"), str(root), str(count),
+                             "end" if end else "-", str(die_at)], stdout=subprocess.PIPE, text=True, env=env)
+
+
+def _run_and_kill(root: Path, after: int) -> int:
+    """Run the child writer, SIGKILL it once it confirmed ``after`` frames (it goes on writing meanwhile)."""
+    child = _child(root, 400, end=False)
     confirmed = -1
     try:
         assert child.stdout is not None
@@ -309,3 +313,21 @@ def test_stale_frame_and_end_of_an_earlier_series_of_the_same_name_are_refused(r
     commit(writer, [end])
     with h5py.File(root / "s.h5", "r") as f:
         assert f["entry/data/data"].shape[0] == 1
+
+
+@pytest.mark.parametrize("die_at", range(1, 13))
+def test_receiver_killed_at_any_file_open_or_rename_continues_the_series(root: Path, die_at: int) -> None:
+    """The child dies right after the N-th HDF5 open or rename of a 6-frame series with its end (start,
+    first frame, resume, end: every state a file can be left in); a new writer gets everything again."""
+    child = _child(root, 6, end=True, die_at=die_at)
+    output, _ = child.communicate()
+    if child.returncode == 0:
+        pytest.skip(f"the series makes fewer than {die_at} opens and renames")
+    assert child.returncode == -signal.SIGKILL, output
+    SeriesWriterContract().run_series(make(root), root, [FrameGenerator((64, 80), "<u2", seed=3).frame(n)
+                                                         for n in range(6)], encode=bslz4, compression="bslz4",
+                                      series="s")
+    generator = FrameGenerator((64, 80), "<u2", seed=3)
+    with h5py.File(root / "s.h5", "r") as f:
+        np.testing.assert_array_equal(f["entry/data/data"][()], np.stack([generator.frame(n) for n in range(6)]))
+    assert not list((root / ".hidra-partial" / "hdf5").glob("*unreadable*"))
