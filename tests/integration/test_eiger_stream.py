@@ -143,7 +143,9 @@ def test_series_of_1000_frames_become_one_hdf5_file_each_with_every_frame_and_th
     with check_file(rig.h5(first), 1000, channels) as f:
         detector = f["/entry/instrument/detector"]
         assert detector.attrs["series_id"] == first
-        assert detector.attrs["x_pixels_in_detector"] == SIZE[0] and detector.attrs["y_pixels_in_detector"] == SIZE[1]
+        keys = ("x_pixels_in_detector", "y_pixels_in_detector") if stream_format == "legacy" else (
+            "image_size_x", "image_size_y")  # the V1 config part / the V2 start message, as the DCU names them
+        assert (detector.attrs[keys[0]], detector.attrs[keys[1]]) == SIZE
         assert f["/entry/data/data"].attrs["compression"] == "bslz4"
         assert f["/entry"].attrs["frames"] == 1000 * channels and f["/entry"].attrs["aborted"] == 0
     with check_file(rig.h5(second), 10, channels):
