@@ -33,7 +33,7 @@ from typing import Any
 import zmq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import MiB, Child, stop_all  # noqa: E402
+from _harness import MiB, Child, stop_all, thread_share  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HIDRA = [sys.executable, "-m", "hidra_core"]
@@ -58,10 +58,16 @@ class Sim:
         raw = urllib.request.urlopen(req, timeout=120).read()
         return json.loads(raw) if raw else None
 
-    def series(self, frames: int) -> int:
+    def arm(self, frames: int) -> int:
         self.put("detector", "nimages", frames)
-        series = self.command("arm")["sequence id"]
+        return int(self.command("arm")["sequence id"])
+
+    def trigger(self) -> None:
         threading.Thread(target=self.command, args=("trigger",), daemon=True).start()
+
+    def series(self, frames: int) -> int:
+        series = self.arm(frames)
+        self.trigger()
         return series
 
 
@@ -129,6 +135,7 @@ class Client:
         req.recv_multipart()
         req.close(linger=0)
         self.frames = 0
+        self.starts: set[str] = set()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -139,6 +146,8 @@ class Client:
                 head, _payload = self.pull.recv_multipart(copy=False)
                 if b'"hidra-frame-1.0"' in head.bytes:
                     self.frames += 1
+                elif b'"hidra-series-start-1.0"' in head.bytes:
+                    self.starts.add(json.loads(head.bytes)["series"])
 
     def close(self) -> None:
         self.stop.set()
@@ -147,13 +156,17 @@ class Client:
         self.ctx.term()
 
 
-def wait_file(path: str, timeout: float) -> float:
+def wait_for(predicate: Any, timeout: float, what: str) -> float:
     deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
+    while not predicate():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear within {timeout:.0f} s")
-        time.sleep(0.005)
+            raise TimeoutError(f"no {what} within {timeout:.0f} s")
+        time.sleep(0.002)
     return time.monotonic()
+
+
+def wait_file(path: str, timeout: float) -> float:
+    return wait_for(lambda: os.path.exists(path), timeout, path)
 
 
 def hidra(sim: Sim, work: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -177,19 +190,28 @@ def hidra(sim: Sim, work: str, args: argparse.Namespace) -> dict[str, Any]:
         warm = sim.series(20)
         wait_file(os.path.join(target, f"series_{warm}.h5"), 120)
         procs = {"sim": sim.child, "sender": sender, "receiver": receiver}
-        cpu0 = {name: p.cpu_seconds() for name, p in procs.items()}
         seen0 = client.frames if client else 0
+        # NOTE: the simulator compresses its distinct frames at arm, before it sends the header: the clock
+        # starts at the trigger, once the header went through (the series' temp file or the client's copy)
+        series = sim.arm(args.frames)
+        partial = os.path.join(target, ".hidra-partial")
+        wait_for(lambda: (client is not None and f"series_{series}" in client.starts) or (
+            client is None and any(f"series_{series}" in name for _d, _s, names in os.walk(partial)
+                                   for name in names)), 120, "the series header at the receiver")
+        cpu0 = {name: p.cpu_seconds() for name, p in procs.items()}
+        threads0 = {name: p.thread_cpu() for name, p in procs.items()}
         start = time.monotonic()
-        series = sim.series(args.frames)
+        sim.trigger()
         path = os.path.join(target, f"series_{series}.h5")
         end = wait_file(path, 600)
         cpu = {name: 1000 * (p.cpu_seconds() - cpu0[name]) / args.frames for name, p in procs.items()}
+        threads = {name: thread_share(threads0[name], p.thread_cpu(), end - start) for name, p in procs.items()}
         rss = {name: p.peak_rss() for name, p in procs.items()}
         stored = count_frames(path)
         lost = re.findall(r"(\d+) events lost", sender.output())
         return {"frames_s": args.frames / (end - start), "stored": stored, "frames": args.frames,
                 "client": (client.frames - seen0) if client else None, "cpu_ms": cpu, "rss": rss,
-                "lost": sum(map(int, lost)), "bytes": os.path.getsize(path)}
+                "lost": sum(map(int, lost)), "bytes": os.path.getsize(path), "threads": threads}
     finally:
         if client is not None:
             client.close()
@@ -242,6 +264,8 @@ def main() -> int:
           f"{run['stored']} of {run['frames']} / {client} | "
           + ", ".join(f"{k} {v:.2f}" for k, v in run["cpu_ms"].items()) + " | "
           + ", ".join(f"{k} {(v or 0) / MiB:.0f}" for k, v in run["rss"].items()) + " |")
+    print("\nCPU per thread during the HiDRA run (100 % = one core): " + "; ".join(
+        f"{name}: {share}" for name, share in run["threads"].items()))
     if run["lost"] or run["stored"] != run["frames"]:
         print(f"LOST FRAMES: {run['frames'] - run['stored']} missing in the file, {run['lost']} reported lost")
         return 1

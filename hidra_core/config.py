@@ -121,8 +121,9 @@ class HoldConfig(_Section):
     """Data that arrived in memory (stream frames) exists nowhere else until the storage receiver confirmed it."""
 
     max_bytes: int = Field(
-        512 * MiB, gt=0, description="payload bytes held from the source's hand-over until storage confirmed them;"
-        " past this the source waits or drops (when_full)")
+        256 * MiB, gt=0, description="payload bytes held from the source's hand-over until storage confirmed them;"
+        " past this the source waits or drops (when_full). In steady state only the frames awaiting their"
+        " confirmation are held (a commit's worth); it fills only while storage is slower than the source")
     when_full: Literal["block", "drop"] = Field(
         "block", description="block: the source stops reading (back-pressure reaches the detector, whose buffer"
         " holds the data); drop: new frames are dropped, counted, logged and recorded as 'lost' in the ledger")

@@ -46,8 +46,9 @@ class EigerStreamConfig(BaseModel):
     verify_hash: bool = Field(False, description=(
         "check the MD5 of Stream V1 images that carry a non-empty hash; a mismatch is counted and the frame "
         "dropped with an error"))
-    rcvhwm: int = Field(1000, gt=0, description=(
-        "receive high-water mark in messages: how many images ZeroMQ buffers before the DCU's own buffer fills"))
+    rcvhwm: int = Field(32, gt=0, description=(
+        "receive high-water mark in messages: how many images ZeroMQ buffers before the DCU's own buffer fills;"
+        " kept small because these bytes are outside sender.hold.max_bytes (the DCU has GiBs of its own)"))
 
     @field_validator("relative_path")
     @classmethod
