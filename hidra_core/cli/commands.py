@@ -63,7 +63,8 @@ def up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     children = {role: subprocess.Popen([sys.executable, "-m", "hidra_core", *top, role, *rest])
                 for role in ("receiver", "sender")}
-    log.info("hidra up: %s -> %s (Ctrl-C stops)", os.path.abspath(root or ""), os.path.abspath(config.receiver.target))
+    shown = root if root and "://" in root else os.path.abspath(root or "")  # NOTE: a stream source's address
+    log.info("hidra up: %s -> %s (Ctrl-C stops)", shown, os.path.abspath(config.receiver.target))
     return _supervise(children, config.sender.drain_timeout_s)
 
 

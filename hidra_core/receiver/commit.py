@@ -1,7 +1,8 @@
 """The receiver's commit thread: makes complete files durable in groups, then confirms them.
 
 Each stored file gets one INFO line (name, size, ms from its first chunk to durable) on the logger
-``hidra_core.receiver.files``, which ``receiver.log_each_file: false`` turns down on its own.
+``hidra_core.receiver.files``, which ``receiver.log_each_file: false`` turns down on its own; frames get a DEBUG
+line (the series writer reports each series).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import zmq
 
 from hidra_core.protocol.confirmation import encode_confirmations, encode_heartbeat
+from hidra_core.types import FILE, FRAME
 
 __all__ = ["FILES_LOGGER", "CommitItem", "CommitThread"]
 
@@ -40,6 +42,7 @@ class CommitItem:
     checksum: str | None
     size: int
     started: float  # time.monotonic() of the first chunk
+    kind: str = FILE
 
 
 class CommitThread:
@@ -126,7 +129,9 @@ class CommitThread:
         for item in stored:
             r.stats["stored"] += 1
             r.stats["bytes"] += item.size
-            files_log.info("stored %s: %d bytes, %.0f ms", item.file_id, item.size, (now - item.started) * 1000)
+            # NOTE: a line per frame (thousands a second) would cost more than storing it; series writers log series
+            files_log.log(logging.INFO if item.kind != FRAME else logging.DEBUG, "stored %s: %d bytes, %.0f ms",
+                          item.file_id, item.size, (now - item.started) * 1000)
             if item.topic is None:
                 continue
             for message in encode_confirmations(item.topic, item.file_id, item.chunk_count, item.algorithm,

@@ -243,7 +243,7 @@ class Receiver:
             self._abort(partial)
             raise
         self._commits.put(CommitItem(fid, partial.handles, topic, partial.next_chunk, partial.algorithm, checksum,
-                                     partial.size, partial.started))
+                                     partial.size, partial.started, partial.target.kind))
 
     def _abort(self, partial: Partial) -> None:
         for writer, handle in zip(self.writers, partial.handles):

@@ -192,7 +192,7 @@ def test_a_series_aborted_without_its_end_is_kept_under_a_name_that_says_so(rig)
 def test_receiver_sigkilled_mid_series_then_restarted_loses_and_duplicates_no_frame(rig):
     rig.put("detector", "compression", "bslz4")
     rig.put("detector", "frame_time", 0.002)
-    rig.start_receiver()
+    rig.start_receiver("log_level=DEBUG")  # NOTE: frames are logged (stored ...) at DEBUG only
     rig.start_sender()
     rig.put("detector", "nimages", 1500)
     series = rig.command("arm")["sequence id"]
@@ -202,7 +202,7 @@ def test_receiver_sigkilled_mid_series_then_restarted_loses_and_duplicates_no_fr
     wait_until(lambda: log.read_text().count("stored series_") >= 200, 60, "200 frames stored")
     rig.receiver.proc.send_signal(signal.SIGKILL)
     rig.receiver.proc.wait(10)
-    rig.start_receiver()
+    rig.start_receiver("log_level=DEBUG")
     trigger.join(60)
     rig.command("disarm")
     with check_file(rig.h5(series, timeout_s=120), 1500):
