@@ -187,3 +187,52 @@ def test_the_other_up_commands_use_real_options() -> None:
         help_text = subprocess.run([*argv[:4], "--help"], capture_output=True, text=True, timeout=30).stdout
         for option in (a.split("=")[0] for a in argv[4:] if a.startswith("--")):
             assert option in help_text, f"{line}: {option}"
+
+
+def test_eiger_example_stores_a_simulated_series_as_hdf5(tmp_path: Path) -> None:
+    """The EIGER section as typed: its YAML file, then its shell lines (simulator, `hidra up`, curl, h5py)."""
+    import os
+
+    rest, stream, data, conf, status, com, request = _free_ports(7)
+    (tmp_path / "eiger.yaml").write_text(_block("yaml", "type: eiger_stream").replace("9999", str(stream)))
+    sets = " ".join(f"--set {key}=tcp://127.0.0.1:{port}" for key, port in (
+        ("receiver.data", data), ("sender.storage.data", data), ("receiver.confirmations", conf),
+        ("sender.storage.confirmations", conf), ("receiver.status", status), ("sender.clients.com", com),
+        ("sender.clients.request", request)))
+    script = _block("sh", "hidra-eiger-sim", "command/arm").replace("8080", str(rest)).replace("9999", str(stream))
+    script = script.replace("hidra up --config eiger.yaml", f"hidra up --config eiger.yaml {sets}")
+    script = script.replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+    log, out = open(tmp_path / "example.log", "w"), open(tmp_path / "example.out", "w")
+    # NOTE: its own session, so that the example's background jobs (simulator, hidra up) are stopped with it;
+    # output to files: those jobs keep any pipe open after the script itself has ended
+    proc = subprocess.Popen(["bash", "-e", "-c", script.replace("curl -sf", "wait_up; curl -sf", 1)], cwd=tmp_path,
+                            stdout=out, stderr=log, start_new_session=True,
+                            env={**os.environ, "BASH_ENV": str(_wait_up(tmp_path, rest, tmp_path / "example.log"))})
+    try:
+        assert proc.wait(120) == 0, (tmp_path / "example.log").read_text()[-3000:]
+        printed = (tmp_path / "example.out").read_text().strip().splitlines()
+        assert printed[-1].endswith('<HDF5 dataset "data": shape (100, 1065, 1030), type "<u2">'), printed
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        proc.wait(30)
+        log.close()
+        out.close()
+
+
+def _wait_up(base: Path, rest: int, log: Path) -> Path:
+    """A shell function the example's first curl waits with: the simulator and `hidra up` take a moment to listen
+    (a user types the next line later). Not part of the README's text."""
+    helper = base / "wait_up.sh"
+    helper.write_text(f"""wait_up() {{
+  for i in $(seq 600); do
+    curl -sf http://127.0.0.1:{rest}/detector/api/version/ >/dev/null && grep -q "hidra sender ready" {log} \\
+      && grep -q "hidra receiver ready" {log} && return 0
+    sleep 0.1
+  done
+  return 1
+}}
+""")
+    return helper
