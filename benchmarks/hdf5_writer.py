@@ -5,10 +5,12 @@ open/write/close/commit_each, against h5py writing the same compressed chunks fr
 
 Rows (median of --repeat runs, each into a new file in --workdir, which must be on the file system to measure):
 ``writer fsync`` (one commit_each per batch = flush + fsync, in the same thread), ``writer fsync thr`` (the same
-with commit_each in a commit thread, as the receiver drives it), ``writer no-fsync`` (fsync: false), ``h5py
+with commit_each in a commit thread, as the receiver drives it), ``writer thr V2`` (the same with frames that
+come HDF5-framed, as Stream V2 sends them: nothing to prepend), ``writer no-fsync`` (fsync: false), ``h5py
 swmr+fsync`` (h5py direct chunk writes in SWMR mode, flush + fsync per batch, the floor under the writer), ``h5py
 plain`` (direct chunk writes, one flush at the end). The frames are made and compressed (headerless
-bitshuffle-LZ4, as Stream V1 sends it) before the clock starts; MiB/s counts compressed bytes.
+bitshuffle-LZ4, as Stream V1 sends it, unless said otherwise) before the clock starts; MiB/s counts compressed
+bytes. On a shared VM disk the figures vary several-fold between runs: the range column says how much.
 """
 from __future__ import annotations
 
@@ -69,7 +71,8 @@ class _Committer:
             self.thread.join()
 
 
-def run_writer(root: str, blobs: list[bytes], frames: int, batch: int, fsync: bool, threaded: bool) -> float:
+def run_writer(root: str, blobs: list[bytes], frames: int, batch: int, fsync: bool, threaded: bool,
+               framed: bool = False) -> float:
     writer = Hdf5Writer(Hdf5WriterConfig(fsync=fsync), target=root)
     ident = {"series_id": 1, "series_unique_id": "bench"}
     meta = {**ident, "channels": ["data"], "config": {}, "blobs": []}
@@ -86,7 +89,7 @@ def run_writer(root: str, blobs: list[bytes], frames: int, batch: int, fsync: bo
     send(SERIES_START, "bench.start", meta, b"")
     for n in range(frames):
         send(FRAME, f"bench_{n:06d}", {**ident, "image_id": n, "shape": list(SHAPE), "dtype": "<u2",
-                                       "compression": "bslz4", "hdf5_framed": False, "element_size": 2},
+                                       "compression": "bslz4", "hdf5_framed": framed, "element_size": 2},
              blobs[n % len(blobs)])
         if len(handles) >= batch:
             commit(handles)
@@ -135,6 +138,7 @@ def main() -> None:
     modes: dict[str, Callable[[str], float]] = {
         "writer fsync": lambda d: run_writer(d, raw, args.frames, args.batch, True, False),
         "writer fsync thr": lambda d: run_writer(d, raw, args.frames, args.batch, True, True),
+        "writer thr V2": lambda d: run_writer(d, framed, args.frames, args.batch, True, True, framed=True),
         "writer no-fsync": lambda d: run_writer(d, raw, args.frames, args.batch, False, False),
         "h5py swmr+fsync": lambda d: run_h5py(os.path.join(d, "x.h5"), framed, args.frames, args.batch, True),
         "h5py plain": lambda d: run_h5py(os.path.join(d, "x.h5"), framed, args.frames, args.batch, False),

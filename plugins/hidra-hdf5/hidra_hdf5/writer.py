@@ -195,7 +195,7 @@ class Hdf5Writer(Writer):
     def _resume(temp: str) -> SeriesFile:
         try:
             return SeriesFile(temp)
-        except OSError as exc:
+        except (OSError, KeyError) as exc:
             log.warning("%s was left open for writing (%s): rebuilding it from its chunks", temp, exc)
         try:
             count = recover(temp)
