@@ -98,7 +98,7 @@ class SeriesWriterContract(_DriverContract):
     """Rules for ``hidra.writers`` drivers that take series (``series_start``, ``frame``, ``series_end``).
 
     Hooks: ``frame(index)`` returns ``(metadata, payload)`` of a series' ``index``-th frame;
-    ``start_metadata()`` the ``series_start`` metadata (default: none); ``read_frames(root, relative_parts,
+    ``start_metadata()`` and ``end_metadata()`` the ``series_start`` and ``series_end`` metadata (default: none); ``read_frames(root, relative_parts,
     series)`` the frames the finished output holds, as ``{index: bytes}`` comparable with ``expected(index)``
     (default: the payload), or ``None`` if there is no finished output. Writers are built with ``target`` set to
     a directory under ``tmp_path``.
@@ -111,6 +111,10 @@ class SeriesWriterContract(_DriverContract):
         raise NotImplementedError(f"{type(self).__name__} must implement frame(index)")
 
     def start_metadata(self) -> Mapping[str, Any]:
+        return {}
+
+    def end_metadata(self) -> Mapping[str, Any]:
+        """``series_end`` metadata beyond the facts (``frames``, ``missing``, ``aborted``) the tests set."""
         return {}
 
     def expected(self, index: int) -> bytes:
@@ -160,7 +164,7 @@ class SeriesWriterContract(_DriverContract):
         return out
 
     def end(self, root: Path, series: str = "s1", **facts: Any) -> tuple[WriteTarget, bytes]:
-        metadata = {"frames": self.frames, "missing": 0, "aborted": False, **facts}
+        metadata = {"frames": self.frames, "missing": 0, "aborted": False, **self.end_metadata(), **facts}
         return self.item(root, SERIES_END, f"{series}.end", metadata, series), b""
 
     def _check(self, root: Path, series: str = "s1") -> dict[int, bytes]:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import h5py
 from hidra_eiger.sim.compress import bslz4
 from hidra_eiger.sim.frames import FrameGenerator
-from test_series_rules import SeriesWriterContract as C
+from test_series_rules import SeriesRules as C
 
 from hidra_core import FRAME, SERIES_END, SERIES_START
 from hidra_hdf5.writer import Hdf5Writer, Hdf5WriterConfig

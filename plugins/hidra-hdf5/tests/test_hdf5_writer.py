@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 from hidra_eiger.sim.compress import bslz4, bslz4_hdf5, lz4_block, lz4_hdf5
 from hidra_eiger.sim.frames import FrameGenerator
-from test_series_rules import SeriesWriterContract, frames_of
+from test_series_rules import SeriesRules, frames_of
 
 from hidra_core import FRAME, SERIES_END, SERIES_START
 from hidra_hdf5 import SeriesRefused
 from hidra_hdf5.writer import Hdf5Writer, Hdf5WriterConfig
 
-C = SeriesWriterContract
+C = SeriesRules
 ENCODINGS: dict[str, tuple[str, bool, Callable[[np.ndarray], bytes]]] = {
     "raw": ("none", False, lambda f: f.tobytes()),
     "bslz4-headerless": ("bslz4", False, bslz4),
@@ -116,7 +116,7 @@ def test_header_end_facts_and_blobs_are_stored(root: Path) -> None:
 
 def test_aborted_series_reason_is_recorded(root: Path) -> None:
     writer = make(root)
-    SeriesWriterContract().run_series(writer, root, frames_of(2), aborted=True)
+    SeriesRules().run_series(writer, root, frames_of(2), aborted=True)
     with h5py.File(root / "series_1.aborted.h5", "r") as f:
         assert f["entry"].attrs["aborted"] == 1
         assert f["entry"].attrs["reason"] == "source closed"
@@ -125,7 +125,7 @@ def test_aborted_series_reason_is_recorded(root: Path) -> None:
 @pytest.mark.parametrize(("existing", "kept"), [("backup", True), ("overwrite", False)])
 def test_a_taken_final_name_follows_existing(root: Path, existing: str, kept: bool) -> None:
     (root / "series_1.h5").write_bytes(b"earlier")
-    SeriesWriterContract().run_series(make(root, existing=existing), root, frames_of(2))
+    SeriesRules().run_series(make(root, existing=existing), root, frames_of(2))
     assert ((root / "series_1.h5.~1~").exists()) is kept
     assert h5py.is_hdf5(root / "series_1.h5")
 
@@ -146,9 +146,9 @@ def test_new_series_of_the_same_name_keeps_the_unfinished_one_as_aborted(root: P
 
 def test_frame_resent_after_its_series_was_published_is_confirmed_or_refused(root: Path) -> None:
     frames = frames_of(3)
-    SeriesWriterContract().run_series(make(root), root, frames[:2])
+    SeriesRules().run_series(make(root), root, frames[:2])
     writer = make(root)  # a restart between the rename and the confirmation: frames and end come again
-    series = SeriesWriterContract.series
+    series = SeriesRules.series
     commit(writer, [C.send(writer, C.item(root, FRAME, series, C.frame_meta(1, frames[1])), frames[1].tobytes()),
                     C.send(writer, C.item(root, SERIES_END, series, C.end_meta(2)))])
     with pytest.raises(SeriesRefused, match="a published file is not changed"):
@@ -291,7 +291,7 @@ def test_unreadable_leftover_is_moved_aside_and_a_new_start_begins_afresh(root: 
     (aside,) = (root / ".hidra-partial" / "hdf5").glob("*.unreadable-*")
     assert aside.read_bytes() == b"not HDF5 at all"
     temp.write_bytes(b"garbage again")
-    SeriesWriterContract().run_series(writer, root, frames, series="s")
+    SeriesRules().run_series(writer, root, frames, series="s")
     with h5py.File(root / "s.h5", "r") as f:
         np.testing.assert_array_equal(f["entry/data/data"][()], np.stack(frames))
     assert len(list((root / ".hidra-partial" / "hdf5").glob("*.unreadable-*"))) == 2
@@ -324,7 +324,7 @@ def test_receiver_killed_at_any_file_open_or_rename_continues_the_series(root: P
     if child.returncode == 0:
         pytest.skip(f"the series makes fewer than {die_at} opens and renames")
     assert child.returncode == -signal.SIGKILL, output
-    SeriesWriterContract().run_series(make(root), root, [FrameGenerator((64, 80), "<u2", seed=3).frame(n)
+    SeriesRules().run_series(make(root), root, [FrameGenerator((64, 80), "<u2", seed=3).frame(n)
                                                          for n in range(6)], encode=bslz4, compression="bslz4",
                                       series="s")
     generator = FrameGenerator((64, 80), "<u2", seed=3)

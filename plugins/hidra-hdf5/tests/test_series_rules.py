@@ -1,7 +1,6 @@
-"""Rules every series writer keeps (``series_start`` / ``frame`` / ``series_end``), run against ``hdf5``.
-
-``SeriesWriterContract`` knows nothing of HDF5 but through its hooks (``make_writer``, ``read_frames``), so it can
-move to ``hidra_core.testing``; the helpers build the messages as the receiver hands them over.
+"""The series rules against ``hdf5``: the kernel's ``SeriesWriterContract`` (``TestHdf5SeriesContract``), and
+stricter checks of the same rules on whole files (``SeriesRules``, whose helpers build the messages as the
+receiver hands them over; the other tests of this plugin use them too).
 """
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from hidra_core import FILE, FRAME, SERIES_END, SERIES_START, WriteTarget, create_driver
-from hidra_core.testing import WriterContract
+from hidra_core.testing import SeriesWriterContract
 
 
 def frames_of(count: int, shape: tuple[int, int] = (48, 64), dtype: str = "<u2", seed: int = 7) -> list[np.ndarray]:
@@ -23,8 +22,8 @@ def frames_of(count: int, shape: tuple[int, int] = (48, 64), dtype: str = "<u2",
     return [rng.poisson(mean * (0.5 + n % 5 / 4)).astype(dtype) for n in range(count)]
 
 
-class SeriesWriterContract:
-    """The generic rules. Hooks: ``make_writer(root, **options)``, ``read_frames(root, name)``, ``file_names``."""
+class SeriesRules:
+    """Whole-file checks. Hooks: ``make_writer(root, **options)``, ``read_frames(root, name)``, ``file_names``."""
 
     series = "series_1"
 
@@ -155,7 +154,7 @@ class SeriesWriterContract:
         np.testing.assert_array_equal(self.read_frames(root, self.file_names(self.series)), np.stack(frames))
 
 
-class TestHdf5SeriesRules(SeriesWriterContract):
+class TestHdf5SeriesRules(SeriesRules):
     def make_writer(self, root: Path, **options: Any) -> Any:
         # NOTE: built as the receiver builds it: the entry point by name, the options through its config model
         return create_driver("writer", "hdf5", options, "<test>", "receiver.hdf5", target=str(root))
@@ -171,31 +170,33 @@ class TestHdf5SeriesRules(SeriesWriterContract):
         return f"{series}.aborted.h5" if aborted else f"{series}.h5"
 
 
-_FILE_RULES = "a rule for writers of plain files; a series writer keeps SeriesWriterContract's rules instead"
-
-
-class TestHdf5DriverRules(WriterContract):
-    """The rules every writer driver keeps (found by name, strict frozen config); the file rules do not apply."""
-
+class TestHdf5SeriesContract(SeriesWriterContract):
     driver_name = "hdf5"
+    _frames = frames_of(SeriesWriterContract.frames)
 
-    def test_plain_files_are_refused_with_a_clear_error(self, tmp_path: Path, writer: Any) -> None:
-        item = WriteTarget(str(self.target_root(tmp_path)), (), "a.dat", {}, kind=FILE)
+    def start_metadata(self) -> dict[str, Any]:
+        return SeriesRules.start_meta()
+
+    def end_metadata(self) -> dict[str, Any]:
+        return {k: v for k, v in SeriesRules.end_meta(0).items() if k.startswith("series")}
+
+    def frame(self, index: int) -> tuple[dict[str, Any], bytes]:
+        frame = self._frames[index]
+        return SeriesRules.frame_meta(index, frame), frame.tobytes()
+
+    def read_frames(self, root: Path, relative_parts: tuple[str, ...], series: str) -> dict[int, bytes] | None:
+        import h5py
+        import hdf5plugin  # noqa: F401  (registers the filters)
+
+        path = root.joinpath(*relative_parts, f"{series}.h5")
+        if not path.exists():
+            return None
+        with h5py.File(path, "r") as f:
+            data = f["entry/data/data"]
+            held = [i for i in range(data.shape[0]) if data.id.get_chunk_info_by_coord((i, 0, 0)).byte_offset
+                    is not None]
+            return {i: data[i].tobytes() for i in held}
+
+    def test_plain_files_are_refused_with_a_clear_error(self, target_root: Path, writer: Any) -> None:
         with pytest.raises(Exception, match="takes series messages, not 'file'"):
-            writer.open(item)
-
-    @pytest.mark.skip(reason=_FILE_RULES)
-    def test_commit_makes_the_file_visible_and_byte_identical(self) -> None:  # type: ignore[override]
-        pass
-
-    @pytest.mark.skip(reason=_FILE_RULES)
-    def test_several_files_commit_in_one_batch(self) -> None:  # type: ignore[override]
-        pass
-
-    @pytest.mark.skip(reason=_FILE_RULES)
-    def test_abort_leaves_nothing_behind(self) -> None:
-        pass
-
-    @pytest.mark.skip(reason=_FILE_RULES)
-    def test_cleanup_spares_files_of_the_running_writer(self) -> None:  # type: ignore[override]
-        pass
+            writer.open(WriteTarget(str(target_root), (), "a.dat", {}, kind=FILE))
