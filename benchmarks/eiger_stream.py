@@ -97,6 +97,58 @@ def raw_pyzmq(work: str, size: int, count: int) -> dict[str, Any]:
             "rss": {"push": sent["peak_rss"], "pull": out["peak_rss"]}}
 
 
+def raw_forward(sim: Sim, work: str, frames: int, client: bool) -> dict[str, Any]:
+    """sim -> one raw pyzmq forwarder -> one sink (storage) [+ one sink (client)], zero-copy, nothing else."""
+    worker = [sys.executable, os.path.join(HERE, "_rawforward.py")]
+    count = frames + 2  # header, images, end
+    sinks = [Child([*worker, "sink", str(count)], os.path.join(work, f"fwd-sink{i}.log")) for i in range(1 + client)]
+    endpoints = [s.wait_for(r"ready (\S+)", 30).group(1) for s in sinks]
+    forwarder = Child([*worker, "forward", sim.stream, *endpoints], os.path.join(work, "fwd.log"))
+    forwarder.wait_for("ready", 30)
+    sim.arm(frames)
+    time.sleep(0.5)  # NOTE: a benchmark, not a test: lets the forwarder's connections settle before the trigger
+    cpu0 = forwarder.cpu_seconds()
+    sim.trigger()
+    results = [json.loads(s.wait_for(r"result (\{.*\})", 600).group(1)) for s in sinks]
+    cpu = forwarder.cpu_seconds() - cpu0
+    forwarder.stop()
+    for s in sinks:
+        s.stop()
+    wall = max(r["last"] for r in results) - min(r["first"] for r in results)
+    return {"frames_s": frames / wall, "cpu_ms": 1000 * cpu / frames}
+
+
+def h5py_from_memory(work: str, size: str, flux: float, frames: int, fsync: bool) -> dict[str, Any]:
+    """The disk's limit for the same data: h5py writes the same bslz4 chunks from memory with direct chunk writes,
+    flushing (and fsyncing) every 8 frames, as the writer does per commit; no network, no SWMR bookkeeping."""
+    import bitshuffle
+    import h5py
+    import hdf5plugin
+
+    from hidra_eiger.sim.frames import FrameGenerator
+
+    x, y = (int(v) for v in size.split("x"))
+    gen = FrameGenerator((y, x), "uint16", flux=flux)
+    head = lambda raw: (raw.nbytes).to_bytes(8, "big") + (8192).to_bytes(4, "big")  # noqa: E731
+    chunks = [head(f) + bitshuffle.compress_lz4(f).tobytes() for f in (gen.frame(i) for i in range(16))]
+    path = os.path.join(work, "h5py-from-memory.h5")
+    start = time.monotonic()
+    with h5py.File(path, "w", libver="latest") as f:
+        data = f.create_dataset("data", shape=(frames, y, x), chunks=(1, y, x), dtype="uint16",
+                                **hdf5plugin.Bitshuffle(cname="lz4"))
+        fd = os.open(path, os.O_RDONLY)
+        for i in range(frames):
+            data.id.write_direct_chunk((i, 0, 0), chunks[i % len(chunks)])
+            if i % 8 == 7 or i == frames - 1:
+                f.flush()
+                if fsync:
+                    os.fsync(fd)
+        os.close(fd)
+    wall = time.monotonic() - start
+    os.unlink(path)
+    return {"frames_s": frames / wall}
+
+
 def sim_direct(sim: Sim, frames: int) -> dict[str, Any]:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PULL)
@@ -173,7 +225,8 @@ def hidra(sim: Sim, work: str, args: argparse.Namespace) -> dict[str, Any]:
     target = os.path.join(work, "target")
     os.makedirs(target)
     receiver = Child([*HIDRA, "receiver", "--set", f"receiver.target={target}", "--set",
-                      'receiver.writers=["hdf5"]', "--set", "receiver.data=tcp://127.0.0.1:0", "--set",
+                      'receiver.writers=["hdf5"]', "--set", f"receiver.hdf5.fsync={str(args.fsync).lower()}",
+                      "--set", "receiver.data=tcp://127.0.0.1:0", "--set",
                       "receiver.confirmations=tcp://127.0.0.1:0", "--set", "receiver.status=tcp://127.0.0.1:0"],
                      os.path.join(work, "receiver.log"))
     ready = receiver.wait_for(r"data (\S+), confirmations (\S+), status", 60)
@@ -235,6 +288,8 @@ def main() -> int:
     parser.add_argument("--format", choices=("v1", "v2"), default="v1")
     parser.add_argument("--size", default="2068x2162")
     parser.add_argument("--no-client", dest="client", action="store_false")
+    parser.add_argument("--no-fsync", dest="fsync", action="store_false",
+                        help="receiver.hdf5.fsync=false: what the pipeline does when the disk is not the limit")
     parser.add_argument("--workdir")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
@@ -244,6 +299,8 @@ def main() -> int:
         configure(sim, args)
         direct = sim_direct(sim, args.frames)
         raw = raw_pyzmq(work, int(direct["mean_bytes"]), args.frames)
+        forward = raw_forward(sim, work, args.frames, args.client)
+        disk = h5py_from_memory(work, args.size, args.flux, args.frames, args.fsync)
         run = hidra(sim, work, args)
     finally:
         stop_all()
@@ -251,7 +308,8 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
     mean_mib = direct["mean_bytes"] / MiB
     print(f"# Eiger stream, {args.size} uint16 bslz4, flux {args.flux}, {args.format}, {args.frames} frames at"
-          f" {args.rate:.0f} Hz asked; mean frame {direct['mean_bytes'] / 1e6:.2f} MB; {os.cpu_count()} CPUs")
+          f" {args.rate:.0f} Hz asked; mean frame {direct['mean_bytes'] / 1e6:.2f} MB; {os.cpu_count()} CPUs;"
+          f" HDF5 {'with' if args.fsync else 'without'} fsync")
     print("| path | frames/s | MiB/s | stored / client | CPU ms per frame | peak RSS MiB |")
     print("|---|---|---|---|---|---|")
     print(f"| raw pyzmq PUSH/PULL | {raw['frames_s']:.0f} | {raw['mib_s']:.0f} | - | "
@@ -259,6 +317,11 @@ def main() -> int:
           f"push {raw['rss']['push'] / MiB:.0f}, pull {raw['rss']['pull'] / MiB:.0f} |")
     print(f"| sim -> PULL | {direct['frames_s']:.0f} | {direct['mib_s']:.0f} | - | sim {direct['cpu_ms']['sim']:.2f}"
           " | - |")
+    sinks = "storage + client sinks" if args.client else "a storage sink"
+    print(f"| sim -> raw pyzmq forwarder -> {sinks} | {forward['frames_s']:.0f} |"
+          f" {forward['frames_s'] * mean_mib:.0f} | - | forwarder {forward['cpu_ms']:.2f} | - |")
+    print(f"| h5py from memory, same chunks{', fsync' if args.fsync else ''} | {disk['frames_s']:.0f} |"
+          f" {disk['frames_s'] * mean_mib:.0f} | - | - | - |")
     client = "-" if run["client"] is None else str(run["client"])
     print(f"| sim -> HiDRA -> HDF5 + client | {run['frames_s']:.0f} | {run['frames_s'] * mean_mib:.0f} | "
           f"{run['stored']} of {run['frames']} / {client} | "

@@ -121,7 +121,7 @@ class HoldConfig(_Section):
     """Data that arrived in memory (stream frames) exists nowhere else until the storage receiver confirmed it."""
 
     max_bytes: int = Field(
-        256 * MiB, gt=0, description="payload bytes held from the source's hand-over until storage confirmed them;"
+        128 * MiB, gt=0, description="payload bytes held from the source's hand-over until storage confirmed them;"
         " past this the source waits or drops (when_full). In steady state only the frames awaiting their"
         " confirmation are held (a commit's worth); it fills only while storage is slower than the source")
     when_full: Literal["block", "drop"] = Field(

@@ -180,6 +180,10 @@ class Writer(ABC):
 
     config_class: ClassVar[type[BaseModel]] = EmptyConfig
     accepts: ClassVar[frozenset[str]] = frozenset({FILE})
+    #: seconds the commit thread may wait for more items once one of this writer's is queued: a writer whose commit
+    #: costs the same for one item as for many (one flush of a shared series file) trades that much latency for
+    #: fewer commits; 0 commits at once
+    commit_linger_s: ClassVar[float] = 0.0
 
     def __init__(self, config: BaseModel, *, target: str) -> None:
         self.config = config
@@ -191,7 +195,8 @@ class Writer(ABC):
 
     @abstractmethod
     def write(self, handle: Any, data: Any) -> None:
-        """Append one chunk (a buffer) to the file."""
+        """Append one chunk to the file: a read-only buffer that nobody changes, which the writer may keep
+        (without copying) until ``close`` returns."""
 
     @abstractmethod
     def close(self, handle: Any) -> None:

@@ -96,6 +96,7 @@ class CommitThread:
             batch: list[CommitItem] = []
             try:
                 item = r._commits.get(timeout=_BEACON_S)
+                until = time.monotonic() + self._linger(item)
                 while True:
                     if item is None:
                         stopping = True
@@ -103,7 +104,8 @@ class CommitThread:
                     batch.append(item)
                     if len(batch) >= r.config.commit_batch:
                         break
-                    item = r._commits.get_nowait()
+                    wait = until - time.monotonic()
+                    item = r._commits.get(timeout=wait) if wait > 0 else r._commits.get_nowait()
             except queue.Empty:
                 pass
             if batch:
@@ -112,6 +114,13 @@ class CommitThread:
             if now - beacon_at >= _BEACON_S:
                 pub.send_multipart(encode_heartbeat(r.instance, info))
                 beacon_at = now
+
+    def _linger(self, item: CommitItem | None) -> float:
+        """How long to gather more items after ``item``: the longest ``commit_linger_s`` of its writers."""
+        if item is None:
+            return 0.0
+        return max((w.commit_linger_s for w, h in zip(self.receiver.writers, item.handles) if h is not None),
+                   default=0.0)
 
     def _commit(self, pub: zmq.Socket, batch: list[CommitItem]) -> None:
         stored = batch

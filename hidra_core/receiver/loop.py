@@ -172,7 +172,8 @@ class Receiver:
         msg = decode_data(frames)
         parts, filename = split_checked(msg.relative_path, msg.filename)
         fid = msg.file_id
-        payload = msg.payload.buffer
+        # NOTE: read-only, so that writers may keep the view until close() (the receiver never reuses it)
+        payload = msg.payload.buffer.toreadonly()
         partial = self._partials.get(fid)
         if msg.chunk_number == 0:
             if partial is not None:  # a re-sent file restarts (4.x rule)

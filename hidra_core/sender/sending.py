@@ -57,6 +57,9 @@ class Sending(Intake):
         while len(self.fetching.jobs) + len(files) < JOBS_AHEAD and self._queue:
             event = self._queue.popleft()
             force = self._queued.pop(event.file_id, False)
+            if event.inline:  # NOTE: never stored before (its row goes when storage confirms it): nothing to skip
+                files.append((event, force, None))
+                continue
             try:
                 row = self.ledger.get(event.file_id)
             except Exception as exc:
@@ -120,7 +123,7 @@ class Sending(Intake):
     def _on_stat(self, key: int, job: Job, stat: FileStat, unchanged: bool) -> None:
         event, fid = job.event, job.event.file_id
         self._delayed_events.pop(fid, None)
-        row = self.ledger.get(fid)
+        row = None if event.inline else self.ledger.get(fid)
         if row is not None and _same_version(row, stat):
             if row.state == CONFIRMED and self._removing:
                 self._remove(event, stat)
@@ -288,7 +291,9 @@ class Sending(Intake):
         self._finish_local(out)
         self._retries.pop(out.event.file_id, None)
         try:
-            self.ledger.mark_sent(out.event, out.stat.size, out.stat.mtime_ns, out.checksum, out.stat.identity)
+            # NOTE: in-memory data is lost alike whether it was sent or not when the sender dies: its row stays 'seen'
+            if not out.event.inline:
+                self.ledger.mark_sent(out.event, out.stat.size, out.stat.mtime_ns, out.checksum, out.stat.identity)
         except Exception as exc:  # the file went out; the ledger resumes it at the next start at worst
             self._failed(out.event, "recording its send in the ledger", exc)
         attempts, confirmed = self.link.sent(out)

@@ -98,8 +98,11 @@ def _bs_block_bytes(itemsize: int) -> int:
     return elements * itemsize
 
 
-def chunk_of(spec: FrameSpec, payload: Any) -> Any:
-    """The bytes of the frame's chunk: the payload itself, or the payload behind the filter's framing."""
+def chunk_of(spec: FrameSpec, payload: Any, scratch: bytearray | None = None) -> Any:
+    """The bytes of the frame's chunk: the payload itself, or the payload behind the filter's framing.
+
+    The framed copy is built in ``scratch`` (grown as needed) when given: a fresh buffer per frame cost more in
+    allocation and page faults than the copy itself."""
     size = memoryview(payload).nbytes
     if spec.compression == "none":
         if size != spec.nbytes:
@@ -112,10 +115,22 @@ def chunk_of(spec: FrameSpec, payload: Any) -> Any:
                                 f" ({spec.nbytes} bytes) as the HDF5 {spec.compression} filter framing does")
         return payload
     if spec.compression == "bslz4":
-        return struct.pack(">QI", spec.nbytes, _bs_block_bytes(spec.dtype.itemsize)) + payload
+        return _framed(struct.pack(">QI", spec.nbytes, _bs_block_bytes(spec.dtype.itemsize)), payload, scratch)
     # NOTE: the LZ4 filter takes a block whose stored size equals its raw size for an uncompressed one: a bare LZ4
     # block of exactly that size cannot be framed without decompressing it, which this writer never does.
     if size == spec.nbytes:
         raise SeriesRefused(f"lz4 frame {spec.image_id}: a bare LZ4 block as large as the raw frame ({size} bytes)"
                             " cannot be told from an uncompressed block in the HDF5 LZ4 filter framing")
-    return struct.pack(">QII", spec.nbytes, spec.nbytes, size) + payload
+    return _framed(struct.pack(">QII", spec.nbytes, spec.nbytes, size), payload, scratch)
+
+
+def _framed(head: bytes, payload: Any, scratch: bytearray | None) -> Any:
+    if scratch is None:
+        return head + payload
+    size = len(head) + memoryview(payload).nbytes
+    if len(scratch) < size:
+        scratch.extend(bytes(size - len(scratch)))
+    view = memoryview(scratch)
+    view[:len(head)] = head
+    view[len(head):size] = memoryview(payload).cast("B")
+    return view[:size]

@@ -114,6 +114,9 @@ class SeriesFile:
         self.sync_fd = -1
         self.data: h5py.Dataset | None = None
         self._stale_fds: list[int] = []
+        self._scratch = bytearray()  # where frames get their filter framing (see chunk_of)
+        self._extent = 0
+        self._form: tuple[tuple[int, ...], Any, str] = ((), None, "")
         self._open()
 
     def _open(self) -> None:
@@ -129,11 +132,14 @@ class SeriesFile:
         self.sync_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         if has_data:
             self.file = _open_swmr_write(self.path)
-            self.data = self.file[DATA]
+            self.data = data = self.file[DATA]
+            # NOTE: kept here rather than asked of HDF5 for every frame (each ask is a library call under its lock)
+            self._extent = data.shape[0]
+            self._form = (tuple(data.shape[-2:]), data.dtype, str(data.attrs["compression"]))
 
     def has_chunk(self, spec: FrameSpec) -> bool:
         data = self.data
-        if data is None or spec.image_id >= data.shape[0]:
+        if data is None or spec.image_id >= self._extent:
             return False
         return data.id.get_chunk_info_by_coord(self._offset(spec)).byte_offset is not None
 
@@ -142,13 +148,14 @@ class SeriesFile:
         if not 0 <= spec.channel_index < len(self.channels):
             raise SeriesRefused(f"frame {spec.image_id}: channel_index {spec.channel_index} is not one of the"
                                 f" series' {len(self.channels)} channels {self.channels}")
-        chunk = chunk_of(spec, payload)
+        chunk = chunk_of(spec, payload, self._scratch)
         data = self.data if self.data is not None else self._begin_data(spec)
         self._check_form(spec)
         if self.has_chunk(spec):
             return False
-        if spec.image_id >= data.shape[0]:
+        if spec.image_id >= self._extent:
             data.resize(spec.image_id + 1, axis=0)
+            self._extent = spec.image_id + 1
         data.id.write_direct_chunk(self._offset(spec), chunk)
         return True
 
@@ -158,13 +165,10 @@ class SeriesFile:
         return (spec.image_id, spec.channel_index, 0, 0)
 
     def _check_form(self, spec: FrameSpec) -> None:
-        assert self.data is not None
-        data = self.data
-        if (data.shape[-2:] != spec.shape or data.dtype != spec.dtype
-                or data.attrs["compression"] != spec.compression):
+        shape, dtype, compression = self._form
+        if shape != tuple(spec.shape) or dtype != spec.dtype or compression != spec.compression:
             raise SeriesRefused(f"frame {spec.image_id} ({list(spec.shape)} {spec.dtype.str} {spec.compression})"
-                                f" differs from the series' frames ({list(data.shape[-2:])} {data.dtype.str}"
-                                f" {data.attrs['compression']})")
+                                f" differs from the series' frames ({list(shape)} {dtype.str} {compression})")
 
     def _begin_data(self, spec: FrameSpec) -> h5py.Dataset:
         """Create the frame dataset (on a copy of the header-only file); from now on the file is written in SWMR."""

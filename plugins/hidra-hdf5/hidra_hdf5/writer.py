@@ -87,6 +87,8 @@ class _Live:
 class Hdf5Writer(Writer):
     config_class = Hdf5WriterConfig
     accepts = frozenset({SERIES_START, FRAME, SERIES_END})
+    # NOTE: one flush + fsync of the series file serves every frame of a commit: gather a few ms of frames
+    commit_linger_s = 0.005
 
     def __init__(self, config: Hdf5WriterConfig, *, target: str) -> None:
         super().__init__(config, target=target)

@@ -86,3 +86,24 @@ class JournalWriter(Writer):
 
     def abort(self, handle: Any) -> None:
         return None
+
+
+class NullWriter(Writer):
+    """Takes series messages and keeps nothing: the kernel's own cost, for benchmarks."""
+
+    accepts = frozenset({SERIES_START, FRAME, SERIES_END})
+
+    def open(self, item: WriteTarget) -> Any:
+        return item
+
+    def write(self, handle: Any, data: Any) -> None:
+        return None
+
+    def close(self, handle: Any) -> None:
+        return None
+
+    def commit(self, handles: Sequence[Any]) -> None:
+        return None
+
+    def abort(self, handle: Any) -> None:
+        return None
