@@ -98,10 +98,10 @@ class SeriesWriterContract(_DriverContract):
     """Rules for ``hidra.writers`` drivers that take series (``series_start``, ``frame``, ``series_end``).
 
     Hooks: ``frame(index)`` returns ``(metadata, payload)`` of a series' ``index``-th frame;
-    ``start_metadata()`` and ``end_metadata()`` the ``series_start`` and ``series_end`` metadata (default: none); ``read_frames(root, relative_parts,
-    series)`` the frames the finished output holds, as ``{index: bytes}`` comparable with ``expected(index)``
-    (default: the payload), or ``None`` if there is no finished output. Writers are built with ``target`` set to
-    a directory under ``tmp_path``.
+    ``start_metadata()`` and ``end_metadata()`` the ``series_start`` and ``series_end`` metadata (default: none);
+    ``read_frames(root, relative_parts, series)`` the frames the finished output holds, as ``{index: bytes}``
+    comparable with ``expected(index)`` (default: the payload), or ``None`` if there is no finished output.
+    Writers are built with ``target`` set to a directory under ``tmp_path``.
     """
 
     role = "writer"
