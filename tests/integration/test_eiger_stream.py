@@ -279,3 +279,78 @@ def test_stream_client_and_query_next_workers_get_frames_with_metadata_while_sto
         for s in socks:
             s.close()
         ctx.term()
+
+
+def _golden(fmt: str, series_id: int) -> Any:
+    """A series as the simulator's ``arm`` makes it, to send its messages from the test's own PUSH socket."""
+    from hidra_eiger.sim.detector import _detector_config
+    from hidra_eiger.sim.series import Series
+
+    cfg = _detector_config(SIZE, fmt == "cbor").values()
+    cfg.update(compression="bslz4", bit_depth_image=16, nimages=10, frame_time=0.002)
+    return Series(series_id, 7, fmt, "basic", cfg, "", "", False, ["threshold_1"], FrameGenerator(SHAPE, "uint16", 0))
+
+
+def test_hostile_messages_from_the_dcu_are_counted_and_reported_and_the_stream_goes_on(tmp_path):
+    """The test plays the DCU with its own PUSH socket: bad messages between and inside two good series."""
+    import cbor2
+
+    from hidra_eiger.sim import stream_v1, stream_v2
+
+    ctx = zmq.Context()
+    dcu = ctx.socket(zmq.PUSH)
+    dcu.linger = 0
+    stream = f"tcp://127.0.0.1:{dcu.bind_to_random_port('tcp://127.0.0.1')}"
+    target = tmp_path / "target"
+    target.mkdir()
+    procs = []
+    try:
+        receiver = Hidra("receiver", tmp_path / "receiver.log",
+                         [*receiver_overrides(target), 'receiver.writers=["hdf5"]'])
+        procs.append(receiver)
+        receiver.wait_ready()
+        data, confirmations, _status = receiver.endpoints()
+        sender = Hidra("sender", tmp_path / "sender.log", [
+            "sender.source.type=eiger_stream", f"sender.source.eiger_stream.endpoint={stream}",
+            f"sender.storage.data={data}", f"sender.storage.confirmations={confirmations}",
+            f"sender.ledger.path={tmp_path / 'ledger.sqlite'}", "sender.clients.enabled=false"])
+        procs.append(sender)
+        sender.wait_ready()
+        v1, v2 = _golden("legacy", 1), _golden("cbor", 2)
+        image = stream_v1.image_parts(v1, 0)
+        bad_encoding = [image[0], json.dumps({**json.loads(image[1]), "encoding": "zstd<"}).encode(), *image[2:]]
+        for parts in (
+            stream_v1.image_parts(v1, 0),  # a frame before any header (late join)
+            [b"\x00\xffnot json"],  # neither JSON nor CBOR
+            cbor2.dumps([1, 2, 3]),  # CBOR of the wrong type
+            cbor2.dumps({"type": "hologram"}),  # CBOR map of an unknown type
+            stream_v1.header_parts(v1),
+            bad_encoding,  # an unknown encoding: this frame is dropped
+            image[:2],  # a truncated multipart
+            *(stream_v1.image_parts(v1, i) for i in range(1, 10)),
+            stream_v1.end_parts(v1),
+            stream_v2.start_message(v2),
+            *(stream_v2.image_message(v2, i) for i in range(10)),
+            stream_v2.end_message(v2),
+        ):
+            dcu.send_multipart(parts if isinstance(parts, list) else [parts])
+        first, second = target / "series_1.h5", target / "series_2.h5"
+        wait_until(lambda: first.exists() and second.exists(), 60, "both series stored")
+        with h5py.File(first, "r") as f:
+            held = [i for i in range(10) if f["/entry/data/data"].id.get_chunk_info_by_coord((i, 0, 0)).byte_offset
+                    is not None]
+            assert held == list(range(1, 10))  # frame 0 was refused (unknown encoding), the rest are there
+            for i in held:
+                np.testing.assert_array_equal(f["/entry/data/data"][i], expected(i))
+        check_file(second, 10).close()
+        log = sender.text()
+        # each kind of problem is logged once per series, then counted (the totals at the header or the end)
+        for words in ("arrived before any header; dropped", "unknown encoding 'zstd<'", "3 malformed problems in all",
+                      "truncated dimage-1.0"):
+            assert words in log, f"the sender's log does not report {words!r}:\n{log}"
+        assert sender.proc.poll() is None and receiver.proc.poll() is None
+    finally:
+        for proc in procs:
+            proc.kill()
+        dcu.close()
+        ctx.term()
