@@ -151,6 +151,11 @@ def test_series_of_1000_frames_become_one_hdf5_file_each_with_every_frame_and_th
     with check_file(rig.h5(second), 10, channels):
         pass
     assert not list(rig.target.glob(".hidra-partial/**/*.h5")), "a temp file was left behind"
+    import silx.io
+
+    with silx.io.open(str(rig.h5(first))) as f:  # as a beamline user opens it (silx view, silx.io)
+        data = f["/entry/data/data"]
+        np.testing.assert_array_equal(data[999] if channels == 1 else data[999, 1], expected(999, channels - 1))
 
 
 @pytest.mark.parametrize("rig", ["1.6.0"], indirect=True)
