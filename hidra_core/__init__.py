@@ -11,11 +11,11 @@ from hidra_core.interfaces import (EmptyConfig, EventSource, Fetcher, FileStat, 
                                    WriteTarget)
 from hidra_core.markers import hookimpl, hookspec
 from hidra_core.paths import SafeTree, split_checked
-from hidra_core.types import (FILE, FRAME, KINDS, SERIES_END, SERIES_START, FileEvent, PluginStatus, file_id_of,
-                              payload_size)
+from hidra_core.types import (FILE, FRAME, KINDS, PULSE, SERIES_END, SERIES_START, FileEvent, PluginStatus,
+                              file_id_of, payload_size)
 
 __all__ = [
-    "FILE", "FRAME", "KINDS", "SERIES_END", "SERIES_START",
+    "FILE", "FRAME", "KINDS", "PULSE", "SERIES_END", "SERIES_START",
     "ConfigError", "DriverLoadFailure", "EmptyConfig", "EventSource", "Fetcher", "FileEvent", "FileStat",
     "HidraError", "PathRefused", "PluginHost", "PluginStatus", "ProtocolError", "SafeTree", "SourceChanged",
     "Transport", "WriteTarget", "Writer",

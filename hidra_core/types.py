@@ -4,14 +4,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["FILE", "FRAME", "KINDS", "SERIES_END", "SERIES_START", "FileEvent", "PluginStatus", "file_id_of",
-           "payload_size"]
+__all__ = ["FILE", "FRAME", "KINDS", "PULSE", "SERIES_END", "SERIES_START", "FileEvent", "PluginStatus",
+           "file_id_of", "payload_size"]
 
 #: Message types. Each has its wire codec (``hidra_core.protocol``); writers declare the ones they take
 #: (``Writer.accepts``) and the receiver routes by type. ``series_start`` carries a series' header, ``frame`` one
-#: image (or pulse) of it, ``series_end`` closes it; a ``file`` stands alone.
-FILE, SERIES_START, FRAME, SERIES_END = "file", "series_start", "frame", "series_end"
-KINDS = frozenset({FILE, SERIES_START, FRAME, SERIES_END})
+#: image of it, ``series_end`` closes it; a ``file`` stands alone; a ``pulse`` is one beam-synchronous event (every
+#: channel's value at one pulse id, bsread), standing alone like a file.
+FILE, SERIES_START, FRAME, SERIES_END, PULSE = "file", "series_start", "frame", "series_end", "pulse"
+KINDS = frozenset({FILE, SERIES_START, FRAME, SERIES_END, PULSE})
 
 
 def file_id_of(relative_path: str, filename: str) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from hidra_core.errors import ProtocolError
-from hidra_core.types import FILE, FRAME, SERIES_END, SERIES_START, file_id_of
+from hidra_core.types import FILE, FRAME, PULSE, SERIES_END, SERIES_START, file_id_of
 
 __all__ = ["ALIVE_TEST", "HTYPE", "HTYPES", "DataMessage", "UnknownType", "decode_data", "encode_metadata",
            "is_alive_test"]
@@ -21,7 +21,7 @@ __all__ = ["ALIVE_TEST", "HTYPE", "HTYPES", "DataMessage", "UnknownType", "decod
 HTYPE = "hidra-file-1.0"
 #: the ``htype`` of each message type, and back
 HTYPES = {FILE: HTYPE, SERIES_START: "hidra-series-start-1.0", FRAME: "hidra-frame-1.0",
-          SERIES_END: "hidra-series-end-1.0"}
+          SERIES_END: "hidra-series-end-1.0", PULSE: "hidra-pulse-1.0"}
 _KINDS = {htype: kind for kind, htype in HTYPES.items()}
 ALIVE_TEST = b"ALIVE_TEST"
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
