@@ -7,6 +7,7 @@ from hidra_core._version import __version__
 from hidra_core.errors import ConfigError, DriverLoadFailure, HidraError, PathRefused, ProtocolError
 from hidra_core.host.kernel import create_driver
 from hidra_core.host.plugins import PluginHost
+from hidra_core.host.supervise import supervise
 from hidra_core.interfaces import (EmptyConfig, EventSource, Fetcher, FileStat, SourceChanged, Transport, Writer,
                                    WriteTarget)
 from hidra_core.markers import hookimpl, hookspec
@@ -19,5 +20,5 @@ __all__ = [
     "ConfigError", "DriverLoadFailure", "EmptyConfig", "EventSource", "Fetcher", "FileEvent", "FileStat",
     "HidraError", "PathRefused", "PluginHost", "PluginStatus", "ProtocolError", "SafeTree", "SourceChanged",
     "Transport", "WriteTarget", "Writer",
-    "__version__", "create_driver", "file_id_of", "hookimpl", "hookspec", "payload_size", "split_checked",
+    "__version__", "create_driver", "file_id_of", "hookimpl", "hookspec", "payload_size", "split_checked", "supervise",
 ]

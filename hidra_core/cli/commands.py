@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import yaml
 
@@ -16,6 +15,7 @@ from hidra_core.config import InstanceConfig, load_config
 from hidra_core.errors import ConfigError
 from hidra_core.host.build import check_config, check_separate, default_ledger_path, source_driver, source_key
 from hidra_core.host.drivers import discover, load_driver_class
+from hidra_core.host.supervise import STOP_MARGIN_S, supervise
 
 __all__ = ["clients", "config_check", "config_reference", "config_show", "ledger", "plugins", "receiver", "sender",
            "up"]
@@ -65,7 +65,9 @@ def up(args: argparse.Namespace) -> int:
                 for role in ("receiver", "sender")}
     shown = root if root and "://" in root else os.path.abspath(root or "")  # NOTE: a stream source's address
     log.info("hidra up: %s -> %s (Ctrl-C stops)", shown, os.path.abspath(config.receiver.target))
-    return _supervise(children, config.sender.drain_timeout_s)
+    # NOTE: the sender first (it finishes the file in flight, within its drain_timeout_s), then the receiver
+    return supervise({"sender": children["sender"], "receiver": children["receiver"]},
+                     {"sender": config.sender.drain_timeout_s + STOP_MARGIN_S})
 
 
 def _up_overrides(args: argparse.Namespace, config: InstanceConfig) -> tuple[list[str], str | None]:
@@ -83,64 +85,6 @@ def _up_overrides(args: argparse.Namespace, config: InstanceConfig) -> tuple[lis
     if not isinstance(source, str):  # a required path the config does not give: validation names it
         return extra, None
     return [*extra, f"sender.source.{choice.type}.path={json.dumps(source)}"], source
-
-
-_STOP_MARGIN_S = 10.0  # beyond the sender's drain_timeout_s: its start-up or close may still be running
-
-
-def _supervise(children: dict[str, subprocess.Popen], drain_timeout_s: float = 10.0) -> int:
-    """Wait for the children; on a signal or a child's exit stop the sender first, then the receiver.
-
-    Each child gets SIGTERM and a bounded time (the sender: its drain_timeout_s), then SIGKILL. A second
-    SIGINT/SIGTERM kills both at once; the ledger keeps the state, as after a crash.
-    """
-    signals: list[int] = []
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda signum, _frame: signals.append(signum))
-    order = [(role, children[role], drain_timeout_s + _STOP_MARGIN_S if role == "sender" else _STOP_MARGIN_S)
-             for role in ("sender", "receiver") if role in children]
-    code = 0
-    while not signals and all(c.poll() is None for c in children.values()):
-        time.sleep(0.1)
-    for role, child in children.items():
-        if child.poll() is not None and not signals:
-            log.error("the %s exited with status %s; stopping", role, _status(child))
-            code = _status(child) or 1
-    for role, child, limit in order:
-        if not _stop_child(role, child, limit, signals):
-            log.warning("second signal: killing %s at once (the ledger keeps the state)",
-                        " and ".join(r for r, c, _ in order if c.poll() is None))
-            for _, other, _ in order:
-                _kill(other)
-            return 128 + signals[-1]
-    return code or next((_status(c) for c in children.values() if c.returncode), 0)
-
-
-def _status(child: subprocess.Popen) -> int:
-    """A child's exit status as a shell reports it (128 + N when signal N ended it)."""
-    return child.returncode if child.returncode >= 0 else 128 - child.returncode
-
-
-def _stop_child(role: str, child: subprocess.Popen, limit: float, signals: list[int]) -> bool:
-    """SIGTERM ``child`` and wait up to ``limit`` s (then SIGKILL); False when a second signal came meanwhile."""
-    if child.poll() is None:
-        child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + limit
-    while child.poll() is None:
-        if len(signals) > 1:
-            return False
-        if time.monotonic() > deadline:
-            log.error("the %s did not stop within %.0f s: killing it", role, limit)
-            _kill(child)
-        time.sleep(0.05)
-    log.info("the %s stopped with status %s", role, _status(child))
-    return True
-
-
-def _kill(child: subprocess.Popen) -> None:
-    if child.poll() is None:
-        child.kill()
-        child.wait()
 
 
 def ledger(args: argparse.Namespace) -> int:

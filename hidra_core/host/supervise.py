@@ -1,0 +1,71 @@
+"""Supervising child processes: ``hidra up`` (sender and receiver) and plugins' own compound commands (a broker,
+writers, a buffer), with one stopping rule for all."""
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import time
+from typing import Mapping
+
+__all__ = ["STOP_MARGIN_S", "supervise"]
+
+log = logging.getLogger(__name__)
+
+#: how long a child may take to stop after SIGTERM unless told otherwise (its start-up or close may still run)
+STOP_MARGIN_S = 10.0
+
+
+def supervise(children: Mapping[str, subprocess.Popen], limits: Mapping[str, float] | None = None) -> int:
+    """Wait for the children; on SIGTERM/SIGINT/SIGHUP or when one exits, stop them all, one after the other in
+    the order given (the one that feeds the others first).
+
+    Each child gets SIGTERM and its limit (``limits[name]``, default ``STOP_MARGIN_S``), then SIGKILL. A second
+    signal kills every child at once. Returns the first failing child's status (128 + N for signal N), else 0.
+    """
+    limits = limits or {}
+    signals: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: signals.append(signum))
+    order = [(name, child, limits.get(name, STOP_MARGIN_S)) for name, child in children.items()]
+    code = 0
+    while not signals and all(c.poll() is None for c in children.values()):
+        time.sleep(0.1)
+    for name, child in children.items():
+        if child.poll() is not None and not signals:
+            log.error("the %s exited with status %s; stopping", name, _status(child))
+            code = _status(child) or 1
+    for name, child, limit in order:
+        if not _stop_child(name, child, limit, signals):
+            log.warning("second signal: killing %s at once", " and ".join(n for n, c, _ in order if c.poll() is None))
+            for _, other, _ in order:
+                _kill(other)
+            return 128 + signals[-1]
+    return code or next((_status(c) for c in children.values() if c.returncode), 0)
+
+
+def _status(child: subprocess.Popen) -> int:
+    """A child's exit status as a shell reports it (128 + N when signal N ended it)."""
+    return child.returncode if child.returncode >= 0 else 128 - child.returncode
+
+
+def _stop_child(name: str, child: subprocess.Popen, limit: float, signals: list[int]) -> bool:
+    """SIGTERM ``child`` and wait up to ``limit`` s (then SIGKILL); False when a second signal came meanwhile."""
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + limit
+    while child.poll() is None:
+        if len(signals) > 1:
+            return False
+        if time.monotonic() > deadline:
+            log.error("the %s did not stop within %.0f s: killing it", name, limit)
+            _kill(child)
+        time.sleep(0.05)
+    log.info("the %s stopped with status %s", name, _status(child))
+    return True
+
+
+def _kill(child: subprocess.Popen) -> None:
+    if child.poll() is None:
+        child.kill()
+        child.wait()
