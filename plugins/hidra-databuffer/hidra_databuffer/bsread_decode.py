@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from hidra_databuffer.values import COMPRESSIONS, ChannelSpec, decode_value
+from hidra_databuffer.values import COMPRESSIONS, ChannelSpec, decompress
 
 __all__ = ["DataHeader", "DecodeError", "Decoder", "MainHeader", "Pulse", "parse_data_header", "parse_main_header"]
 
@@ -53,9 +53,9 @@ class Pulse:
     bad: list[tuple[str, str]] = field(default_factory=list)  # (channel, why) of values dropped
 
 
-def _json_object(frame: memoryview, what: str) -> dict[str, Any]:
+def _json_object(raw: Any, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(bytes(frame))
+        value = json.loads(bytes(raw))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ValueError(f"{what} is not JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -98,8 +98,8 @@ def parse_main_header(frame: memoryview) -> MainHeader:
 def parse_data_header(frame: memoryview, dh_compression: str) -> DataHeader:
     """The data header (decompressed first if the main header says so); ``DecodeError("data_header")``."""
     try:
-        text = decode_value({"name": "data header", "type": "string", "compression": dh_compression}, frame)
-        head = _json_object(memoryview((text or "").encode()), "the data header")
+        head = _json_object(decompress(ChannelSpec("data header", "string", compression=dh_compression), frame),
+                            "the data header")
         if head.get("htype") not in DATA_HTYPES:
             raise ValueError(f"htype {head.get('htype')!r} is not one of {', '.join(DATA_HTYPES)}")
         raw = head.get("channels")

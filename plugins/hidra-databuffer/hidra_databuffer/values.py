@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["COMPRESSIONS", "ENCODINGS", "TYPES", "ChannelSpec", "Value", "decode_pulse", "decode_value",
+__all__ = ["COMPRESSIONS", "ENCODINGS", "TYPES", "ChannelSpec", "Value", "decode_pulse", "decode_value", "decompress",
            "stated_sizes"]
 
 #: bsread type -> numpy type code (strings are UTF-8 bytes)
@@ -139,6 +139,21 @@ def _raw(spec: ChannelSpec, frame: memoryview) -> Any:
     return lz4.block.decompress(frame[_LZ4_HEAD:], uncompressed_size=candidates[-1])
 
 
+def decompress(spec: ChannelSpec, data: Any) -> Any:
+    """The uncompressed bytes of a value frame (the frame itself when not compressed, or empty); ``ValueError`` if
+    it cannot hold a value of ``spec``, or does not decompress."""
+    frame = memoryview(data).cast("B")
+    if not frame.nbytes:
+        return frame
+    problem = spec.check(frame)
+    if problem is not None:
+        raise ValueError(f"channel {spec.name!r}: {problem}")
+    try:
+        return _raw(spec, frame)
+    except Exception as exc:  # NOTE: lz4 and bitshuffle raise their own types for corrupt data
+        raise ValueError(f"channel {spec.name!r}: {spec.compression} data does not decompress: {exc}") from None
+
+
 def decode_value(channel: Mapping[str, Any] | ChannelSpec, data: Any) -> Value:
     """The value of one channel from its value frame (``bytes``, ``memoryview``, any buffer); ``None`` if empty.
 
@@ -146,16 +161,9 @@ def decode_value(channel: Mapping[str, Any] | ChannelSpec, data: Any) -> Value:
     the frame cannot hold a value of that channel, or does not decompress.
     """
     spec = channel if isinstance(channel, ChannelSpec) else ChannelSpec.from_entry(channel)
-    frame = memoryview(data).cast("B")
-    if not frame.nbytes:
+    raw = decompress(spec, data)
+    if not memoryview(raw).nbytes:
         return None
-    problem = spec.check(frame)
-    if problem is not None:
-        raise ValueError(f"channel {spec.name!r}: {problem}")
-    try:
-        raw = _raw(spec, frame)
-    except Exception as exc:  # NOTE: lz4 and bitshuffle raise their own types for corrupt data
-        raise ValueError(f"channel {spec.name!r}: {spec.compression} data does not decompress: {exc}") from None
     if spec.type == "string":
         # NOTE: replace, not fail: a query must still serve the other values of a channel with one bad string
         return bytes(raw).decode("utf-8", errors="replace")
