@@ -128,7 +128,7 @@ class Decoder:
         # still gets its new header parsed most of the time (and mismatching values are caught per frame)
         key = (main.hash, main.dh_compression, frame.nbytes)
         if key != self._key or self._header is None:
-            self._key, self._header = None, None
+            self._key = None  # NOTE: a header that fails to parse leaves no stale one behind
             self._header = parse_data_header(frame, main.dh_compression)
             self._key = key
         return self._header
@@ -139,9 +139,9 @@ class Decoder:
             raise DecodeError("truncated", f"{len(frames)} frame(s); a message has at least the two headers")
         main = parse_main_header(frames[0])
         header = self.data_header(main, frames[1])
-        want = 2 + 2 * len(header.channels)
         if not header.channels:
             return None
+        want = 2 + 2 * len(header.channels)
         if len(frames) != want:
             raise DecodeError("truncated", f"pulse {main.pulse_id}: {len(frames)} frames, the data header's "
                                            f"{len(header.channels)} channels need {want}")
