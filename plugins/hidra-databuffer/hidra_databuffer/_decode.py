@@ -9,17 +9,20 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-__all__ = ["COMPRESSIONS", "ENCODINGS", "TYPES", "ChannelConfig", "BadValue", "check_size", "decode",
-           "json_value", "raw_size"]
+__all__ = ["COMPRESSIONS", "ENCODINGS", "TYPES", "BadValue", "ChannelConfig", "check_size", "decode",
+           "json_value", "raw_size", "value_json"]
 
 #: bsread channel type -> numpy type code (without byte order)
 TYPES = {"int8": "i1", "uint8": "u1", "int16": "i2", "uint16": "u2", "int32": "i4", "uint32": "u4",
          "int64": "i8", "uint64": "u8", "float32": "f4", "float64": "f8", "bool": "?", "string": "u1"}
 ENCODINGS = {"little": "<", "big": ">"}
+_STRUCT = {"int8": "b", "uint8": "B", "int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "int64": "q",
+           "uint64": "Q", "float32": "f", "float64": "d", "bool": "?"}
 COMPRESSIONS = frozenset({"none", "lz4", "bitshuffle_lz4"})
 
 
@@ -36,14 +39,21 @@ class ChannelConfig:
     encoding: str
     compression: str
 
-    @property
+    @cached_property
     def dtype(self) -> np.dtype[Any]:
         return np.dtype(ENCODINGS[self.encoding] + TYPES[self.type])
 
-    @property
+    @cached_property
     def count(self) -> int:
         """Elements of one value (the product of the shape)."""
         return math.prod(self.shape)
+
+    @cached_property
+    def scalar(self) -> struct.Struct | None:
+        """How to read an uncompressed scalar number directly (a query of many scalars is mostly this)."""
+        if self.shape != (1,) or self.compression != "none" or self.type not in _STRUCT:
+            return None
+        return struct.Struct(ENCODINGS[self.encoding] + _STRUCT[self.type])
 
 
 def raw_size(config: ChannelConfig, stored: int) -> int:
@@ -107,3 +117,10 @@ def json_value(config: ChannelConfig, value: np.ndarray[Any, Any] | str) -> Any:
     if config.shape == (1,):
         return value[0].item()
     return value.tolist()
+
+
+def value_json(config: ChannelConfig, blob: bytes, offset: int, size: int) -> Any:
+    """``json_value`` of the frame at ``blob[offset:offset + size]``."""
+    if config.scalar is not None and size == config.scalar.size:
+        return config.scalar.unpack_from(blob, offset)[0]
+    return json_value(config, decode(config, memoryview(blob)[offset:offset + size]))

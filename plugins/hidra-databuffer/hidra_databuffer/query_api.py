@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,8 +21,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hidra_databuffer._decode import ChannelConfig, decode, json_value
-from hidra_databuffer.store import ChannelSelection, Hit, Store
+from hidra_databuffer._decode import ChannelConfig, raw_size, value_json
+from hidra_databuffer.store import ChannelSelection, Event, Hit, Pulse, Store
 
 __all__ = ["QueryError", "QueryLimits", "QueryServer", "build_app", "global_date"]
 
@@ -149,35 +149,56 @@ def global_date(sec: int, ns: int) -> str:
     return prefix % ns
 
 
+def _date_of(pulse: Pulse) -> str:
+    pulse.date = global_date(pulse.sec, pulse.ns)
+    return pulse.date
+
+
 def _config_json(config: ChannelConfig, fields: list[str]) -> dict[str, Any]:
     return {f: config.type if f == "type" else list(config.shape) for f in fields}
 
 
-def _event_json(hit: Hit, fields: list[str], name: str) -> str:
-    config = hit.event.config
+def _event(pulse: Pulse, event: Event, fields: list[str], name: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields:
         if f == "pulseId":
-            out[f] = hit.pulse_id
+            out[f] = pulse.pulse_id
         elif f == "globalDate":
-            out[f] = global_date(hit.sec, hit.ns)
+            out[f] = pulse.date or _date_of(pulse)
         elif f == "globalSeconds":
-            out[f] = f"{hit.sec + hit.ns // 1_000_000_000}.{hit.ns % 1_000_000_000:09d}"
+            out[f] = f"{pulse.sec + pulse.ns // 1_000_000_000}.{pulse.ns % 1_000_000_000:09d}"
         elif f == "value":
-            frame = memoryview(hit.blob)[hit.event.offset:hit.event.offset + hit.event.size]
-            out[f] = json_value(config, decode(config, frame))
+            out[f] = value_json(event.config, pulse.blob, event.offset, event.size)
         elif f == "shape":
-            out[f] = list(config.shape)
+            out[f] = list(event.config.shape)
         else:
             out[f] = name
-    return json.dumps(out, separators=(",", ":"))
+    return out
+
+
+_CHUNK_BYTES = 1 << 20
+
+
+def _events_json(hits: list[Hit], fields: list[str], name: str) -> Iterator[str]:
+    """The events as JSON text, encoded a chunk at a time: one ``dumps`` per event costs more than the event for
+    scalars, while a whole range of images as Python lists would take gigabytes."""
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for pulse, event in hits:
+        chunk.append(_event(pulse, event, fields, name))
+        size += raw_size(event.config, event.size) + 64
+        if size > _CHUNK_BYTES:
+            yield json.dumps(chunk, separators=(",", ":"))[1:-1]
+            chunk, size = [], 0
+    if chunk:
+        yield json.dumps(chunk, separators=(",", ":"))[1:-1]
 
 
 def _channel_json(selection: ChannelSelection, backend: str, query: Query) -> str:
     head = json.dumps({"channel": {"name": selection.name, "backend": backend},
                        "configs": [_config_json(c, query.config_fields) for c in selection.configs]},
                       separators=(",", ":"))
-    events = ",".join(_event_json(hit, query.event_fields, selection.name) for hit in selection.hits)
+    events = ",".join(_events_json(selection.hits, query.event_fields, selection.name))
     return f'{head[:-1]},"data":[{events}]}}'
 
 

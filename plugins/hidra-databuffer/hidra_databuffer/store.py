@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 from hidra_databuffer._decode import ChannelConfig, raw_size
 
-__all__ = ["ChannelSelection", "Event", "Pulse", "Store"]
+__all__ = ["ChannelSelection", "Event", "Hit", "Pulse", "Store"]
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +50,15 @@ class Pulse:
     absent: Mapping[str, ChannelConfig] = field(default_factory=dict)
     arrived: float = 0.0
     nbytes: int = field(init=False)
+    #: the globalDate text, made by the first query that needs it (every reader makes the same text)
+    date: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
         self.nbytes = len(self.blob) + _PER_PULSE + _PER_EVENT * len(self.events)
 
 
-class Hit(NamedTuple):
-    """One event of a query's answer."""
-
-    pulse_id: int
-    sec: int
-    ns: int
-    event: Event
-    blob: bytes
+#: one event of a query's answer: the pulse and the channel's event in it (a plain tuple: a query makes many)
+Hit = tuple[Pulse, Event]
 
 
 @dataclass
@@ -75,7 +71,7 @@ class ChannelSelection:
     hits: list[Hit]
 
     def raw_bytes(self) -> int:
-        return sum(raw_size(h.event.config, h.event.size) for h in self.hits)
+        return sum(raw_size(event.config, event.size) for _, event in self.hits)
 
 
 class Store:
@@ -208,11 +204,11 @@ class Store:
         history = self._history.get(name)
         if history is None:
             return ChannelSelection(name, False, [], [])
-        hits = [Hit(p.pulse_id, p.sec, p.ns, ev, p.blob) for p in pulses if (ev := p.events.get(name)) is not None]
+        hits = [(p, ev) for p in pulses if (ev := p.events.get(name)) is not None]
         configs: list[ChannelConfig] = []
-        for hit in hits:
-            if hit.event.config not in configs:
-                configs.append(hit.event.config)
+        for _, event in hits:
+            if event.config not in configs:
+                configs.append(event.config)
         if not configs:  # NOTE: no event in range: the config valid at its end says what the channel is
             at = bisect.bisect_right(history, end, key=lambda entry: entry[0])
             configs.append(history[max(at - 1, 0)][1])

@@ -28,7 +28,7 @@ def pulse(pid: int, **values: Any) -> Pulse:
 
 
 def ids(store: Store, name: str = "a", start: int = 0, end: int = 10**9) -> list[int]:
-    return [hit.pulse_id for hit in store.select([name], start, end)[0].hits]
+    return [pulse.pulse_id for pulse, _ in store.select([name], start, end)[0].hits]
 
 
 def test_max_pulses_evicts_whole_pulses_oldest_first_and_counts_them() -> None:
@@ -83,7 +83,7 @@ def test_each_event_keeps_the_config_of_its_pulse_and_a_range_lists_every_config
     store.append(changed)
     whole = store.select(["a"], 0, 9)[0]
     assert whole.configs == [F8, I4x3]
-    assert [hit.event.config for hit in whole.hits] == [F8] * 5 + [I4x3] * 5
+    assert [event.config for _, event in whole.hits] == [F8] * 5 + [I4x3] * 5
     assert store.select(["a"], 6, 9)[0].configs == [I4x3]
     assert store.channels()["a"] == [(0, F8), (5, I4x3)]
 
@@ -104,8 +104,8 @@ def test_pulse_sent_again_replaces_the_stored_copy_and_late_pulses_sort_in() -> 
     store.append([pulse(1, a=1.0), pulse(3, a=3.0)])
     store.append([pulse(2, a=2.0), pulse(3, a=33.0)])
     hits = store.select(["a"], 0, 10)[0].hits
-    assert [h.pulse_id for h in hits] == [1, 2, 3]
-    assert struct.unpack("<d", hits[2].blob[:8])[0] == 33.0
+    assert [pulse.pulse_id for pulse, _ in hits] == [1, 2, 3]
+    assert struct.unpack("<d", hits[2][0].blob[:8])[0] == 33.0
     assert (store.replaced, store.out_of_order) == (1, 1)
 
 
