@@ -322,6 +322,15 @@ def test_ready_line_names_the_free_port_and_shutdown_stops_the_server(make_write
         requests.get(f"http://127.0.0.1:{port}/status", timeout=5)
 
 
+def test_value_that_cannot_be_decoded_is_a_500_dict(writer: Any) -> None:
+    meta, payload = make_pulse(1, {"Z": ("float64", [4], np.ones(4))}, compression="lz4")
+    payload = payload[:4] + b"\xff" * (len(payload) - 4)  # the size header is right, the LZ4 block is garbage
+    store(writer, [(meta, payload)])
+    reply = query(writer, ["Z"], 0, 1)
+    assert reply.status_code == 500 and reply.json()["status"] == 500 and reply.json()["error"]
+    assert reply.headers["X-Databuffer-Newest"] == "1"
+
+
 class TestDatabufferWriterContract(WriterContract):
     driver_name = "databuffer"
 
