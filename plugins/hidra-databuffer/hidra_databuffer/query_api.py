@@ -282,6 +282,13 @@ def build_app(store: Store, limits: QueryLimits) -> FastAPI:
     def get_status() -> Response:
         return guarded(lambda: JSONResponse({"state": "ok", **store.status()}, headers=_window_headers(store)))
 
+    _error_handlers(app)
+    return app
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Errors of FastAPI's own making (404, 405, 422) as dict bodies too."""
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(400, str(exc))
@@ -293,8 +300,6 @@ def build_app(store: Store, limits: QueryLimits) -> FastAPI:
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         return _error(500, f"{type(exc).__name__}: {exc}")
-
-    return app
 
 
 class QueryServer:
@@ -324,7 +329,9 @@ class QueryServer:
                           f" (http_host/http_port): {exc.strerror}") from None
         self._sock, self.port = sock, sock.getsockname()[1]
         # NOTE: log_config None: uvicorn must not reconfigure the logging of the process it runs in
-        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off")
+        # NOTE: a query waiting for future pulses must not hold up the receiver's stop for long
+        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=5)
         self._server = server = uvicorn.Server(config)
         self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
                                         name="databuffer-query-api")

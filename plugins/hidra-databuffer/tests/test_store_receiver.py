@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import pytest
@@ -22,6 +22,16 @@ from hidra_core.testing import wait_until
 pytestmark = pytest.mark.integration
 
 TOPIC = b"databuffer_test"
+_ENDPOINTS = r"data (\S+), confirmations (\S+),"
+_QUERY_URL = r"databuffer query API ready: (http://\S+/query)"
+
+
+class Running(NamedTuple):
+    proc: subprocess.Popen[bytes]
+    log: Path
+    data: str
+    confirmations: str
+    url: str
 
 
 def _log(path: Path) -> str:
@@ -38,7 +48,9 @@ def _send(push: zmq.Socket, meta: dict[str, Any], payload: bytes, chunksize: int
         push.send_multipart([json.dumps(head).encode(), chunk])
 
 
-def test_pulses_through_a_receiver_process_are_confirmed_and_served(tmp_path: Path) -> None:
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Running]:
+    """A ready ``hidra receiver`` with the databuffer writer on free ports."""
     target = tmp_path / "target"
     target.mkdir()
     log = tmp_path / "receiver.log"
@@ -48,22 +60,30 @@ def test_pulses_through_a_receiver_process_are_confirmed_and_served(tmp_path: Pa
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "hidra_core", "receiver",
                                  *(arg for s in sets for arg in ("--set", s))], stdout=out, stderr=subprocess.STDOUT)
-    ctx = zmq.Context()
-    push, sub = ctx.socket(zmq.PUSH), ctx.socket(zmq.SUB)
     try:
         def ready() -> Any:
             assert proc.poll() is None, _log(log)
-            return re.search(r"data (\S+), confirmations (\S+),", _log(log)) and re.search(
-                r"databuffer query API ready: (http://\S+/query)", _log(log))
+            return re.search(_ENDPOINTS, _log(log)) and re.search(_QUERY_URL, _log(log))
 
         wait_until(ready, 60, what="the receiver's and the query API's ready lines")
-        data, confirmations = re.search(r"data (\S+), confirmations (\S+),", _log(log)).groups()  # type: ignore
-        url = re.search(r"databuffer query API ready: (http://\S+/query)", _log(log)).group(1)  # type: ignore
+        data, confirmations = re.search(_ENDPOINTS, _log(log)).groups()  # type: ignore[union-attr]
+        url = re.search(_QUERY_URL, _log(log)).group(1)  # type: ignore[union-attr]
+        yield Running(proc, log, data, confirmations, url)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_pulses_through_a_receiver_process_are_confirmed_and_served(receiver: Running) -> None:
+    ctx = zmq.Context()
+    push, sub = ctx.socket(zmq.PUSH), ctx.socket(zmq.SUB)
+    try:
         for s in (push, sub):
             s.linger = 0
         sub.subscribe(TOPIC)
-        sub.connect(confirmations)
-        push.connect(data)
+        sub.connect(receiver.confirmations)
+        push.connect(receiver.data)
         image = np.arange(512 * 512, dtype=np.uint16).reshape(512, 512)
         pids = [10, 11, 12, 15]
         for pid in pids:
@@ -80,18 +100,15 @@ def test_pulses_through_a_receiver_process_are_confirmed_and_served(tmp_path: Pa
         wait_until(all_confirmed, 60, what="the confirmations of every pulse", interval_s=0)
         body = {"channels": [{"name": "S:A", "backend": "sf-databuffer"}, {"name": "CAM", "backend": "sf-imagebuffer"}],
                 "range": {"startPulseId": 0, "endPulseId": 20}}
-        scalar, camera = requests.post(url, json=body, timeout=60).json()
+        scalar, camera = requests.post(receiver.url, json=body, timeout=60).json()
         assert [(e["pulseId"], e["value"]) for e in scalar["data"]] == [(pid, pid / 4) for pid in pids]
         assert [e["pulseId"] for e in camera["data"]] == [12]
         assert camera["data"][0]["value"] == image.ravel().tolist()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0, _log(log)
+        receiver.proc.send_signal(signal.SIGTERM)
+        assert receiver.proc.wait(60) == 0, _log(receiver.log)
         with pytest.raises(requests.ConnectionError):
-            requests.get(url.replace("/query", "/status"), timeout=5)
+            requests.get(receiver.url.replace("/query", "/status"), timeout=5)
     finally:
         push.close()
         sub.close()
         ctx.term()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
