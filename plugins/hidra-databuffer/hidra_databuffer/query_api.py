@@ -195,8 +195,11 @@ def _events_json(hits: list[Hit], fields: list[str], name: str) -> Iterator[str]
 
 
 def _channel_json(selection: ChannelSelection, backend: str, query: Query) -> str:
-    head = json.dumps({"channel": {"name": selection.name, "backend": backend},
-                       "configs": [_config_json(c, query.config_fields) for c in selection.configs]},
+    configs: list[dict[str, Any]] = []
+    for config in selection.configs:  # NOTE: a change of encoding or compression alone is no new config to a client
+        if (shown := _config_json(config, query.config_fields)) not in configs:
+            configs.append(shown)
+    head = json.dumps({"channel": {"name": selection.name, "backend": backend}, "configs": configs},
                       separators=(",", ":"))
     events = ",".join(_events_json(selection.hits, query.event_fields, selection.name))
     return f'{head[:-1]},"data":[{events}]}}'
@@ -248,6 +251,19 @@ def _error(status: int, error: str, headers: dict[str, str] | None = None) -> JS
     return JSONResponse({"status": status, "error": error}, status_code=status, headers=headers)
 
 
+MAX_REQUEST_BYTES = 1 << 20  # a request names at most a few hundred channels
+
+
+async def _body(request: Request) -> bytes | Response:
+    """The request body, or a 413 answer once it passes ``MAX_REQUEST_BYTES`` (never read whole into memory)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_REQUEST_BYTES:
+            return _error(413, f"request body over {MAX_REQUEST_BYTES} bytes")
+    return bytes(body)
+
+
 def build_app(store: Store, limits: QueryLimits) -> FastAPI:
     app = FastAPI(title="hidra databuffer query API", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -266,12 +282,17 @@ def build_app(store: Store, limits: QueryLimits) -> FastAPI:
 
     @app.post("/query")
     async def post_query(request: Request) -> Response:
+        body = await _body(request)
+        if isinstance(body, Response):
+            return body
         # NOTE: a thread of the pool, not the event loop: a query may wait query_wait_s for future pulses
-        return await run_in_threadpool(guarded, query, await request.body())
+        return await run_in_threadpool(guarded, query, body)
 
     @app.post("/mapping")
     async def post_mapping(request: Request) -> Response:
-        body = await request.body()
+        body = await _body(request)
+        if isinstance(body, Response):
+            return body
         return await run_in_threadpool(guarded, lambda: JSONResponse(_mapping(store, body)))
 
     @app.get("/channels")

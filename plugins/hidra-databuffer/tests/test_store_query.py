@@ -238,6 +238,12 @@ def test_values_over_max_query_bytes_is_413(make_writer: Any) -> None:
     assert reply.status_code == 413 and "max_query_bytes" in reply.json()["error"]
 
 
+def test_request_body_over_a_mib_is_413(writer: Any) -> None:
+    body = json.dumps({"channels": ["x" * 100] * 20_000, "range": {"startPulseId": 0, "endPulseId": 1}})
+    reply = requests.post(writer.url, data=body, headers={"Content-Type": "application/json"}, timeout=30)
+    assert reply.status_code == 413 and reply.json()["status"] == 413 and "request body" in reply.json()["error"]
+
+
 def test_type_and_shape_change_mid_range_lists_both_configs(writer: Any) -> None:
     store(writer, [make_pulse(pid, {"C": ("float64", [1], pid * 1.5)}) for pid in range(5)])
     store(writer, [make_pulse(pid, {"C": ("int16", [3], [pid, -pid, 7])}) for pid in range(5, 10)])
@@ -260,7 +266,9 @@ def test_big_endian_and_compressed_channels_decode_to_the_same_values(writer: An
     variants = [(e, c) for e in ("little", "big") for c in ("none", "lz4", "bitshuffle_lz4")]
     store(writer, [make_pulse(n, {"V": (kind, shape, value)}, encoding=e, compression=c)
                    for n, (e, c) in enumerate(variants)])
-    values = [e["value"] for e in query(writer, ["V"], 0, len(variants) - 1).json()[0]["data"]]
+    (entry,) = query(writer, ["V"], 0, len(variants) - 1).json()
+    assert entry["configs"] == [{"type": kind, "shape": shape}]  # header order (fastest first), never reversed
+    values = [e["value"] for e in entry["data"]]
     want = value if isinstance(value, (str, float)) else np.asarray(value).ravel().tolist()
     assert values == [want] * len(variants)
 
