@@ -88,9 +88,10 @@ class Store:
         self._history: dict[str, list[tuple[int, ChannelConfig]]] = {}
         self._bytes = 0
         self._appended = 0
-        self.evictions = {"pulses": 0, "bytes": 0, "age": 0}
+        self.evictions = {"pulses": 0, "bytes": 0, "age": 0, "restart": 0}
         self.gaps = self.missing_pulses = self.replaced = self.out_of_order = 0
         self.waiting = 0  # readers waiting for future pulses
+        self.restarts = 0
 
     # --- the appending thread ---------------------------------------------------------------------------------
     def append(self, pulses: Iterable[Pulse]) -> None:
@@ -104,6 +105,9 @@ class Store:
     def _insert(self, pulse: Pulse) -> None:
         pulse.arrived = self._clock()
         pid = pulse.pulse_id
+        newest = self._newest()
+        if newest is not None and pid < newest - self.max_pulses:
+            self._restart(pid, newest)
         old = self._pulses.get(pid)
         if old is not None:  # NOTE: re-sent after a restart: the newer copy wins, counted once
             self._bytes -= old.nbytes
@@ -125,6 +129,15 @@ class Store:
         self._appended += 1
         if self._appended % _PRUNE_EVERY == 0:
             self._prune_history()
+
+    def _restart(self, pid: int, newest: int) -> None:
+        """Pulse ids started again (a restarted simulator): evicting by pulse id would now throw away the new
+        pulses first and keep the old ones, so the old ones go at once."""
+        log.warning("databuffer: pulse %d arrived after pulse %d, more than max_pulses back: the stream's pulse ids"
+                    " restarted; the %d pulses stored so far are dropped", pid, newest, len(self._ids) - self._head)
+        self.evictions["restart"] += len(self._ids) - self._head
+        self._ids, self._head, self._pulses, self._bytes = [], 0, {}, 0
+        self.restarts += 1
 
     def _note_config(self, name: str, pid: int, config: ChannelConfig) -> None:
         history = self._history.setdefault(name, [])
@@ -232,4 +245,4 @@ class Store:
                     "max_pulses": self.max_pulses, "max_bytes": self.max_bytes, "max_age_s": self.max_age_s,
                     "evictions": sum(self.evictions.values()), "evictions_by_bound": dict(self.evictions),
                     "gaps": self.gaps, "missing_pulses": self.missing_pulses, "replaced": self.replaced,
-                    "out_of_order": self.out_of_order, "waiting_queries": self.waiting}
+                    "out_of_order": self.out_of_order, "restarts": self.restarts, "waiting_queries": self.waiting}

@@ -109,6 +109,14 @@ def test_pulse_sent_again_replaces_the_stored_copy_and_late_pulses_sort_in() -> 
     assert (store.replaced, store.out_of_order) == (1, 1)
 
 
+def test_pulse_ids_that_start_again_replace_the_old_run_instead_of_being_evicted_first() -> None:
+    store = Store(max_pulses=5, max_bytes=1 << 30)
+    store.append(pulse(n, a=float(n)) for n in range(1000, 1010))
+    store.append(pulse(n, a=float(n)) for n in range(0, 8))  # a simulator restarted at pulse id 0
+    assert ids(store) == [3, 4, 5, 6, 7]
+    assert store.status()["restarts"] == 1 and store.evictions["restart"] == 5
+
+
 def test_reader_waiting_for_a_future_pulse_wakes_when_it_is_stored() -> None:
     store = Store(max_pulses=1000, max_bytes=1 << 30)
     store.append([pulse(1, a=1.0)])
