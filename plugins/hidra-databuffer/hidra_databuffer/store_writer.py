@@ -129,14 +129,15 @@ class DatabufferWriter(Writer):
         self.store = Store(config.max_pulses, config.max_bytes, config.max_age_s)
         limits = QueryLimits(config.query_wait_s, config.max_query_pulses, config.max_query_bytes, config.strict)
         self.server = QueryServer(build_app(self.store, limits), config.http_host, config.http_port)
-        self._started = False
+        self._started = self._stopped = False
         self._start_lock = threading.Lock()
         self._refused: dict[str, str] = {}
 
     def start(self) -> None:
-        """Start the query API unless it runs (idempotent; raises if it cannot listen)."""
+        """Start the query API unless it runs or was shut down (idempotent; raises if it cannot listen)."""
         with self._start_lock:
-            if not self._started:
+            # NOTE: the start-up thread may come late, after a receiver that failed at once already shut down
+            if not self._started and not self._stopped:
                 self.server.start()
                 self._started = True
 
@@ -185,4 +186,4 @@ class DatabufferWriter(Writer):
     def shutdown(self) -> None:
         with self._start_lock:
             self.server.stop()
-            self._started = False
+            self._started, self._stopped = False, True

@@ -326,6 +326,7 @@ def test_ready_line_names_the_free_port_and_shutdown_stops_the_server(make_write
     port = writer.server.port
     assert port and f"databuffer query API ready: http://127.0.0.1:{port}/query" in caplog.text
     writer.shutdown()
+    writer.cleanup(0.0)  # the start-up thread coming late must not start it again
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/status", timeout=5)
 
