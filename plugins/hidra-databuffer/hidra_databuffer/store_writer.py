@@ -68,15 +68,16 @@ def _int(meta: Mapping[str, Any], key: str, where: str) -> int:
     return value
 
 
-def _config(channel: Mapping[str, Any], where: str) -> ChannelConfig:
+def _config(channel: Mapping[str, Any]) -> ChannelConfig:
     kind, shape = channel.get("type", "float64"), channel.get("shape", [1])
     encoding, compression = channel.get("encoding", "little"), channel.get("compression", "none") or "none"
-    if kind not in TYPES:
+    if not isinstance(kind, str) or kind not in TYPES:
         raise BadValue(f"type {kind!r} unknown (known: {sorted(TYPES)})")
     if not isinstance(shape, list) or not shape or not all(
             isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
         raise BadValue(f"shape {shape!r} is not a list of positive integers")
-    if encoding not in ENCODINGS or compression not in COMPRESSIONS:
+    if not isinstance(encoding, str) or not isinstance(compression, str) or encoding not in ENCODINGS or (
+            compression not in COMPRESSIONS):
         raise BadValue(f"encoding {encoding!r} / compression {compression!r} unknown")
     return ChannelConfig(kind, tuple(shape), encoding, compression)
 
@@ -103,7 +104,7 @@ def parse_pulse(meta: Mapping[str, Any], blob: bytes, refused: dict[str, str]) -
             raise ProtocolError(f"{name} {cname}: bytes {offset}..{offset + size} lie beyond the {len(blob)}-byte"
                                 " payload")
         try:
-            config = _config(channel, name)
+            config = _config(channel)
             if channel.get("present", size > 0) is False or size == 0:
                 events[cname], absent[cname] = None, config
                 continue

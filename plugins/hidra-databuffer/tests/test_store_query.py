@@ -311,13 +311,17 @@ def test_malformed_pulse_metadata_is_refused_naming_the_problem(writer: Any) -> 
 
 
 def test_channel_whose_value_does_not_fit_its_config_is_left_out_and_logged(writer: Any, caplog: Any) -> None:
-    meta, payload = make_pulse(1, {"OK": ("float64", [1], 1.0), "BAD": ("float64", [4], np.zeros(4))})
+    meta, payload = make_pulse(1, {"OK": ("float64", [1], 1.0), "BAD": ("float64", [4], np.zeros(4)),
+                                   "ODD": ("int8", [1], 1), "ALSO": ("int8", [1], 2)})
     meta["channels"][1]["shape"] = [5]
+    meta["channels"][2]["type"] = ["int8"]
+    meta["channels"][3]["compression"] = {"lz4": True}
     with caplog.at_level(logging.ERROR, logger="hidra_databuffer"):
         store(writer, [(meta, payload)])
     assert "BAD" in caplog.text and "32 bytes for float64 shape [5]" in caplog.text
-    ok, bad = query(writer, ["OK", "BAD"], 0, 1).json()
-    assert [e["value"] for e in ok["data"]] == [1.0] and bad["data"] == []
+    assert "type ['int8'] unknown" in caplog.text and "compression {'lz4': True} unknown" in caplog.text
+    ok, bad, odd, also = query(writer, ["OK", "BAD", "ODD", "ALSO"], 0, 1).json()
+    assert [e["value"] for e in ok["data"]] == [1.0] and bad["data"] == odd["data"] == also["data"] == []
 
 
 def test_ready_line_names_the_free_port_and_shutdown_stops_the_server(make_writer: Any, caplog: Any) -> None:
