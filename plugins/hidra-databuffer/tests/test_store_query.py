@@ -318,7 +318,7 @@ def test_channel_whose_value_does_not_fit_its_config_is_left_out_and_logged(writ
     meta["channels"][3]["compression"] = {"lz4": True}
     with caplog.at_level(logging.ERROR, logger="hidra_databuffer"):
         store(writer, [(meta, payload)])
-    assert "BAD" in caplog.text and "32 bytes for float64 shape [5]" in caplog.text
+    assert "BAD" in caplog.text and "holds 32 uncompressed bytes; float64 of shape [5] needs 40" in caplog.text
     assert "type ['int8'] unknown" in caplog.text and "compression {'lz4': True} unknown" in caplog.text
     ok, bad, odd, also = query(writer, ["OK", "BAD", "ODD", "ALSO"], 0, 1).json()
     assert [e["value"] for e in ok["data"]] == [1.0] and bad["data"] == odd["data"] == also["data"] == []
