@@ -2,7 +2,7 @@
 
 Each stored file gets one INFO line (name, size, ms from its first chunk to durable) on the logger
 ``hidra_core.receiver.files``, which ``receiver.log_each_file: false`` turns down on its own; frames get a DEBUG
-line (the series writer reports each series).
+line, as do pulses (the writers report series and ranges).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 import zmq
 
 from hidra_core.protocol.confirmation import encode_confirmations, encode_heartbeat
-from hidra_core.types import FILE, FRAME
+from hidra_core.types import FILE, FRAME, PULSE
 
 __all__ = ["FILES_LOGGER", "CommitItem", "CommitThread"]
 
@@ -28,6 +28,7 @@ files_log = logging.getLogger(FILES_LOGGER)
 _DETAILED_FAILURES = 3
 
 _BEACON_S = 0.2
+_STREAMED = frozenset({FRAME, PULSE})  # logged at DEBUG: thousands a second
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ class CommitThread:
             r.stats["stored"] += 1
             r.stats["bytes"] += item.size
             # NOTE: a line per frame (thousands a second) would cost more than storing it; series writers log series
-            files_log.log(logging.INFO if item.kind != FRAME else logging.DEBUG, "stored %s: %d bytes, %.0f ms",
+            files_log.log(logging.DEBUG if item.kind in _STREAMED else logging.INFO, "stored %s: %d bytes, %.0f ms",
                           item.file_id, item.size, (now - item.started) * 1000)
             if item.topic is None:
                 continue
