@@ -60,7 +60,8 @@ def _config(args: argparse.Namespace) -> BrokerConfig:
     try:
         return BrokerConfig(**options)
     except ValidationError as exc:
-        raise ConfigError(f"hidra-databuffer-broker: {exc}") from None
+        raise ConfigError("the command line", [f"--{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                              for e in exc.errors()]) from None
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -70,7 +71,7 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot bind the REST API to {host}:{port}: {exc}") from None
+        raise ConfigError("--rest_host/--rest_port", [f"cannot bind the REST API to {host}:{port}: {exc}"]) from None
     sock.listen(128)
     return sock
 
@@ -80,14 +81,14 @@ def _open(config: BrokerConfig) -> tuple[Broker, socket.socket]:
     try:
         audit = AuditTrail(config.audit_file)
     except OSError as exc:
-        raise ConfigError(f"audit file {config.audit_file}: {exc} (set --audit_file)") from None
+        raise ConfigError("--audit_file", [f"cannot append to {config.audit_file}: {exc}"]) from None
     rest = _listen(config.rest_host, config.rest_port)
     try:
         sender = RequestSender(config.output_host, config.output_port, config.queue_length, config.send_timeout_ms)
     except Exception as exc:
         rest.close()
-        raise ConfigError(f"cannot bind the request socket to {config.output_host}:{config.output_port}: "
-                          f"{exc.__cause__ or exc}") from None
+        raise ConfigError("--output_host/--output_port", [f"cannot bind the request socket to "
+                          f"{config.output_host}:{config.output_port}: {exc.__cause__ or exc}"]) from None
     state = BrokerState(statistics=Statistics(time.strftime("%Y%m%d-%H%M%S")))
     return Broker(config, channels, audit, sender, state), rest
 

@@ -46,12 +46,12 @@ def load_channels(path: Path | None) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"channels file {path}: {exc}") from None
+        raise ConfigError(f"channels file {path}", [str(exc)]) from None
     names = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
     try:
         return check_channels(names, f"channels file {path}")
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(f"channels file {path}", [str(exc)]) from None
 
 
 def images_output_file(output_file: str) -> str:
