@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 import zmq
+
+from hidra_core.testing import wait_until
 
 pytest.register_assert_rewrite("broker_proc")  # NOTE: before the import, so its asserts explain themselves
 
@@ -244,3 +249,36 @@ def test_console_script_is_installed_and_has_help() -> None:
     assert all(flag in done.stdout for flag in ("--channels_file", "--output_port", "--queue_length", "--rest_port",
                                                 "--audit_trail_only", "--audit_file", "--send_timeout_ms",
                                                 "--epics_writer_url", "--rest_host"))
+
+
+class _Epics(BaseHTTPRequestHandler):
+    bodies: list[Any] = []
+
+    def do_PUT(self) -> None:  # noqa: N802 (http.server's name)
+        self.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_epics_side_channel_gets_the_range_and_parameters_only_when_configured(start_broker: Callable[..., Broker],
+                                                                                writers: WriterFactory) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Epics)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/epics"
+        broker = start_broker("--epics_writer_url", url)
+        writer = writers(broker)
+        broker.run(3, 4)
+        assert writer.receive()
+        wait_until(lambda: _Epics.bodies, what="the EPICS writer PUT")
+        assert _Epics.bodies == [{"range": {"startPulseId": 3, "endPulseId": 4}, "parameters": PARAMS}]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert broker.run(5, 6).content == b""  # NOTE: the EPICS writer is gone now: only logged, the run still goes
+    assert request_range(writer.receive()) == {"startPulseId": 5, "endPulseId": 6}

@@ -35,6 +35,12 @@ __all__ = ["main", "serve"]
 log = logging.getLogger(__name__)
 
 
+def _level(text: str) -> str:
+    if not isinstance(logging.getLevelName(text.upper()), int):
+        raise argparse.ArgumentTypeError(f"unknown log level {text!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return text.upper()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hidra-databuffer-broker", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--queue_length", type=int, default=100, help="ZeroMQ HWM (default %(default)s)")
     p.add_argument("--rest_host", default="127.0.0.1", help="REST interface (default %(default)s)")
     p.add_argument("--rest_port", type=int, default=8888, help="REST port, 0 = free (default %(default)s)")
-    p.add_argument("--log_level", default="INFO", help="logging level (default %(default)s)")
+    p.add_argument("--log_level", type=_level, default="INFO", help="logging level (default %(default)s)")
     p.add_argument("--audit_trail_only", action="store_true", help="write audit lines, never send requests")
     p.add_argument("--audit_file", type=Path, default=DBW_AUDIT_FILE, help="audit trail (default %(default)s)")
     p.add_argument("--send_timeout_ms", type=int, default=1000,
@@ -113,7 +119,7 @@ def serve(config: BrokerConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         serve(_config(args))
     except ConfigError as exc:
