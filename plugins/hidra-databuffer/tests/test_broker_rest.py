@@ -2,10 +2,18 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import requests
+import uvicorn
+
+from hidra_core.testing import wait_until
+from hidra_databuffer.broker.app import create_app
+from hidra_databuffer.broker.config import BrokerConfig
+from hidra_databuffer.broker.main import _open
 
 pytest.register_assert_rewrite("broker_proc")  # NOTE: before the import, so its asserts explain themselves
 
@@ -162,3 +170,29 @@ def test_statistics_fields_and_types(broker: Broker, writers: Callable[[Broker],
     last = stats["last_sent_write_request"]
     assert last["data_api_request"] == sent["data_api_request"] and last["parameters"] == sent["parameters"]
     assert last["timestamp"] == pytest.approx(sent["timestamp"])
+
+
+def test_unexpected_exception_is_the_error_json_with_http_200(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker in-process (real sockets, real uvicorn) with a stop that raises what no handler expects."""
+    config = BrokerConfig(rest_port=0, output_port=0, audit_file=tmp_path / "audit.log")
+    broker, rest = _open(config)
+    server = uvicorn.Server(uvicorn.Config(create_app(broker), log_level="critical", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [rest]}, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{rest.getsockname()[1]}"
+        wait_until(lambda: server.started, what="uvicorn started")
+
+        def boom(pulse_id: int) -> None:
+            raise RuntimeError(f"boom at {pulse_id}")
+
+        monkeypatch.setattr(broker.state, "stop_pulse", boom)
+        reply = requests.put(url + "/stop_pulse_id/5", timeout=30)
+        assert reply.status_code == 200
+        assert reply.json() == {"state": "error", "status": "RuntimeError: boom at 5"}
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        broker.sender.close()
+        rest.close()
