@@ -99,8 +99,13 @@ def notify_epics(url: str, request: dict[str, Any], parameters: dict[str, Any]) 
 def create_app(broker: Broker) -> FastAPI:
     app = FastAPI(title="hidra-databuffer-broker", docs_url=None, redoc_url=None, openapi_url=None)
     lock = asyncio.Lock()  # NOTE: a stop awaits its send; no other request may change the state meanwhile
-    state = broker.state
+    _state_routes(app, broker.state, lock)
+    _pulse_routes(app, broker, lock)
+    _install_error_handlers(app)
+    return app
 
+
+def _state_routes(app: FastAPI, state: BrokerState, lock: asyncio.Lock) -> None:
     @app.get("/status")
     async def status() -> Response:
         return ok(status=state.status)
@@ -137,6 +142,8 @@ def create_app(broker: Broker) -> FastAPI:
     async def statistics() -> Response:
         return ok(status=state.status, statistics=state.statistics.as_dict())
 
+
+def _pulse_routes(app: FastAPI, broker: Broker, lock: asyncio.Lock) -> None:
     @app.put("/start_pulse_id/{value}")
     async def start_pulse_id(value: str) -> Response:
         try:
@@ -144,7 +151,7 @@ def create_app(broker: Broker) -> FastAPI:
         except ValueError as exc:
             return error(str(exc))
         async with lock:
-            state.start_pulse(number)
+            broker.state.start_pulse(number)
         return Response()
 
     @app.put("/stop_pulse_id/{value}")
@@ -155,9 +162,6 @@ def create_app(broker: Broker) -> FastAPI:
                 return await broker.stop_pulse(number)
         except (ValueError, StopError) as exc:
             return error(str(exc))
-
-    _install_error_handlers(app)
-    return app
 
 
 def _install_error_handlers(app: FastAPI) -> None:
