@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests as http
+import zmq
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -74,9 +75,12 @@ class Broker:
         except OSError as exc:  # NOTE: F5: no audit line -> nothing sent
             log.error("audit trail %s: %s; nothing sent", self.audit.path, exc)
             return error(f"cannot write the audit trail {self.audit.path}: {exc}; nothing sent")
-        except Exception as exc:
-            log.error("request [%d, %d] not sent: %s", outcome.start, outcome.stop, exc)
+        except zmq.Again as exc:
+            log.error("request [%d, %d] not sent: no writer: %s", outcome.start, outcome.stop, exc)
             return error(f"no writer took the request within {self.config.send_timeout_ms} ms: {exc}")
+        except Exception as exc:
+            log.exception("request [%d, %d] not sent", outcome.start, outcome.stop)
+            return error(f"request not sent: {type(exc).__name__}: {exc}")
         self.state.commit(outcome, requests[-1], now_text())
         if self.config.epics_writer_url:
             notify_epics(self.config.epics_writer_url, requests[0], outcome.parameters)

@@ -30,7 +30,11 @@ class RequestSender:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="broker-requests")
         self._sender: Sender | None = None
         self._pulse_id = 0
-        self.endpoint = self._worker.submit(self._open, host, port, queue_length, send_timeout_ms).result()
+        try:
+            self.endpoint = self._worker.submit(self._open, host, port, queue_length, send_timeout_ms).result()
+        except BaseException:
+            self._worker.shutdown()
+            raise
 
     def _open(self, host: str, port: int, queue_length: int, send_timeout_ms: int) -> str:
         # NOTE: port 0 -> ZeroMQ's wildcard port; the sender takes the address and port as text
