@@ -1,0 +1,132 @@
+"""``hidra-databuffer-broker``: DBW's REST broker; turns start/stop pulse ids into writing requests for the writers.
+
+Examples::
+
+    hidra-databuffer-broker -c channels.txt --audit_file /var/log/sf_databuffer_audit.log
+    hidra-databuffer-broker --rest_port 0 --output_port 0 --audit_file audit.log   # free ports, see the ready line
+    hidra-databuffer-broker --audit_trail_only --audit_file audit.log               # record only, replay later
+
+    curl -X POST -d '{"general/created": "...", ..., "output_file": "/data/run1.h5"}' localhost:8888/parameters
+    curl -X PUT localhost:8888/start_pulse_id/1000; curl -X PUT localhost:8888/stop_pulse_id/1100
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+import time
+from pathlib import Path
+
+import uvicorn
+from pydantic import ValidationError
+
+from hidra_core import ConfigError
+
+from hidra_databuffer.broker.app import Broker, create_app
+from hidra_databuffer.broker.audit import AuditTrail
+from hidra_databuffer.broker.config import DBW_AUDIT_FILE, BrokerConfig
+from hidra_databuffer.broker.requests import load_channels
+from hidra_databuffer.broker.state import BrokerState, Statistics
+from hidra_databuffer.broker.transport import RequestSender
+
+__all__ = ["main", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+def _level(text: str) -> str:
+    if not isinstance(logging.getLevelName(text.upper()), int):
+        raise argparse.ArgumentTypeError(f"unknown log level {text!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return text.upper()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hidra-databuffer-broker", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--channels_file", type=Path, help="channel names, one a line (at most 100, 2 cameras)")
+    p.add_argument("-o", "--output_port", type=int, default=12500, help="request PUSH port (default %(default)s)")
+    p.add_argument("--output_host", default="127.0.0.1", help="PUSH bind interface, '*' = all (default %(default)s)")
+    p.add_argument("-q", "--queue_length", type=int, default=100, help="ZeroMQ HWM (default %(default)s)")
+    p.add_argument("--rest_host", default="127.0.0.1", help="REST interface (default %(default)s)")
+    p.add_argument("--rest_port", type=int, default=8888, help="REST port, 0 = free (default %(default)s)")
+    p.add_argument("--log_level", type=_level, default="INFO", help="logging level (default %(default)s)")
+    p.add_argument("--audit_trail_only", action="store_true", help="write audit lines, never send requests")
+    p.add_argument("--audit_file", type=Path, default=DBW_AUDIT_FILE, help="audit trail (default %(default)s)")
+    p.add_argument("--send_timeout_ms", type=int, default=1000,
+                   help="no writer within this -> error reply (default %(default)s)")
+    p.add_argument("--epics_writer_url", help="optional EPICS writer side-channel URL (off by default)")
+    p.add_argument("--no_camera_split", dest="camera_split", action="store_false",
+                   help="send camera channels in the one request instead of a second one to <name>.IMAGES.h5")
+    return p
+
+
+def _config(args: argparse.Namespace) -> BrokerConfig:
+    options = {key: value for key, value in vars(args).items() if value is not None}
+    try:
+        return BrokerConfig(**options)
+    except ValidationError as exc:
+        raise ConfigError("the command line", [f"--{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                              for e in exc.errors()]) from None
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError("--rest_host/--rest_port", [f"cannot bind the REST API to {host}:{port}: {exc}"]) from None
+    sock.listen(128)
+    return sock
+
+
+def _open(config: BrokerConfig) -> tuple[Broker, socket.socket]:
+    channels = load_channels(config.channels_file)
+    try:
+        audit = AuditTrail(config.audit_file)
+    except OSError as exc:
+        raise ConfigError("--audit_file", [f"cannot append to {config.audit_file}: {exc}"]) from None
+    rest = _listen(config.rest_host, config.rest_port)
+    try:
+        sender = RequestSender(config.output_host, config.output_port, config.queue_length, config.send_timeout_ms)
+    except Exception as exc:
+        rest.close()
+        raise ConfigError("--output_host/--output_port", [f"cannot bind the request socket to "
+                          f"{config.output_host}:{config.output_port}: {exc.__cause__ or exc}"]) from None
+    state = BrokerState(statistics=Statistics(time.strftime("%Y%m%d-%H%M%S")))
+    return Broker(config, channels, audit, sender, state), rest
+
+
+def serve(config: BrokerConfig) -> None:
+    """Run the broker until interrupted; ConfigError before anything listens if the setup is refused."""
+    broker, rest = _open(config)
+    host, port = rest.getsockname()[:2]
+    only = " (audit trail only: nothing is sent)" if config.audit_trail_only else ""
+    ready = (f"hidra databuffer broker ready: rest http://{host}:{port}, requests {broker.sender.endpoint}, "
+             f"audit {config.audit_file}{only}, {len(broker.channels)} channels")
+    log.info("%s", ready)
+    print(ready, flush=True)  # NOTE: scripts and tests read this line to find the ports
+    level = "info" if config.log_level.upper() == "DEBUG" else "warning"
+    server = uvicorn.Server(uvicorn.Config(create_app(broker), log_level=level, lifespan="off"))
+    try:
+        server.run(sockets=[rest])
+    finally:
+        broker.sender.close()
+        rest.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        serve(_config(args))
+    except ConfigError as exc:
+        print(f"hidra-databuffer-broker: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
