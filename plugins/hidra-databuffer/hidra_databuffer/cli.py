@@ -79,10 +79,15 @@ def _buffer_argv(args: argparse.Namespace) -> list[str]:
     return [sys.executable, "-m", "hidra_core", "up", *(a for s in sets for a in ("--set", s))]
 
 
+def _env() -> dict[str, str]:
+    # NOTE: bitshuffle's OpenMP threads spin against each other on small machines (databuffer.md §11)
+    return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+
+
 def _run_buffer(args: argparse.Namespace) -> int:
     # NOTE: `hidra up` already supervises a sender and a receiver; this process becomes it
     argv = _buffer_argv(args)
-    os.execv(argv[0], argv)
+    os.execve(argv[0], argv, _env())
     return 1  # pragma: no cover  (execv does not return)
 
 
@@ -90,12 +95,13 @@ def _run_up(args: argparse.Namespace) -> int:
     query = f"http://127.0.0.1:{args.query_port}/query"
     broker = ["--rest_port", str(args.rest_port), "--output_port", str(args.output_port), "--audit_file",
               args.audit_file, *(["-c", args.channels_file] if args.channels_file else [])]
-    children: dict[str, Any] = {"buffer": subprocess.Popen(_buffer_argv(args))}
-    children["broker"] = subprocess.Popen([sys.executable, "-m", "hidra_databuffer.broker.main", *broker])
+    env = _env()
+    children: dict[str, Any] = {"buffer": subprocess.Popen(_buffer_argv(args), env=env)}
+    children["broker"] = subprocess.Popen([sys.executable, "-m", "hidra_databuffer.broker.main", *broker], env=env)
     for n in range(args.writers):
         children[f"writer {n + 1}"] = subprocess.Popen([
             sys.executable, "-m", "hidra_databuffer.dbwriter.main", f"tcp://127.0.0.1:{args.output_port}", "-1",
-            "--data_api_url", query])
+            "--data_api_url", query], env=env)
     log.info("hidra databuffer up: %s -> buffer (query %s), broker REST 127.0.0.1:%d, %d writers", args.source,
              query, args.rest_port, args.writers)
     # NOTE: the broker stops first (no new requests), then the writers finish theirs, then the buffer
