@@ -47,15 +47,13 @@ class Broker:
     """A PUSH socket bound like the broker's, sending requests as the real ``bsread`` sender encodes them."""
 
     def __init__(self) -> None:
-        probe = zmq.Context.instance().socket(zmq.PUSH)
-        port = probe.bind_to_random_port("tcp://127.0.0.1")
-        probe.close(linger=0)
-        self.address = f"tcp://127.0.0.1:{port}"
-        self.sender = Sender(port=port, address="tcp://127.0.0.1", queue_size=10, send_timeout=20000)
+        # NOTE: port "*" = ZeroMQ picks a free one at bind; no probe socket, no race with other tests
+        self.sender = Sender(port="*", address="tcp://127.0.0.1", queue_size=10, send_timeout=20000)
         self.sender.add_channel("data_api_request", metadata={"type": "string", "shape": [1]})
         self.sender.add_channel("parameters", metadata={"type": "string", "shape": [1]})
         self.sender.add_channel("timestamp", metadata={"type": "float64", "shape": [1]})
         self.sender.open()
+        self.address = self.sender.stream.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
 
     def send(self, record: dict[str, Any]) -> None:
         self.sender.send(record["data_api_request"], record["parameters"], record["timestamp"], check_data=False)
