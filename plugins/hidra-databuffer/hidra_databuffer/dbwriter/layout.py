@@ -122,6 +122,7 @@ def _block(ch: _Channel, rows: list[dict[str, Any] | None], pulse_ids: list[int]
     if not present:
         return out
     values = [rows[i]["value"] for i in present]  # type: ignore[index]
+    array: np.ndarray[Any, Any]
     try:
         if is_str:
             flat = [str(x) for v in values for x in (v if isinstance(v, list) else [v])]
