@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -31,7 +32,7 @@ def api() -> Iterator[FakeDataApi]:
         yield fake
 
 
-def _write(api: FakeDataApi, path: Path, channels: list[str] | None = None, **params: object) -> Path:
+def _write(api: FakeDataApi, path: Path, channels: list[str] | None = None, **params: Any) -> Path:
     names = channels if channels is not None else [*SAMPLES, UNKNOWN]
     request = WriteRequest.from_record(request_record(names, START, END, str(path), **params))
     write_file(request, WriterOptions(data_api_url=api.url))

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 from dbwriter_support import Broker, WriterProc, audit_line, content, request_record, start_writer
 
@@ -151,7 +152,7 @@ def test_undecodable_message_is_logged_and_the_writer_goes_on(api: FakeDataApi, 
 
 
 def _big_camera(events: int) -> SampleChannel:
-    image = (__import__("numpy").arange(494 * 659, dtype="u4") % 65536).astype("u2").reshape(494, 659)
+    image = (np.arange(494 * 659, dtype="u4") % 65536).astype("u2").reshape(494, 659)
     return SampleChannel("SARES-BIG:FPICTURE", "uint16", [659, 494], lambda p: p < 1000 + events,
                          lambda p: image + (p % 7))
 
@@ -167,6 +168,7 @@ def test_sigkill_during_a_large_write_leaves_no_file_and_replay_of_the_audit_lin
         broker.send(record)
         temp = wait_until(lambda: next(tmp_path.glob("big.h5.tmp-*"), None), interval_s=0.001,
                           what="the temp file of the big write")
+        assert temp is not None
         victim = next(w for w in writers if temp.name.endswith(f".tmp-{w.proc.pid}"))
         victim.proc.send_signal(signal.SIGKILL)
         victim.proc.wait()
