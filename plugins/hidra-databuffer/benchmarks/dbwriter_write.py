@@ -3,8 +3,9 @@
 Channels: four scalars (float64, float32, int32, uint16) and one 512×512 uint16 image, every pulse, no gap.
 
 * ``h5py``: the arrays already in memory as numpy, written to contiguous datasets (the ceiling).
-* ``writer``: ``write_layout`` (the writer's HDF5 step, compact layout) from the parsed §8 response, i.e. values
-  as Python lists as ``json.loads`` leaves them; image events share a few list objects so 10,000 images fit in RAM.
+* ``writer``: ``write_layout`` (the writer's HDF5 step, compact layout) from the parsed §8 response as
+  ``query.decode_body`` leaves it (long numeric lists as int64 arrays); image events share a few value objects so
+  10,000 images fit in RAM. ``writer, lists``: the same with the image values as Python lists (plain ``json``).
 * ``http``: the whole request over a fake data API (query, JSON parse, write) on a shorter range.
 
 Run: ``.venv/bin/python plugins/hidra-databuffer/benchmarks/dbwriter_write.py [--pulses 10000] [--http-pulses 100]``
@@ -37,8 +38,8 @@ PARAMS = {"general/created": "now", "general/user": "bench", "general/process": 
           "general/instrument": "bench"}
 
 
-def _response(first: int, n: int) -> list[dict[str, Any]]:
-    lists = [frame.tolist() for frame in _FRAMES]
+def _response(first: int, n: int, as_lists: bool) -> list[dict[str, Any]]:
+    lists = [frame.tolist() if as_lists else frame.astype(np.int64) for frame in _FRAMES]
     pulses = range(first, first + n)
     entries = [{"channel": {"name": name, "backend": "sf-databuffer"}, "configs": [{"type": kind, "shape": [1]}],
                 "data": [{"pulseId": p, "globalDate": global_date(p), "value": fn(p), "shape": [1]}
@@ -76,8 +77,8 @@ def _index(group: h5py.Group, pulses: np.ndarray[Any, Any], dates: np.ndarray[An
     group.create_dataset("global_date", data=dates, dtype=h5py.string_dtype())
 
 
-def _writer(path: Path, first: int, n: int) -> float:
-    response = _response(first, n)
+def _writer(path: Path, first: int, n: int, as_lists: bool = False) -> float:
+    response = _response(first, n, as_lists)
     started = time.perf_counter()
     with h5py.File(path, "w") as h5:
         write_layout(h5, response, PARAMS)
@@ -107,6 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pulses", type=int, default=10000)
     parser.add_argument("--http-pulses", type=int, default=100)
+    parser.add_argument("--lists", action="store_true", help="also time image values given as Python lists")
     parser.add_argument("--dir", type=Path, default=Path("/dev/shm") if os.path.isdir("/dev/shm") else None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -114,8 +116,10 @@ def main() -> None:
         first = 1_000_000
         mib = args.pulses * (SIDE * SIDE * 2 + 4 * 8) / 2**20
         rows = []
-        for label, run in (("h5py from memory", _h5py_baseline), ("writer layout", _writer)):
-            path = directory / f"{label[:4]}.h5"
+        stages = [("h5py from memory", _h5py_baseline), ("writer layout", _writer),
+                  ("writer, lists", lambda path, first, n: _writer(path, first, n, True))]
+        for label, run in stages[:3 if args.lists else 2]:
+            path = directory / f"{label[:9].replace(' ', '_')}.h5"
             seconds = run(path, first, args.pulses)
             rows.append((label, seconds, path.stat().st_size))
             path.unlink()

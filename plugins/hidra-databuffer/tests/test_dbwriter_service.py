@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import zmq
 from dbwriter_support import Broker, WriterProc, audit_line, content, request_record, start_writer
 
 from hidra_core.testing import wait_until
@@ -186,3 +187,18 @@ def test_sigkill_during_a_large_write_leaves_no_file_and_replay_of_the_audit_lin
     assert content(output) == content(tmp_path / "direct.h5")
     with h5py.File(output, "r") as h5:
         assert h5["data/SARES-BIG:FPICTURE/data"].shape == (40, 494, 659)
+
+
+def test_writer_receive_queue_holds_one_request_by_default() -> None:
+    from hidra_databuffer.dbwriter.main import _parser
+    from hidra_databuffer.dbwriter.service import WriterService
+
+    args = _parser().parse_args(["tcp://127.0.0.1:1", "-1"])
+    assert args.queue_size == 1  # F10: DBW's 100 let requests pile up behind one long write
+    context = zmq.Context()
+    service = WriterService(context, "tcp://127.0.0.1:1", WriterOptions(), args.queue_size)
+    try:
+        assert service._socket.getsockopt(zmq.RCVHWM) == 1
+    finally:
+        service._socket.close()
+        context.term()
