@@ -103,7 +103,7 @@ def _numbers(run: bytes) -> np.ndarray[Any, Any] | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # NOTE: numpy only warns about text it could not read to the end
-            array = np.fromstring(run, dtype=np.float64 if rest else np.int64, sep=",")  # type: ignore[call-overload]
+            array = np.fromstring(run, dtype=np.float64 if rest else np.int64, sep=",")
     except (ValueError, DeprecationWarning):
         return None  # NOTE: malformed text: let json say why
     if array.size != run.count(b",") + 1:
