@@ -107,8 +107,9 @@ def content(path: Path) -> dict[str, Any]:
             attrs = dict(obj.attrs)
             if isinstance(obj, h5py.Dataset):
                 value = obj[()]
-                out[name] = (str(obj.dtype), obj.shape, value.tolist() if isinstance(value, np.ndarray) else value,
-                             attrs)
+                if isinstance(value, np.ndarray):  # NOTE: bytes compare big images fast; vlen strings as lists
+                    value = value.tolist() if value.dtype == object else value.tobytes()
+                out[name] = (str(obj.dtype), obj.shape, value, attrs)
             else:
                 out[name] = ("group", attrs)
         h5.visititems(visit)

@@ -26,6 +26,8 @@ from hidra_databuffer.dbwriter.service import WriterOptions, write_file
 
 pytestmark = pytest.mark.integration
 CHANNELS = [ch.name for ch in dbw_samples()]
+# NOTE: big enough that the HDF5 step (temp file open until rename) lasts a few hundred milliseconds
+BIG_EVENTS = 100
 
 
 @pytest.fixture
@@ -155,16 +157,16 @@ def test_undecodable_message_is_logged_and_the_writer_goes_on(api: FakeDataApi, 
 def _big_camera(events: int) -> SampleChannel:
     image = (np.arange(494 * 659, dtype="u4") % 65536).astype("u2").reshape(494, 659)
     return SampleChannel("SARES-BIG:FPICTURE", "uint16", [659, 494], lambda p: p < 1000 + events,
-                         lambda p: image + (p % 7))
+                         lambda p: image + (p % 7), value_key=lambda p: p % 7)
 
 
 def test_sigkill_during_a_large_write_leaves_no_file_and_replay_of_the_audit_line_writes_it(
         broker: Broker, writers: list[WriterProc], tmp_path: Path) -> None:
-    with FakeDataApi([*dbw_samples(), _big_camera(40)]) as api:
+    with FakeDataApi([*dbw_samples(), _big_camera(BIG_EVENTS)]) as api:
         for name in ("a", "b"):
             writers.append(start_writer(tmp_path, broker.address, api.url, name=name))
         output = tmp_path / "big.h5"
-        record = request_record([*CHANNELS, "SARES-BIG:FPICTURE"], 1000, 1039, str(output))
+        record = request_record([*CHANNELS, "SARES-BIG:FPICTURE"], 1000, 1000 + BIG_EVENTS - 1, str(output))
         (tmp_path / "audit.log").write_text(audit_line(record) + "\n")  # as the broker writes it before sending
         broker.send(record)
         temp = wait_until(lambda: next(tmp_path.glob("big.h5.tmp-*"), None), interval_s=0.001,
@@ -186,7 +188,7 @@ def test_sigkill_during_a_large_write_leaves_no_file_and_replay_of_the_audit_lin
                    WriterOptions(data_api_url=api.url))
     assert content(output) == content(tmp_path / "direct.h5")
     with h5py.File(output, "r") as h5:
-        assert h5["data/SARES-BIG:FPICTURE/data"].shape == (40, 494, 659)
+        assert h5["data/SARES-BIG:FPICTURE/data"].shape == (BIG_EVENTS, 494, 659)
 
 
 def test_writer_receive_queue_holds_one_request_by_default() -> None:

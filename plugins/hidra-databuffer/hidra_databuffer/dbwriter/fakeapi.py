@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,26 +36,39 @@ class SampleChannel:
     shape: list[int]
     has: Callable[[int], bool]
     value: Callable[[int], Any]
+    # NOTE: pulses with the same key share one serialised value: long ranges of big images stay cheap to serve
+    value_key: Callable[[int], Hashable] | None = None
     _cache: dict[int, str] = field(default_factory=dict, repr=False)
+    _values: dict[Hashable, str] = field(default_factory=dict, repr=False)
 
     @property
     def backend(self) -> str:
         return "sf-imagebuffer" if self.name.endswith(":FPICTURE") else "sf-databuffer"
 
     def event_json(self, pid: int) -> str:
-        # NOTE: image events are serialised once and reused: the big ones cost seconds each to dump.
+        # NOTE: events are serialised once and reused: big images cost tens of milliseconds each to dump.
         if pid not in self._cache:
-            value = self.value(pid)
-            value = value.ravel().tolist() if isinstance(value, np.ndarray) else value
-            self._cache[pid] = json.dumps({"pulseId": pid, "globalDate": global_date(pid), "value": value,
-                                           "shape": self.shape})
+            head = json.dumps({"pulseId": pid, "globalDate": global_date(pid), "shape": self.shape})
+            self._cache[pid] = f'{head[:-1]}, "value": {self._value_json(pid)}}}'
         return self._cache[pid]
+
+    def _value_json(self, pid: int) -> str:
+        if self.value_key is None:
+            return _dumps(self.value(pid))
+        key = self.value_key(pid)
+        if key not in self._values:
+            self._values[key] = _dumps(self.value(pid))
+        return self._values[key]
 
     def entry_json(self, start: int, end: int) -> str:
         events = ",".join(self.event_json(pid) for pid in range(start, end + 1) if self.has(pid))
         head = json.dumps({"name": self.name, "backend": self.backend})
         config = json.dumps([{"type": self.type, "shape": self.shape}])
         return f'{{"channel": {head}, "configs": {config}, "data": [{events}]}}'
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value.ravel().tolist() if isinstance(value, np.ndarray) else value)
 
 
 def _image(pid: int, shape: list[int]) -> np.ndarray[Any, Any]:
