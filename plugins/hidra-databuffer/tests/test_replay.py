@@ -110,3 +110,11 @@ def test_replay_inject_sends_the_request_to_writers_as_a_bsread_message(api: Fak
     finally:
         writer.stop()
     assert content(tmp_path / "injected.h5") == content(_direct(record, tmp_path / "direct.h5", api.url))
+
+
+def test_replay_inject_without_a_writer_fails_within_the_send_timeout(tmp_path: Path) -> None:
+    record = request_record(CHANNELS[:1], 1000, 1001, str(tmp_path / "nobody.h5"))
+    (tmp_path / "nobody.h5.err").write_text(audit_line(record))
+    result = _replay(str(tmp_path / "nobody.h5.err"), "--inject", "tcp://127.0.0.1:*", "--send_timeout_ms", "200")
+    assert result.returncode == 1 and "injecting to tcp://127.0.0.1:* failed" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nobody.h5.err"]

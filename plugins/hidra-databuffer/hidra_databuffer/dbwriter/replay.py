@@ -61,9 +61,9 @@ def select_requests(files: list[Path], line: int | None, match: str | None) -> l
 def inject(requests: list[WriteRequest], endpoint: str, send_timeout_ms: int) -> None:
     """Send each request as the broker would (§4): one bsread message, PUSH bound at ``endpoint``."""
     address, _, port = endpoint.rpartition(":")
-    if not address or not port.isdigit():
+    if not address or not (port.isdigit() or port == "*"):
         raise RequestError(f"--inject wants tcp://HOST:PORT, got {endpoint!r}")
-    sender = Sender(port=int(port), address=address, queue_size=len(requests), send_timeout=send_timeout_ms)
+    sender = Sender(port=port, address=address, queue_size=len(requests), send_timeout=send_timeout_ms)
     for name, metadata in REQUEST_CHANNELS:
         sender.add_channel(name, metadata=dict(metadata))
     sender.open()
