@@ -236,3 +236,37 @@ def _wait_up(base: Path, rest: int, log: Path) -> Path:
 }}
 """)
     return helper
+
+
+def test_databuffer_example_writes_a_pulse_range_as_typed(tmp_path: Path) -> None:
+    """The DataBuffer section as typed, with free ports: the bsread simulator, `hidra databuffer up`, the REST
+    calls of a run, and the HDF5 file of its 101 pulses."""
+    import os
+
+    bs, rest, query, output, data, conf, status, com, request = _free_ports(9)
+    sets = " ".join(f"--set {key}=tcp://127.0.0.1:{port}" for key, port in (
+        ("receiver.data", data), ("sender.storage.data", data), ("receiver.confirmations", conf),
+        ("sender.storage.confirmations", conf), ("receiver.status", status), ("sender.clients.com", com),
+        ("sender.clients.request", request)))
+    script = _block("sh", "bsread.cli.bs simulate", "stop_pulse_id")
+    for default, port in (("9999", bs), ("8888", rest), ("10300", query)):
+        script = script.replace(default, str(port))
+    script = script.replace("--audit_file audit.log &", f"--audit_file audit.log --query-port {query} --rest_port"
+                            f" {rest} --output_port {output} {sets} &")
+    script = script.replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+    log, out = open(tmp_path / "example.log", "w"), open(tmp_path / "example.out", "w")
+    # NOTE: its own session and output files, as in the EIGER example: its background jobs outlive the script
+    proc = subprocess.Popen(["bash", "-e", "-c", script], cwd=tmp_path, stdout=out, stderr=log,
+                            start_new_session=True)
+    try:
+        assert proc.wait(120) == 0, (tmp_path / "example.log").read_text()[-3000:]
+        printed = (tmp_path / "example.out").read_text().strip().splitlines()
+        assert printed[-1].endswith("(101,)"), printed
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        proc.wait(30)
+        log.close()
+        out.close()
