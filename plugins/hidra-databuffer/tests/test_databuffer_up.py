@@ -93,7 +93,7 @@ def up(tmp_path: Path) -> Iterator[dict[str, Any]]:
                             stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         yield {"proc": proc, "rest": f"http://127.0.0.1:{rest}", "query": f"http://127.0.0.1:{query}",
-               "stream": stream, "log": tmp_path / "up.log", "base": tmp_path}
+               "stream": stream, "log": tmp_path / "up.log", "base": tmp_path, "sets": sets}
     finally:
         stream.stop.set()
         proc.send_signal(signal.SIGTERM)
@@ -147,3 +147,36 @@ def test_a_pulse_range_of_a_100_hz_stream_is_written_exactly_as_delivered(up: di
             stream.sent[p]["T:STR"] for p in delivered]
     audit = (base / "audit.log").read_text().splitlines()
     assert len(audit) == 1 and json.loads(json.loads(audit[0][18:])["parameters"])["output_file"] == str(output)
+
+
+def test_an_analysis_client_sees_the_pulses_while_they_are_buffered(up: dict[str, Any]) -> None:
+    """The buffer's sender is an ordinary HiDRA sender: a STREAM client registered on its com port gets each pulse
+    as one message with its metadata, and can decode the values with the plugin's own decoder."""
+    import zmq
+
+    from hidra_databuffer.values import decode_pulse
+
+    com = next(a.split("=tcp://")[1] for a in up["sets"] if a.startswith("sender.clients.com="))
+    wait_until(lambda: _get(up["query"] + "/status"), 60, what="the buffer's query API")
+    ctx = zmq.Context()
+    client, req = ctx.socket(zmq.PULL), ctx.socket(zmq.REQ)
+    try:
+        client.linger = req.linger = 0
+        port = client.bind_to_random_port("tcp://0.0.0.0")
+        req.connect(f"tcp://{com}")
+        req.send_multipart([b"4.4.3", b"monitor", b"START_STREAM",
+                            json.dumps([[f"{socket.getfqdn()}:{port}", 1, ".*"]]).encode()])
+        assert req.poll(10_000) and req.recv_multipart() == [b"START_STREAM"]
+        assert client.poll(30_000), "the monitor got no pulse"
+        head, payload = client.recv_multipart()
+        meta = json.loads(head)
+        assert meta["htype"] == "hidra-pulse-1.0" and meta["filename"].startswith("pulse_")
+        pulse = meta["metadata"]["pulse_id"]
+        values = decode_pulse(meta["metadata"], payload)
+        sent = up["stream"].sent[pulse]
+        assert values["T:SCALAR"] == sent["T:SCALAR"] and values["T:STR"] == sent["T:STR"]
+        np.testing.assert_array_equal(values["T:IMG"], sent["T:IMG"])
+    finally:
+        client.close()
+        req.close()
+        ctx.term()
