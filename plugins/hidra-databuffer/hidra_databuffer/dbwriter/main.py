@@ -5,6 +5,7 @@ Examples::
     hidra-databuffer-writer tcp://127.0.0.1:12500 -1
     hidra-databuffer-writer tcp://broker:12500 1000 --data_retrieval_delay 10 \\
         --data_api_url http://127.0.0.1:10300/query --retries 2 --retry_backoff 5
+    hidra-databuffer-writer tcp://127.0.0.1:12500 -1 --status_endpoint tcp://127.0.0.1:12501
 
 Run N processes on the same broker port to write N files at once (ZeroMQ deals requests round-robin).
 """
@@ -42,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--retry_backoff", type=float, default=1.0, help="seconds between attempts (default 1)")
     p.add_argument("--queue_size", type=int, default=1,
                    help="requests held by this writer's receive queue (ZeroMQ RCVHWM, default 1)")
+    p.add_argument("--status_endpoint", metavar="ENDPOINT",
+                   help="publish one JSON write result per request (topic databuffer.write) on a PUB socket "
+                        "that connects here, where a monitor's SUB binds; every writer may use the same one "
+                        "(default: off)")
     return p
 
 
@@ -73,13 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     options = WriterOptions(args.data_api_url, args.data_retrieval_delay, args.retries, args.retry_backoff)
     context = zmq.Context()
     try:
-        service = WriterService(context, args.connect_address, options, args.queue_size)
+        service = WriterService(context, args.connect_address, options, args.queue_size, args.status_endpoint)
         # NOTE: printed whatever the log level: scripts and tests wait for this line.
         print(f"hidra databuffer writer ready: pull {args.connect_address}, data api {args.data_api_url}, "
-              f"pid {os.getpid()}", file=sys.stderr, flush=True)
+              f"status {args.status_endpoint or 'off'}, pid {os.getpid()}", file=sys.stderr, flush=True)
         service.serve(stop)
     except zmq.ZMQError as exc:
-        raise SystemExit(f"hidra-databuffer-writer: cannot connect to {args.connect_address}: {exc}") from None
+        where = " or ".join(filter(None, [args.connect_address, args.status_endpoint]))
+        raise SystemExit(f"hidra-databuffer-writer: cannot connect to {where}: {exc}") from None
     finally:
         context.term()
     return 0

@@ -7,16 +7,22 @@ Examples::
     hidra-databuffer-replay audit.log --line 12 --inject tcp://127.0.0.1:12501
 
 Without ``--inject`` each request is queried and written here (no retrieval delay); with it each request is sent
-as a bsread message on a PUSH socket bound at ENDPOINT, for writers connected there.
+as a bsread message on a PUSH socket bound at ENDPOINT, for writers connected there. Several requests replayed
+here show a progress bar when stderr is a terminal, and one ``[i/n]`` log line each otherwise.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bsread.sender import Sender
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from hidra_databuffer.dbwriter.errfile import read_requests
 from hidra_databuffer.dbwriter.query import DEFAULT_DATA_API_URL
@@ -76,20 +82,45 @@ def inject(requests: list[WriteRequest], endpoint: str, send_timeout_ms: int) ->
 
 
 def _run_here(requests: list[WriteRequest], options: WriterOptions) -> int:
+    if len(requests) > 1 and sys.stderr.isatty():
+        with _progress_bar() as bar:
+            task = bar.add_task("replay", total=len(requests))
+            return _run_all(requests, options, lambda: bar.advance(task))
+    return _run_all(requests, options, lambda: None)
+
+
+def _run_all(requests: list[WriteRequest], options: WriterOptions, advance: Callable[[], None]) -> int:
     failed = 0
     for index, request in enumerate(requests, start=1):
-        if request.output_file == DEV_NULL:
-            log.info("[%d/%d] %s: skipped", index, len(requests), DEV_NULL)
-            continue
         try:
+            if request.output_file == DEV_NULL:
+                log.info("[%d/%d] %s: skipped", index, len(requests), DEV_NULL)
+                continue
             channels, points = execute(request, options)
+            log.info("[%d/%d] wrote %s: %d channels, %d points", index, len(requests), request.output_file,
+                     channels, points)
         except Exception as exc:
             failed += 1
             log.error("[%d/%d] %s: failed: %s", index, len(requests), request.describe(), exc)
-            continue
-        log.info("[%d/%d] wrote %s: %d channels, %d points", index, len(requests), request.output_file, channels,
-                 points)
+        finally:
+            advance()
     return failed
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Progress]:
+    """A rich bar on stderr; log records go through its console meanwhile, so they print above the bar."""
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=Console(stderr=True))
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    handler = RichHandler(console=bar.console, show_path=False)
+    root.handlers = [handler]
+    try:
+        with bar:
+            yield bar
+    finally:
+        root.handlers = saved
 
 
 def main(argv: list[str] | None = None) -> int:

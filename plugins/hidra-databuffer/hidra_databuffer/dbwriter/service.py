@@ -20,6 +20,7 @@ from hidra_databuffer.dbwriter.errfile import write_err
 from hidra_databuffer.dbwriter.layout import write_layout
 from hidra_databuffer.dbwriter.query import DEFAULT_DATA_API_URL, query_data_api
 from hidra_databuffer.dbwriter.request import RequestError, WriteRequest, decode_message
+from hidra_databuffer.dbwriter.results import ResultPublisher, WriteResult
 
 log = logging.getLogger(__name__)
 
@@ -73,44 +74,54 @@ def execute(request: WriteRequest, options: WriterOptions, stop: threading.Event
                 raise
 
 
-def handle(request: WriteRequest, options: WriterOptions, stop: threading.Event) -> bool:
-    """One request as §6 says: skip ``/dev/null``, wait out the delay, write, ``.err`` on failure. True = written."""
+def handle(request: WriteRequest, options: WriterOptions, stop: threading.Event) -> WriteResult:
+    """One request as §6 says: skip ``/dev/null``, wait out the delay, write, ``.err`` on failure."""
+    taken = time.monotonic()
     if request.output_file == DEV_NULL:
         log.info("output_file is %s: request skipped", DEV_NULL)
-        return False
+        return WriteResult(DEV_NULL, True, 0, 0, None, 0.0)
     log.info("request: %s", request.describe())
     # NOTE: the delay counts from the request's creation, so time spent queued is not waited twice.
     wait_s = max(0.0, options.data_retrieval_delay - (time.time() - request.timestamp))
     if wait_s and stop.wait(wait_s):
         log.warning("%s: stopped while waiting for the retrieval delay", request.output_file)
-        return False
-    started = time.monotonic()
+        return WriteResult(request.output_file, False, 0, 0, "writer stopped during the retrieval delay",
+                           time.monotonic() - taken)
     try:
         channels, points = execute(request, options, stop)
     except Exception as exc:
         log.error("%s: write failed: %s", request.output_file, exc)
+        elapsed = time.monotonic() - taken
         try:
             log.error("%s: request kept in %s for replay", request.output_file, write_err(request))
         except OSError as err:
             log.error("%s: cannot write the .err file either: %s; request: %s", request.output_file, err,
                       request.record())
-        return False
-    log.info("wrote %s: %d channels, %d points in %.2f s", request.output_file, channels, points,
-             time.monotonic() - started)
-    return True
+        return WriteResult(request.output_file, False, 0, 0, str(exc) or repr(exc), elapsed)
+    elapsed = time.monotonic() - taken
+    log.info("wrote %s: %d channels, %d points in %.2f s", request.output_file, channels, points, elapsed)
+    return WriteResult(request.output_file, True, channels, points, None, elapsed)
 
 
 class WriterService:
-    """One PULL socket connected to the broker; requests are handled one at a time in the calling thread."""
+    """One PULL socket connected to the broker; requests are handled one at a time in the calling thread.
+
+    With ``status_endpoint`` each finished request's result goes out on a PUB socket created (and used) here too.
+    """
 
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]], address: str, options: WriterOptions,
-                 queue_size: int = 1) -> None:
+                 queue_size: int = 1, status_endpoint: str | None = None) -> None:
         self.options = options
         self.address = address
         self._socket = context.socket(zmq.PULL)
         self._socket.setsockopt(zmq.RCVHWM, queue_size)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.connect(address)
+        try:
+            self._socket.connect(address)
+            self.results = ResultPublisher(context, status_endpoint) if status_endpoint else None
+        except zmq.ZMQError:
+            self._socket.close()
+            raise
         self._handler = Handler()
 
     def serve(self, stop: threading.Event, poll_ms: int = 200) -> None:
@@ -125,9 +136,13 @@ class WriterService:
                     # NOTE: no output file is known, so there is no .err (§7): only the log has it.
                     log.error("undecodable writing request dropped: %s", exc)
                     continue
-                handle(request, self.options, stop)
+                result = handle(request, self.options, stop)
+                if self.results is not None:
+                    self.results.publish(result)
         finally:
             self._socket.close()
+            if self.results is not None:
+                self.results.close()
 
 
 def _remove(path: str) -> None:
