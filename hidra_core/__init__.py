@@ -21,5 +21,6 @@ __all__ = [
     "ConfigError", "DriverLoadFailure", "EmptyConfig", "EventSource", "Fetcher", "FileEvent", "FileStat",
     "HidraError", "PathRefused", "PluginHost", "PluginStatus", "ProtocolError", "SafeTree", "SourceChanged",
     "Transport", "WriteTarget", "Writer",
-    "__version__", "create_driver", "file_id_of", "hookimpl", "hookspec", "load_model", "payload_size", "split_checked", "supervise",
+    "__version__", "create_driver", "file_id_of", "hookimpl", "hookspec", "load_model", "payload_size",
+    "split_checked", "supervise",
 ]

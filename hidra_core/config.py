@@ -327,7 +327,7 @@ def load_model(model_cls: type[M], path: str | os.PathLike[str] | None, override
     source = str(path) if path else origin
     raw = {**_raw(path, overrides, source), **(flags or {})}
     try:
-        return validate_section(model_cls, raw, source, "")  # type: ignore[no-any-return]
+        return validate_section(model_cls, raw, source, "")
     except ConfigError as exc:
         exc = ConfigError(source, [_blame_flag(p, flags or {}) for p in exc.problems])
         raise blame_overrides(exc, [o for o in overrides if o.partition("=")[0].strip() not in (flags or {})]) from None
