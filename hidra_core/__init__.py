@@ -4,6 +4,7 @@ Plugins import only from here (and ``hidra_core.testing`` in their tests), never
 the kernel's internal layout can change without breaking them.
 """
 from hidra_core._version import __version__
+from hidra_core.config import load_model
 from hidra_core.errors import ConfigError, DriverLoadFailure, HidraError, PathRefused, ProtocolError
 from hidra_core.host.kernel import create_driver
 from hidra_core.host.plugins import PluginHost
@@ -20,5 +21,6 @@ __all__ = [
     "ConfigError", "DriverLoadFailure", "EmptyConfig", "EventSource", "Fetcher", "FileEvent", "FileStat",
     "HidraError", "PathRefused", "PluginHost", "PluginStatus", "ProtocolError", "SafeTree", "SourceChanged",
     "Transport", "WriteTarget", "Writer",
-    "__version__", "create_driver", "file_id_of", "hookimpl", "hookspec", "payload_size", "split_checked", "supervise",
+    "__version__", "create_driver", "file_id_of", "hookimpl", "hookspec", "load_model", "payload_size",
+    "split_checked", "supervise",
 ]

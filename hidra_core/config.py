@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Mapping
+from typing import Annotated, Any, Iterable, Literal, Mapping, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -18,12 +18,13 @@ from hidra_core.errors import ConfigError
 __all__ = [
     "ClientsConfig", "DriverChoice", "InstanceConfig", "LedgerConfig", "LocalTargetConfig", "PluginsConfig",
     "ReceiverConfig", "SenderConfig", "StorageTarget", "apply_override", "blame_overrides", "load_config",
-    "validate_section",
+    "load_model", "validate_section",
 ]
 
 MiB = 2**20
 DEFAULT_SOURCE = "inotify"
 #: ``scheme://address``; the scheme picks the transport driver (tcp, ipc, inproc, ...)
+M = TypeVar("M", bound=BaseModel)
 Endpoint = Annotated[str, Field(pattern=r"^[a-z][a-z0-9+.-]*://\S+$")]
 
 
@@ -289,20 +290,49 @@ def validate_section(model: type[BaseModel], data: Mapping[str, Any], source: st
         raise ConfigError(source, _problems(exc, section)) from None
 
 
+def _read_mapping(path: str | os.PathLike[str], source: str) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [_yaml_problem(source, exc)]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(source, ["the top level must be a mapping"])
+    return raw
+
+
+def _raw(path: str | os.PathLike[str] | None, overrides: Iterable[str], source: str) -> dict[str, Any]:
+    raw = _read_mapping(path, source) if path else {}
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    resolved: dict[str, Any] = _resolve_secrets(raw, source)
+    return resolved
+
+
 def load_config(path: str | os.PathLike[str] | None = None, overrides: Iterable[str] = ()) -> InstanceConfig:
     """Read, override and validate an instance config; with no file, the embedded defaults."""
     source = str(path) if path else "<defaults>"
-    raw: Any = {}
-    if path:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(source, [f"cannot read: {exc.strerror}"]) from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(source, [_yaml_problem(source, exc)]) from None
-        if not isinstance(raw, dict):
-            raise ConfigError(source, ["the top level must be a mapping"])
-    for assignment in overrides:
-        apply_override(raw, assignment)
-    raw = _resolve_secrets(raw, source)
-    return validate_section(InstanceConfig, raw, source, "")
+    return validate_section(InstanceConfig, _raw(path, overrides, source), source, "")
+
+
+def load_model(model_cls: type[M], path: str | os.PathLike[str] | None, overrides: Iterable[str] = (),
+               origin: str = "<defaults>", flags: Mapping[str, Any] | None = None) -> M:
+    """Config of one program that is not a HiDRA instance (a plugin's own service) the way ``load_config`` reads
+    an instance's: an optional YAML mapping at ``path``, then ``--set a.b=value`` overrides (YAML-parsed), then
+    ``flags`` (explicit command-line values, already typed; they win), ``$env``/``$file`` resolved, validated by
+    ``model_cls``. ``ConfigError`` names the file (or ``origin`` without one) and each dotted key, and the
+    ``--set``/flag that gave a refused value."""
+    overrides = list(overrides)
+    source = str(path) if path else origin
+    raw = {**_raw(path, overrides, source), **(flags or {})}
+    try:
+        return validate_section(model_cls, raw, source, "")
+    except ConfigError as exc:
+        exc = ConfigError(source, [_blame_flag(p, flags or {}) for p in exc.problems])
+        raise blame_overrides(exc, [o for o in overrides if o.partition("=")[0].strip() not in (flags or {})]) from None
+
+
+def _blame_flag(problem: str, flags: Mapping[str, Any]) -> str:
+    key = problem.partition(":")[0].partition(".")[0]
+    return f"{problem} (from --{key})" if key in flags else problem

@@ -8,7 +8,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from hidra_core import ConfigError, DriverLoadFailure
+from hidra_core import ConfigError, DriverLoadFailure, load_model
 from hidra_core.host.build import check_config as check_drivers
 from hidra_core.config import InstanceConfig, ReceiverConfig, SenderConfig, apply_override, load_config
 
@@ -460,3 +460,41 @@ def test_log_level_is_accepted_before_and_after_the_subcommand(argv: list[str]) 
     from hidra_core.host.plugins import PluginHost
 
     assert build_parser(PluginHost()).parse_args(argv).log_level == "DEBUG"
+
+
+# --- load_model: a plugin service's own config file (issue 8: each part with its own YAML and --set) ----------
+
+
+class _Part(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+    port: int = pydantic.Field(8888, ge=0)
+    token: str = ""
+    tags: list[str] = pydantic.Field(default_factory=list)
+    limits: dict[str, int] = pydantic.Field(default_factory=dict)
+
+
+def test_load_model_reads_a_part_yaml_then_set_then_flags(monkeypatch: pytest.MonkeyPatch, write) -> None:
+    monkeypatch.setenv("HIDRA_TEST_TOKEN", "s3cret")
+    path = write("port: 1\ntoken: {$env: HIDRA_TEST_TOKEN}\ntags: [a]\n", name="part.yaml")
+    part = load_model(_Part, path, ["tags=[b, c]", "limits.pulses=7", "port=2"], origin="part", flags={"port": 3})
+    assert part == _Part(port=3, token="s3cret", tags=["b", "c"], limits={"pulses": 7})
+    assert load_model(_Part, None, [], origin="part") == _Part()
+
+
+def test_load_model_unknown_key_names_the_file_and_dotted_key(write) -> None:
+    path = write("port: 1\nlimts: {pulses: 7}\n", name="part.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_model(_Part, path, [], origin="part")
+    assert info.value.source == str(path) and info.value.problems == ["limts: unknown key"]
+
+
+def test_load_model_bad_value_names_the_set_or_flag_that_gave_it(write) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_model(_Part, None, ["port=-1"], origin="part")
+    assert info.value.source == "--set" and "port:" in str(info.value) and "(from --set port=-1)" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_model(_Part, write("port: [1]", name="part.yaml"), ["port=5"], origin="part", flags={"port": -2})
+    assert "(from --port)" in str(info.value) and "--set" not in str(info.value)
+    with pytest.raises(ConfigError, match="the top level must be a mapping"):
+        load_model(_Part, write("- 1", name="list.yaml"), [], origin="part")

@@ -66,10 +66,11 @@ def command(*args: str) -> list[str]:
 def start_broker(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
     procs: list[subprocess.Popen[str]] = []
 
-    def start(*args: str, audit: Path | None = None) -> Broker:
+    def start(*args: str, audit: Path | None = None, flags: bool = True) -> Broker:
+        """``flags=False``: only ``args`` (e.g. ``--config``), without the test's free ports and audit file."""
         audit = audit or tmp_path / "audit.log"
-        proc = subprocess.Popen(command("--rest_port", "0", "--output_port", "0", "--audit_file", str(audit),
-                                         "--log_level", "WARNING", *args),
+        given = ("--rest_port", "0", "--output_port", "0", "--audit_file", str(audit), "--log_level", "WARNING")
+        proc = subprocess.Popen(command(*(given if flags else ()), *args),
                                 stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         procs.append(proc)
         assert proc.stdout is not None

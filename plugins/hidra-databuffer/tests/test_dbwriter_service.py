@@ -192,10 +192,10 @@ def test_sigkill_during_a_large_write_leaves_no_file_and_replay_of_the_audit_lin
 
 
 def test_writer_receive_queue_holds_one_request_by_default() -> None:
-    from hidra_databuffer.dbwriter.main import _parser
+    from hidra_databuffer.dbwriter.main import _config, _parser
     from hidra_databuffer.dbwriter.service import WriterService
 
-    args = _parser().parse_args(["tcp://127.0.0.1:1", "-1"])
+    args = _config(_parser().parse_args(["tcp://127.0.0.1:1", "-1"]))
     assert args.queue_size == 1  # F10: DBW's 100 let requests pile up behind one long write
     context = zmq.Context()
     service = WriterService(context, "tcp://127.0.0.1:1", WriterOptions(), args.queue_size)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+import logging
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["DBW_AUDIT_FILE", "BrokerConfig"]
 
@@ -23,7 +25,7 @@ class BrokerConfig(BaseModel):
     queue_length: int = Field(100, ge=1, description="ZeroMQ send high-water mark of the request socket")
     rest_host: str = Field("127.0.0.1", description="interface of the REST API (DBW hard-coded a site host)")
     rest_port: int = Field(8888, ge=0, le=65535, description="REST port; 0 = a free one")
-    log_level: str = Field("INFO", description="logging level name")
+    log_level: str = Field("INFO", description="logging level name (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
     audit_trail_only: bool = Field(False, description="write the audit line and never send (replay later)")
     audit_file: Path = Field(DBW_AUDIT_FILE, description="append-only audit trail, one line per writing request")
     send_timeout_ms: int = Field(1000, ge=1, description="a request no writer takes within this is an error reply")
@@ -31,3 +33,10 @@ class BrokerConfig(BaseModel):
     data_backend: str = Field("sf-databuffer", description="backend of ordinary channels in the data-API request")
     image_backend: str = Field("sf-imagebuffer", description="backend of channels ending in ':FPICTURE'")
     camera_split: bool = Field(True, description="send camera channels in a second request to <name>.IMAGES.h5")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if not isinstance(logging.getLevelName(value.upper()), int):
+            raise ValueError(f"unknown log level {value!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return value.upper()

@@ -5,9 +5,20 @@ Examples::
     hidra-databuffer-broker -c channels.txt --audit_file /var/log/sf_databuffer_audit.log
     hidra-databuffer-broker --rest_port 0 --output_port 0 --audit_file audit.log   # free ports, see the ready line
     hidra-databuffer-broker --audit_trail_only --audit_file audit.log               # record only, replay later
+    hidra-databuffer-broker --config broker.yaml --set rest_port=8889 --log_level DEBUG
 
     curl -X POST -d '{"general/created": "...", ..., "output_file": "/data/run1.h5"}' localhost:8888/parameters
     curl -X PUT localhost:8888/start_pulse_id/1000; curl -X PUT localhost:8888/stop_pulse_id/1100
+
+A --config file is a YAML mapping with the long flags' names as keys ({"$env": NAME} and {"$file": path} values
+allowed); broker.yaml::
+
+    rest_port: 8888
+    output_port: 12500
+    audit_file: /var/log/sf_databuffer_audit.log
+    channels_file: /etc/databuffer/channels.txt
+
+Precedence: defaults < --config file < --set KEY=VALUE < flags given on the command line.
 """
 from __future__ import annotations
 
@@ -19,13 +30,11 @@ import time
 from pathlib import Path
 
 import uvicorn
-from pydantic import ValidationError
-
-from hidra_core import ConfigError
+from hidra_core import ConfigError, load_model
 
 from hidra_databuffer.broker.app import Broker, create_app
 from hidra_databuffer.broker.audit import AuditTrail
-from hidra_databuffer.broker.config import DBW_AUDIT_FILE, BrokerConfig
+from hidra_databuffer.broker.config import BrokerConfig
 from hidra_databuffer.broker.requests import load_channels
 from hidra_databuffer.broker.state import BrokerState, Statistics
 from hidra_databuffer.broker.transport import RequestSender
@@ -41,33 +50,39 @@ def _level(text: str) -> str:
     return text.upper()
 
 
+def _default(name: str) -> str:
+    return f"default {BrokerConfig.model_fields[name].default}"
+
+
 def _parser() -> argparse.ArgumentParser:
+    # NOTE: flags default to None so that only the ones given override the config file and --set
     p = argparse.ArgumentParser(prog="hidra-databuffer-broker", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE", help="YAML mapping of the options below (keys as the long flags)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one option of the file (value parsed as YAML); repeatable; flags win over it")
     p.add_argument("-c", "--channels_file", type=Path, help="channel names, one a line (at most 100, 2 cameras)")
-    p.add_argument("-o", "--output_port", type=int, default=12500, help="request PUSH port (default %(default)s)")
-    p.add_argument("--output_host", default="127.0.0.1", help="PUSH bind interface, '*' = all (default %(default)s)")
-    p.add_argument("-q", "--queue_length", type=int, default=100, help="ZeroMQ HWM (default %(default)s)")
-    p.add_argument("--rest_host", default="127.0.0.1", help="REST interface (default %(default)s)")
-    p.add_argument("--rest_port", type=int, default=8888, help="REST port, 0 = free (default %(default)s)")
-    p.add_argument("--log_level", type=_level, default="INFO", help="logging level (default %(default)s)")
-    p.add_argument("--audit_trail_only", action="store_true", help="write audit lines, never send requests")
-    p.add_argument("--audit_file", type=Path, default=DBW_AUDIT_FILE, help="audit trail (default %(default)s)")
-    p.add_argument("--send_timeout_ms", type=int, default=1000,
-                   help="no writer within this -> error reply (default %(default)s)")
+    p.add_argument("-o", "--output_port", type=int, help=f"request PUSH port ({_default('output_port')})")
+    p.add_argument("--output_host", help=f"PUSH bind interface, '*' = all ({_default('output_host')})")
+    p.add_argument("-q", "--queue_length", type=int, help=f"ZeroMQ HWM ({_default('queue_length')})")
+    p.add_argument("--rest_host", help=f"REST interface ({_default('rest_host')})")
+    p.add_argument("--rest_port", type=int, help=f"REST port, 0 = free ({_default('rest_port')})")
+    p.add_argument("--log_level", type=_level, help=f"logging level ({_default('log_level')})")
+    p.add_argument("--audit_trail_only", action="store_const", const=True,
+                   help="write audit lines, never send requests")
+    p.add_argument("--audit_file", type=Path, help=f"audit trail ({_default('audit_file')})")
+    p.add_argument("--send_timeout_ms", type=int,
+                   help=f"no writer within this -> error reply ({_default('send_timeout_ms')})")
     p.add_argument("--epics_writer_url", help="optional EPICS writer side-channel URL (off by default)")
-    p.add_argument("--no_camera_split", dest="camera_split", action="store_false",
+    p.add_argument("--no_camera_split", dest="camera_split", action="store_const", const=False,
                    help="send camera channels in the one request instead of a second one to <name>.IMAGES.h5")
     return p
 
 
 def _config(args: argparse.Namespace) -> BrokerConfig:
-    options = {key: value for key, value in vars(args).items() if value is not None}
-    try:
-        return BrokerConfig(**options)
-    except ValidationError as exc:
-        raise ConfigError("the command line", [f"--{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                              for e in exc.errors()]) from None
+    flags = {key: value for key, value in vars(args).items()
+             if value is not None and key not in ("config", "overrides")}
+    return load_model(BrokerConfig, args.config, args.overrides, origin="the command line", flags=flags)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -119,9 +134,10 @@ def serve(config: BrokerConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        serve(_config(args))
+        config = _config(args)
+        logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        serve(config)
     except ConfigError as exc:
         print(f"hidra-databuffer-broker: {exc}", file=sys.stderr)
         return 2

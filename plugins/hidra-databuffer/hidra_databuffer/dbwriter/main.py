@@ -7,6 +7,17 @@ Examples::
         --data_api_url http://127.0.0.1:10300/query --retries 2 --retry_backoff 5
     hidra-databuffer-writer tcp://127.0.0.1:12500 -1 --status_endpoint tcp://127.0.0.1:12501
 
+    hidra-databuffer-writer --config writer.yaml --set retries=3
+
+writer.yaml is a YAML mapping with the argument names as keys ({"$env": NAME} and {"$file": path} allowed)::
+
+    connect_address: tcp://broker:12500
+    user_id: -1
+    data_api_url: http://127.0.0.1:10300/query
+    data_retrieval_delay: 10
+
+Precedence: defaults < --config file < --set KEY=VALUE < arguments given on the command line.
+
 Run N processes on the same broker port to write N files at once (ZeroMQ deals requests round-robin).
 """
 from __future__ import annotations
@@ -21,7 +32,9 @@ from types import FrameType
 
 import zmq
 
-from hidra_databuffer.dbwriter.query import DEFAULT_DATA_API_URL
+from hidra_core import ConfigError, load_model
+
+from hidra_databuffer.dbwriter.config import WriterConfig
 from hidra_databuffer.dbwriter.service import WriterOptions, WriterService
 
 log = logging.getLogger(__name__)
@@ -29,25 +42,38 @@ log = logging.getLogger(__name__)
 __all__ = ["main"]
 
 
+def _help(name: str) -> str:
+    field = WriterConfig.model_fields[name]
+    default = "" if field.is_required() else f" (default {field.default})"
+    return f"{field.description}{default}"
+
+
 def _parser() -> argparse.ArgumentParser:
+    # NOTE: everything defaults to None so that only what is given overrides the config file and --set
     p = argparse.ArgumentParser(prog="hidra-databuffer-writer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("connect_address", help="broker PUSH address to connect to, e.g. tcp://127.0.0.1:12500")
-    p.add_argument("user_id", type=int, help="uid (and gid) to run as; -1 keeps the current privileges")
-    p.add_argument("--data_retrieval_delay", type=float, default=0.0,
-                   help="seconds after the request's creation before the data API is queried (default 0)")
-    p.add_argument("--log_level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
-    p.add_argument("--data_api_url", default=DEFAULT_DATA_API_URL,
-                   help="full query URL of the data API (default %(default)s)")
-    p.add_argument("--retries", type=int, default=0, help="further attempts after a failed write (default 0)")
-    p.add_argument("--retry_backoff", type=float, default=1.0, help="seconds between attempts (default 1)")
-    p.add_argument("--queue_size", type=int, default=1,
-                   help="requests held by this writer's receive queue (ZeroMQ RCVHWM, default 1)")
-    p.add_argument("--status_endpoint", metavar="ENDPOINT",
-                   help="publish one JSON write result per request (topic databuffer.write) on a PUB socket "
-                        "that connects here, where a monitor's SUB binds; every writer may use the same one "
-                        "(default: off)")
+    p.add_argument("connect_address", nargs="?", help=_help("connect_address") + "; or in --config")
+    p.add_argument("user_id", nargs="?", type=int, help=_help("user_id") + "; or in --config")
+    p.add_argument("--config", metavar="FILE", help="YAML mapping of these options (keys as the argument names)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one option of the file (value parsed as YAML); repeatable; arguments win over it")
+    p.add_argument("--data_retrieval_delay", type=float, help=_help("data_retrieval_delay"))
+    p.add_argument("--log_level", help=_help("log_level"))
+    p.add_argument("--data_api_url", help=_help("data_api_url"))
+    p.add_argument("--retries", type=int, help=_help("retries"))
+    p.add_argument("--retry_backoff", type=float, help=_help("retry_backoff"))
+    p.add_argument("--queue_size", type=int, help=_help("queue_size"))
+    p.add_argument("--status_endpoint", metavar="ENDPOINT", help=_help("status_endpoint"))
     return p
+
+
+def _config(args: argparse.Namespace) -> WriterConfig:
+    flags = {key: value for key, value in vars(args).items()
+             if value is not None and key not in ("config", "overrides")}
+    try:
+        return load_model(WriterConfig, args.config, args.overrides, origin="the command line", flags=flags)
+    except ConfigError as exc:
+        raise SystemExit(f"hidra-databuffer-writer: {exc}") from None
 
 
 def _drop_privileges(user_id: int) -> None:
@@ -61,12 +87,9 @@ def _drop_privileges(user_id: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.retries < 0 or args.retry_backoff < 0 or args.queue_size < 1 or args.data_retrieval_delay < 0:
-        raise SystemExit("hidra-databuffer-writer: --retries, --retry_backoff and --data_retrieval_delay must be "
-                         ">= 0 and --queue_size >= 1")
-    _drop_privileges(args.user_id)
+    config = _config(_parser().parse_args(argv))
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _drop_privileges(config.user_id)
     stop = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -75,16 +98,17 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    options = WriterOptions(args.data_api_url, args.data_retrieval_delay, args.retries, args.retry_backoff)
+    options = WriterOptions(config.data_api_url, config.data_retrieval_delay, config.retries, config.retry_backoff)
     context = zmq.Context()
     try:
-        service = WriterService(context, args.connect_address, options, args.queue_size, args.status_endpoint)
+        service = WriterService(context, config.connect_address, options, config.queue_size,
+                                config.status_endpoint)
         # NOTE: printed whatever the log level: scripts and tests wait for this line.
-        print(f"hidra databuffer writer ready: pull {args.connect_address}, data api {args.data_api_url}, "
-              f"status {args.status_endpoint or 'off'}, pid {os.getpid()}", file=sys.stderr, flush=True)
+        print(f"hidra databuffer writer ready: pull {config.connect_address}, data api {config.data_api_url}, "
+              f"status {config.status_endpoint or 'off'}, pid {os.getpid()}", file=sys.stderr, flush=True)
         service.serve(stop)
     except zmq.ZMQError as exc:
-        where = " or ".join(filter(None, [args.connect_address, args.status_endpoint]))
+        where = " or ".join(filter(None, [config.connect_address, config.status_endpoint]))
         raise SystemExit(f"hidra-databuffer-writer: cannot connect to {where}: {exc}") from None
     finally:
         context.term()
