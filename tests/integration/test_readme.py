@@ -189,29 +189,28 @@ def test_the_other_up_commands_use_real_options() -> None:
             assert option in help_text, f"{line}: {option}"
 
 
-def test_eiger_example_stores_a_simulated_series_as_hdf5(tmp_path: Path) -> None:
-    """The EIGER section as typed: its YAML file, then its shell lines (simulator, `hidra up`, curl, h5py)."""
-    import os
-
-    rest, stream, data, conf, status, com, request = _free_ports(7)
-    (tmp_path / "eiger.yaml").write_text(_block("yaml", "type: eiger_stream").replace("9999", str(stream)))
-    sets = " ".join(f"--set {key}=tcp://127.0.0.1:{port}" for key, port in (
+def _port_sets(data: int, conf: int, status: int, com: int, request: int) -> str:
+    """``--set`` options that put an instance's sender and receiver on these loopback ports."""
+    return " ".join(f"--set {key}=tcp://127.0.0.1:{port}" for key, port in (
         ("receiver.data", data), ("sender.storage.data", data), ("receiver.confirmations", conf),
         ("sender.storage.confirmations", conf), ("receiver.status", status), ("sender.clients.com", com),
         ("sender.clients.request", request)))
-    script = _block("sh", "hidra-eiger-sim", "command/arm").replace("8080", str(rest)).replace("9999", str(stream))
-    script = script.replace("hidra up --config eiger.yaml", f"hidra up --config eiger.yaml {sets}")
+
+
+def _run_example(base: Path, script: str, env: dict[str, str] | None = None) -> list[str]:
+    """Run a README shell block with `.venv/bin/` as this interpreter's; return the lines it printed.
+
+    NOTE: its own session, so that the example's background jobs (simulator, hidra up) are stopped with it;
+    output to files: those jobs keep any pipe open after the script itself has ended."""
+    import os
+
     script = script.replace(".venv/bin/", f"{Path(sys.executable).parent}/")
-    log, out = open(tmp_path / "example.log", "w"), open(tmp_path / "example.out", "w")
-    # NOTE: its own session, so that the example's background jobs (simulator, hidra up) are stopped with it;
-    # output to files: those jobs keep any pipe open after the script itself has ended
-    proc = subprocess.Popen(["bash", "-e", "-c", script.replace("curl -sf", "wait_up; curl -sf", 1)], cwd=tmp_path,
-                            stdout=out, stderr=log, start_new_session=True,
-                            env={**os.environ, "BASH_ENV": str(_wait_up(tmp_path, rest, tmp_path / "example.log"))})
+    log, out = open(base / "example.log", "w"), open(base / "example.out", "w")
+    proc = subprocess.Popen(["bash", "-e", "-c", script], cwd=base, stdout=out, stderr=log, start_new_session=True,
+                            env=env)
     try:
-        assert proc.wait(120) == 0, (tmp_path / "example.log").read_text()[-3000:]
-        printed = (tmp_path / "example.out").read_text().strip().splitlines()
-        assert printed[-1].endswith('<HDF5 dataset "data": shape (100, 1065, 1030), type "<u2">'), printed
+        assert proc.wait(120) == 0, (base / "example.log").read_text()[-3000:]
+        return (base / "example.out").read_text().strip().splitlines()
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -220,6 +219,19 @@ def test_eiger_example_stores_a_simulated_series_as_hdf5(tmp_path: Path) -> None
         proc.wait(30)
         log.close()
         out.close()
+
+
+def test_eiger_example_stores_a_simulated_series_as_hdf5(tmp_path: Path) -> None:
+    """The EIGER section as typed: its YAML file, then its shell lines (simulator, `hidra up`, curl, h5py)."""
+    import os
+
+    rest, stream, *hidra = _free_ports(7)
+    (tmp_path / "eiger.yaml").write_text(_block("yaml", "type: eiger_stream").replace("9999", str(stream)))
+    script = _block("sh", "hidra-eiger-sim", "command/arm").replace("8080", str(rest)).replace("9999", str(stream))
+    script = script.replace("hidra up --config eiger.yaml", f"hidra up --config eiger.yaml {_port_sets(*hidra)}")
+    env = {**os.environ, "BASH_ENV": str(_wait_up(tmp_path, rest, tmp_path / "example.log"))}
+    printed = _run_example(tmp_path, script.replace("curl -sf", "wait_up; curl -sf", 1), env)
+    assert printed[-1].endswith('<HDF5 dataset "data": shape (100, 1065, 1030), type "<u2">'), printed
 
 
 def _wait_up(base: Path, rest: int, log: Path) -> Path:
@@ -241,32 +253,11 @@ def _wait_up(base: Path, rest: int, log: Path) -> Path:
 def test_databuffer_example_writes_a_pulse_range_as_typed(tmp_path: Path) -> None:
     """The DataBuffer section as typed, with free ports: the bsread simulator, `hidra databuffer up`, the REST
     calls of a run, and the HDF5 file of its 101 pulses."""
-    import os
-
-    bs, rest, query, output, data, conf, status, com, request = _free_ports(9)
-    sets = " ".join(f"--set {key}=tcp://127.0.0.1:{port}" for key, port in (
-        ("receiver.data", data), ("sender.storage.data", data), ("receiver.confirmations", conf),
-        ("sender.storage.confirmations", conf), ("receiver.status", status), ("sender.clients.com", com),
-        ("sender.clients.request", request)))
+    bs, rest, query, output, *hidra = _free_ports(9)
     script = _block("sh", "bsread.cli.bs simulate", "stop_pulse_id")
     for default, port in (("9999", bs), ("8888", rest), ("10300", query)):
         script = script.replace(default, str(port))
     script = script.replace("--audit_file audit.log &", f"--audit_file audit.log --query-port {query} --rest_port"
-                            f" {rest} --output_port {output} {sets} &")
-    script = script.replace(".venv/bin/", f"{Path(sys.executable).parent}/")
-    log, out = open(tmp_path / "example.log", "w"), open(tmp_path / "example.out", "w")
-    # NOTE: its own session and output files, as in the EIGER example: its background jobs outlive the script
-    proc = subprocess.Popen(["bash", "-e", "-c", script], cwd=tmp_path, stdout=out, stderr=log,
-                            start_new_session=True)
-    try:
-        assert proc.wait(120) == 0, (tmp_path / "example.log").read_text()[-3000:]
-        printed = (tmp_path / "example.out").read_text().strip().splitlines()
-        assert printed[-1].endswith("(101,)"), printed
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        proc.wait(30)
-        log.close()
-        out.close()
+                            f" {rest} --output_port {output} {_port_sets(*hidra)} &")
+    printed = _run_example(tmp_path, script)
+    assert printed[-1].endswith("(101,)"), printed
