@@ -13,6 +13,7 @@ from hidra_core.interfaces import (EmptyConfig, EventSource, Fetcher, FileStat, 
                                    WriteTarget)
 from hidra_core.markers import hookimpl, hookspec
 from hidra_core.paths import SafeTree, split_checked
+from hidra_core.streams import connect_stream, receive_batch
 from hidra_core.types import (FILE, FRAME, KINDS, PULSE, SERIES_END, SERIES_START, FileEvent, PluginStatus,
                               file_id_of, payload_size)
 
@@ -21,6 +22,6 @@ __all__ = [
     "ConfigError", "DriverLoadFailure", "EmptyConfig", "EventSource", "Fetcher", "FileEvent", "FileStat",
     "HidraError", "PathRefused", "PluginHost", "PluginStatus", "ProtocolError", "SafeTree", "SourceChanged",
     "Transport", "WriteTarget", "Writer",
-    "__version__", "create_driver", "file_id_of", "hookimpl", "hookspec", "load_model", "payload_size",
-    "split_checked", "supervise",
+    "__version__", "connect_stream", "create_driver", "file_id_of", "hookimpl", "hookspec", "load_model",
+    "payload_size", "receive_batch", "split_checked", "supervise",
 ]

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import zmq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from hidra_core import PULSE, EventSource, FileEvent, payload_size
+from hidra_core import PULSE, EventSource, FileEvent, connect_stream, payload_size, receive_batch
 
 from hidra_databuffer.bsread_decode import Decoder, DecodeError, Pulse
 
@@ -104,17 +104,11 @@ class BsreadSource(EventSource):
         return self.config.address
 
     def open(self, context: zmq.Context) -> None:
-        sock = context.socket(zmq.PULL if self.config.mode == "pull" else zmq.SUB)
-        sock.linger = 0
-        sock.rcvhwm = self.config.rcvhwm  # NOTE: before connect, or the first pipe keeps the default
-        if self.config.mode == "sub":
-            sock.setsockopt(zmq.SUBSCRIBE, b"")
         try:
-            sock.connect(self.config.address)
-        except zmq.ZMQError as exc:
-            sock.close()
-            raise ValueError(f"bsread: cannot connect to {self.config.address!r}: {exc}") from None
-        self._sock = sock
+            self._sock = connect_stream(context, self.config.address, self.config.rcvhwm,
+                                        subscribe=self.config.mode == "sub")
+        except ValueError as exc:
+            raise ValueError(f"bsread: {exc}") from None
         log.info("bsread: connected to %s (%s)", self.config.address, self.config.mode)
 
     def close(self) -> None:
@@ -127,21 +121,9 @@ class BsreadSource(EventSource):
 
     def poll(self, timeout_ms: int) -> list[FileEvent]:
         assert self._sock is not None, "open() first"
-        if not self._sock.poll(timeout_ms, zmq.POLLIN):
-            return []
-        out: list[FileEvent] = []
-        received = nbytes = 0
-        while received < self.config.receive_batch and nbytes < self.config.receive_batch_bytes:
-            try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            received += 1
-            nbytes += sum(len(f) for f in frames)
-            event = self._handle([f.buffer for f in frames])
-            if event is not None:
-                out.append(event)
-        return out
+        events = (self._handle(frames) for frames in receive_batch(
+            self._sock, timeout_ms, self.config.receive_batch, self.config.receive_batch_bytes))
+        return [event for event in events if event is not None]
 
     def _handle(self, frames: list[memoryview]) -> FileEvent | None:
         self.stats["received"] += 1

@@ -17,7 +17,7 @@ from typing import Any
 import zmq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from hidra_core import EventSource, FileEvent
+from hidra_core import EventSource, FileEvent, connect_stream, receive_batch
 
 from hidra_eiger import decode_v1, decode_v2
 from hidra_eiger.messages import DecodeError, Message
@@ -103,15 +103,10 @@ class EigerStreamSource(EventSource):
         return self._tracker.stats
 
     def open(self, context: zmq.Context) -> None:
-        sock = context.socket(zmq.PULL)
-        sock.linger = 0
-        sock.rcvhwm = self.config.rcvhwm  # NOTE: before connect, or the first pipe keeps the default
         try:
-            sock.connect(self.config.endpoint)
-        except zmq.ZMQError as exc:
-            sock.close()
-            raise ValueError(f"eiger_stream: cannot connect to {self.config.endpoint!r}: {exc}") from None
-        self._sock = sock
+            self._sock = connect_stream(context, self.config.endpoint, self.config.rcvhwm)
+        except ValueError as exc:
+            raise ValueError(f"eiger_stream: {exc}") from None
         log.info("eiger_stream: connected to %s", self.config.endpoint)
 
     def close(self) -> None:
@@ -125,17 +120,10 @@ class EigerStreamSource(EventSource):
     def poll(self, timeout_ms: int) -> list[FileEvent]:
         assert self._sock is not None, "open() first"
         out, self._pending = self._pending, []
-        if out or not self._sock.poll(timeout_ms, zmq.POLLIN):
+        if out:
             return out
-        received = nbytes = 0
-        while received < BATCH_MESSAGES and nbytes < BATCH_BYTES:
-            try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            received += 1
-            nbytes += sum(len(f) for f in frames)
-            out += self._handle([f.buffer for f in frames])
+        for frames in receive_batch(self._sock, timeout_ms, BATCH_MESSAGES, BATCH_BYTES):
+            out += self._handle(frames)
         return out
 
     def _handle(self, parts: list[Any]) -> list[FileEvent]:
