@@ -141,6 +141,7 @@ def test_sigkilled_writer_behind_the_real_broker_leaves_no_file_and_the_broker_a
             assert reply.content == b"", reply.text
             temp = wait_until(lambda: next(tmp_path.glob("big.h5.tmp-*"), None), interval_s=0.001,
                               what="the temp file of the big write")
+            assert temp is not None
             victim = next(w for w in writers if temp.name.endswith(f".tmp-{w.proc.pid}"))
             victim.proc.send_signal(signal.SIGKILL)
             victim.proc.wait()
@@ -163,6 +164,12 @@ def test_sigkilled_writer_behind_the_real_broker_leaves_no_file_and_the_broker_a
     assert content(output) == content(direct)
     with h5py.File(output, "r") as h5:
         assert h5["data/SARES-BIG:FPICTURE/data"].shape == (BIG_EVENTS, 494, 659)
+
+
+def test_broker_rest_listens_on_loopback_by_default(broker: Broker) -> None:
+    """F11: DBW hard-coded a site host; ours is --rest_host 127.0.0.1 unless configured (the fixture sets none)."""
+    assert broker.rest.startswith("http://127.0.0.1:"), broker.rest
+    assert broker.status() == "stopped"
 
 
 # --- a real bsread stream through the buffer process -----------------------------------------------------------------
@@ -215,7 +222,8 @@ def _stream(port_holder: list[int], ready: threading.Event, stop: threading.Even
 @pytest.fixture
 def buffer_proc(tmp_path: Path) -> Iterator[str]:
     port: list[int] = []
-    ready, stop, failed = threading.Event(), threading.Event(), []
+    ready, stop = threading.Event(), threading.Event()
+    failed: list[BaseException] = []
     thread = threading.Thread(target=_stream, args=(port, ready, stop, failed), daemon=True)
     thread.start()
     assert ready.wait(30) and not failed, failed
