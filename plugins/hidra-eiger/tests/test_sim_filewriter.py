@@ -213,7 +213,10 @@ def test_series_with_nimages_per_file_2_writes_master_and_3_data_files_in_a_sub_
         assert (code, opts[-1]) == (32008, 2)  # the bitshuffle filter with LZ4, as the DCU writes
 
 
-def test_nimages_per_file_0_puts_every_image_in_the_master(dcu: Dcu) -> None:
+@pytest.mark.parametrize(("compression", "enabled"), [("bslz4", True), ("lz4", True), ("bslz4", False)])
+def test_nimages_per_file_0_puts_every_image_in_the_master(dcu: Dcu, compression: str, enabled: bool) -> None:
+    dcu.put("detector", "compression", compression)
+    dcu.put("filewriter", "compression_enabled", enabled)
     series = dcu.series(3, 0)
     assert dcu.names() == [f"series_{series}_master.h5"]
     content = dcu.request("GET", f"/data/series_{series}_master.h5").content
@@ -378,3 +381,25 @@ def test_fault_flags_set_the_knobs_at_start_and_bad_ones_are_refused() -> None:
         sim.close()
     bad = subprocess.run([_script(), "--fault", "grow_s=soon"], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "grow_s takes a float" in bad.stderr
+
+
+def test_abort_makes_the_partial_data_file_final_with_the_images_written(dcu: Dcu) -> None:
+    dcu.put("simulator", "file_content", "random")
+    dcu.put("simulator", "random_file_bytes", 100_000)
+    dcu.put("simulator", "buffer_bytes", 50_000 + 40_000)  # master half + 2 of the data file's 5 images
+    trigger = threading.Thread(target=dcu.series, args=(5, 5))
+    trigger.start()
+    wait_until(lambda: dcu.status("detector", "builder/dcu_buffer_free") == 0.0, what="a full buffer")
+    dcu.command("detector", "abort")
+    trigger.join(timeout=30)
+    assert not trigger.is_alive() and dcu.status("detector", "state") == "idle"
+    master, data = dcu.created()
+    assert (data["complete"], data["size"]) == (True, 40_000) and master["complete"]
+    assert len(dcu.request("GET", "/data/series_1_data_000001.h5").content) == 40_000
+
+
+def test_filewriter_clear_deletes_every_file(dcu: Dcu) -> None:
+    dcu.put_file("a.h5", b"a")
+    dcu.put_file("b/c.h5", b"c")
+    dcu.command("filewriter", "clear")
+    assert dcu.names() == [] and all(r["deleted"] and not r["wiped"] for r in dcu.created())
