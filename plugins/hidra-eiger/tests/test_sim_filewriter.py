@@ -281,7 +281,8 @@ def test_a_data_file_is_listed_with_its_first_image_and_grows_image_by_image(dcu
     wait_until(lambda: dcu.status("detector", "builder/dcu_buffer_free") == 0.0, what="a full buffer")
     partial = dcu.request("GET", "/data/series_1_data_000001.h5")
     assert len(partial.content) == int(partial.headers["Content-Length"]) == 40_000
-    assert [r["complete"] for r in dcu.created()] == [False, False]
+    assert [(r["complete"], r["size"], r["md5"]) for r in dcu.created()] == [(False, 50_000, None),
+                                                                            (False, 40_000, None)]
     dcu.put("simulator", "buffer_bytes", 0)
     trigger.join(timeout=30)
     assert not trigger.is_alive()

@@ -31,15 +31,17 @@ class Created:
 
     path: str
     created: float
-    size: int = 0
-    md5: str | None = None
+    size: int = 0  # final size
+    md5: str | None = None  # of the final content
     complete: bool = False
+    current: int = 0  # bytes written when last looked at
     deleted: bool = False
     deleted_at: float | None = None
     wiped: bool = False
 
     def value(self) -> dict[str, Any]:
-        return {"path": self.path, "size": self.size, "md5": self.md5 if self.complete else None,
+        return {"path": self.path, "size": self.size if self.complete else self.current,
+                "md5": self.md5 if self.complete else None,
                 "complete": self.complete, "created": self.created, "deleted": self.deleted,
                 "deleted_at": self.deleted_at, "wiped": self.wiped}
 
@@ -107,10 +109,11 @@ class FileStore:
 
     def grow(self, stored: StoredFile, limit: int, *, written: bool = False, content: bytes | None = None) -> None:
         """The writer wrote up to ``limit`` bytes (``written``: the file is final); ``content`` replaces it."""
+        md5 = None if content is None else hashlib.md5(content).hexdigest()  # NOTE: outside the lock: 0.1+ s
         with self._cond:
             if content is not None:
                 stored.content = content
-                stored.record.size, stored.record.md5 = len(content), hashlib.md5(content).hexdigest()
+                stored.record.size, stored.record.md5 = len(content), md5
             stored.limit = min(limit, len(stored.content))
             stored.written = written
             stored.changed_ns = time.time_ns()
@@ -184,6 +187,7 @@ class FileStore:
     @staticmethod
     def _note_complete(stored: StoredFile, now: float) -> None:
         stored.record.complete = stored.complete(now)
+        stored.record.current = stored.size(now)
 
     @classmethod
     def _mark(cls, stored: StoredFile, *, wiped: bool) -> None:
