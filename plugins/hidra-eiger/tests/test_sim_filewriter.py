@@ -404,3 +404,15 @@ def test_filewriter_clear_deletes_every_file(dcu: Dcu) -> None:
     dcu.put_file("b/c.h5", b"c")
     dcu.command("filewriter", "clear")
     assert dcu.names() == [] and all(r["deleted"] and not r["wiped"] for r in dcu.created())
+
+
+def test_a_4x_http_events_sender_reads_and_deletes_files_of_a_1_6_dcu(dcu16: Dcu) -> None:
+    """HiDRA 4.x lists ``filewriter/api/<version>/files``, GETs ``/data/<file>`` streamed, then DELETEs it."""
+    content = os.urandom(5 << 20)
+    dcu16.put_file("current/raw/s_data_000001.h5", content)
+    [name] = dcu16.http.get(f"{dcu16.url}/filewriter/api/1.6.0/files", timeout=TIMEOUT).json()
+    with dcu16.http.get(f"{dcu16.url}/data/{name}", stream=True, timeout=TIMEOUT) as answer:
+        received = b"".join(answer.iter_content(1 << 20))
+    assert received == content
+    assert dcu16.http.delete(f"{dcu16.url}/data/{name}", timeout=TIMEOUT).status_code == 204
+    assert dcu16.listing() == []
