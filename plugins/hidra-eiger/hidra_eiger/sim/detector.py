@@ -7,6 +7,7 @@ import logging
 import random
 import threading
 from concurrent.futures import Future
+from functools import lru_cache
 from typing import Any
 
 from hidra_eiger.sim.faults import Faults, simulator_knobs
@@ -83,6 +84,10 @@ def _trees(size: tuple[int, int], version: str) -> dict[tuple[str, str], ParamTr
         **filewriter_trees(v18),
     }
 
+
+# NOTE: frames depend only on these arguments; series after series (benchmarks) reuse the generated frames, which
+# for an EIGER 4M take seconds to make
+_generator = lru_cache(maxsize=2)(FrameGenerator)
 
 _DEAD_TIME_S = 1e-7  # readout dead time between count_time and frame_time
 
@@ -231,9 +236,8 @@ class Detector:
         sim = self.trees[("simulator", "config")].values()
         fmt = stream.get("format", "legacy")
         two = fmt == "cbor" and cfg.get("threshold/2/mode") == "enabled"
-        generator = FrameGenerator((cfg["y_pixels_in_detector"], cfg["x_pixels_in_detector"]),
-                                   f"uint{cfg['bit_depth_image']}", sim["seed"], sim["distinct_frames"],
-                                   sim["flux"])
+        generator = _generator((cfg["y_pixels_in_detector"], cfg["x_pixels_in_detector"]),
+                               f"uint{cfg['bit_depth_image']}", sim["seed"], sim["distinct_frames"], sim["flux"])
         return Series(self._series_id, self._unique, fmt, stream["header_detail"], cfg, stream["header_appendix"],
                       stream["image_appendix"], sim["bitshuffle_header"],
                       ["threshold_1", "threshold_2"] if two else ["threshold_1"], generator)

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from hidra_eiger.sim.filewriter import FileStore, Stalled, StoredFile, random_bytes
@@ -70,6 +71,10 @@ class _Plan:
         return data_file(self.chunks, range(first, first + count), self.image_nr_start)
 
 
+# NOTE: one compressed chunk cache per frame source, kept across series like the frames themselves
+_chunks = lru_cache(maxsize=2)(FrameChunks)
+
+
 def _share(size: int, done: int, of: int) -> int:
     """Bytes of a file of ``size`` written after ``done`` of its ``of`` images."""
     return size * done // of if of else size
@@ -91,7 +96,7 @@ class SeriesWriter:
             return
         knobs = self._knobs()
         compression = series.compression if cfg["compression_enabled"] else "none"
-        chunks = FrameChunks(series.generator, compression) if knobs["file_content"] == "hdf5" else None
+        chunks = _chunks(series.generator, compression) if knobs["file_content"] == "hdf5" else None
         base = str(cfg["name_pattern"]).replace("$id", str(series.series_id))
         per_file, total = int(cfg["nimages_per_file"]), series.nimages_total
         with self._lock:
