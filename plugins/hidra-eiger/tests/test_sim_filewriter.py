@@ -361,16 +361,19 @@ def test_reboot_wipes_every_file_and_can_reset_the_series_counter(dcu: Dcu) -> N
     assert dcu.names()[0] == f"series_{first}_master.h5"
 
 
-def test_reboot_during_a_stalled_series_ends_it(dcu: Dcu) -> None:
+@pytest.mark.parametrize(("module", "command"), [("simulator", "reboot"), ("detector", "abort"),
+                                                ("detector", "cancel"), ("detector", "disarm")])
+def test_a_series_stalled_on_a_full_buffer_ends_on(dcu: Dcu, module: str, command: str) -> None:
     dcu.put("simulator", "file_content", "random")
     dcu.put("simulator", "random_file_bytes", 1000)
     dcu.put("simulator", "buffer_bytes", 1500)  # half the master + the first data file
     trigger = threading.Thread(target=dcu.series, args=(5, 1))
     trigger.start()
     wait_until(lambda: dcu.status("detector", "builder/dcu_buffer_free") == 0.0, what="a full buffer")
-    dcu.command("simulator", "reboot")
+    dcu.command(module, command)
     trigger.join(timeout=30)
-    assert not trigger.is_alive() and dcu.names() == [] and dcu.status("detector", "state") == "idle"
+    assert not trigger.is_alive() and dcu.status("detector", "state") == "idle"
+    assert len(dcu.names()) == (0 if command == "reboot" else 2)  # master and the first data file
 
 
 def test_fault_flags_set_the_knobs_at_start_and_bad_ones_are_refused() -> None:

@@ -49,8 +49,8 @@ async def _cut(send: Send, *, reset: bool) -> None:
     transport = getattr(cycle, "transport", None)
     if transport is None:  # NOTE: not uvicorn: an exception makes any ASGI server drop the connection
         raise ConnectionAbortedError("simulated connection fault")
-    if reset:
-        sock = transport.get_extra_info("socket")
+    sock = transport.get_extra_info("socket")
+    if reset and sock is not None:  # NOTE: None: the client has gone already
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         transport.abort()  # NOTE: close with linger 0: the kernel sends RST instead of FIN
     else:

@@ -278,6 +278,7 @@ class Detector:
         self._state("idle")
 
     def _disarm(self) -> None:
+        self._stop.set()  # NOTE: a writer stalled on a full buffer stops too; the series ends here
         with self._lock:
             if self._series is not None:
                 self._finish("end")
