@@ -419,3 +419,11 @@ def test_a_4x_http_events_sender_reads_and_deletes_files_of_a_1_6_dcu(dcu16: Dcu
     assert received == content
     assert dcu16.http.delete(f"{dcu16.url}/data/{name}", timeout=TIMEOUT).status_code == 204
     assert dcu16.listing() == []
+
+
+def test_a_file_overwritten_by_the_same_name_is_recorded_as_replaced_not_deleted(dcu: Dcu) -> None:
+    dcu.put_file("f.h5", b"one")
+    dcu.put_file("f.h5", b"two")
+    old, new = dcu.created()
+    assert (old["replaced"], old["deleted"], old["wiped"]) == (True, False, False) and not new["replaced"]
+    assert dcu.names() == ["f.h5"] and dcu.request("GET", "/data/f.h5").content == b"two"

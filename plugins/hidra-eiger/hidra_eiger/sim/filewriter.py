@@ -38,12 +38,13 @@ class Created:
     deleted: bool = False
     deleted_at: float | None = None
     wiped: bool = False
+    replaced: bool = False  # NOTE: overwritten by a new file of the same name, never DELETEd
 
     def value(self) -> dict[str, Any]:
         return {"path": self.path, "size": self.size if self.complete else self.current,
                 "md5": self.md5 if self.complete else None,
                 "complete": self.complete, "created": self.created, "deleted": self.deleted,
-                "deleted_at": self.deleted_at, "wiped": self.wiped}
+                "deleted_at": self.deleted_at, "wiped": self.wiped, "replaced": self.replaced}
 
 
 @dataclass
@@ -100,7 +101,8 @@ class FileStore:
         with self._cond:
             old = self._files.pop(path, None)
             if old is not None:
-                self._mark(old, wiped=False)
+                self._note_complete(old, time.time())
+                old.record.replaced = True
             self._files[path] = stored
             self._created.append(record)
             self._note_complete(stored, stored.start)
