@@ -427,3 +427,11 @@ def test_a_file_overwritten_by_the_same_name_is_recorded_as_replaced_not_deleted
     old, new = dcu.created()
     assert (old["replaced"], old["deleted"], old["wiped"]) == (True, False, False) and not new["replaced"]
     assert dcu.names() == ["f.h5"] and dcu.request("GET", "/data/f.h5").content == b"two"
+
+
+def test_help_documents_the_filewriter_and_every_knob() -> None:
+    from hidra_eiger.sim.faults import simulator_knobs
+
+    shown = subprocess.run([_script(), "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert all(f"  {name} " in shown for name in simulator_knobs())
+    assert "/data/<path>" in shown and "--port 80" in shown and "put_file" in shown
