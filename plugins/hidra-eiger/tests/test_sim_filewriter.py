@@ -240,7 +240,7 @@ def test_random_file_content_gives_files_of_the_configured_size(dcu: Dcu) -> Non
 
 def test_file_grows_over_grow_s_as_a_prefix_of_its_final_content(dcu: Dcu) -> None:
     content = os.urandom(1 << 20)
-    dcu.put("simulator", "grow_s", 2.0)
+    dcu.put("simulator", "grow_s", 4.0)  # NOTE: long enough that the first GET, right after, sees a prefix
     dcu.put_file("growing.h5", content)
     sizes: list[int] = []
 
@@ -305,9 +305,10 @@ def test_fail_every_answers_500_and_a_failed_delete_keeps_the_file(dcu: Dcu, met
 def test_reset_every_breaks_the_body_with_a_tcp_reset(dcu: Dcu) -> None:
     dcu.put_file("f.h5", os.urandom(2 << 20))
     dcu.put("simulator", "reset_every", 1)
-    with pytest.raises(requests.exceptions.ChunkedEncodingError) as caught:
+    # NOTE: mid-body as a rule (ChunkedEncodingError); ConnectionError if the RST overtakes the headers' reading
+    with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)) as caught:
         dcu.request("GET", "/data/f.h5")
-    assert isinstance(caught.value.args[0].args[1], ConnectionResetError)
+    assert "Connection reset by peer" in str(caught.value)
     dcu.put("simulator", "reset_every", 0)
     assert len(dcu.request("GET", "/data/f.h5").content) == 2 << 20  # the next connection is fine
 
