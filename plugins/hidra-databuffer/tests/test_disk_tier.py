@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 import requests
 import test_store_query
+import zmq
 from test_store import F8, ids, pulse
 from test_store_query import make_pulse, query, store
+from test_store_receiver import TOPIC, Running, _send, running_receiver
 
 from hidra_databuffer._decode import value_json
 from hidra_databuffer.disk_layout import CHANNEL_SLOT, BadName, decode_name, encode_name
@@ -234,3 +236,50 @@ def test_names_that_cannot_be_directories_are_refused_and_kept_in_memory(tmp_pat
                   for n in range(3)])
     assert ids(store, "ok", 0, 5) == [0, 1, 2] and ids(store, name) == [2]
     assert os.listdir(tmp_path / "channels") == ["ok"]
+
+
+def _deliver(receiver: Running, pids: list[int]) -> None:
+    """Send ``mixed`` pulses to a receiver process and wait for every confirmation."""
+    ctx = zmq.Context()
+    push, sub = ctx.socket(zmq.PUSH), ctx.socket(zmq.SUB)
+    try:
+        for s in (push, sub):
+            s.linger = 0
+        sub.subscribe(TOPIC)
+        sub.connect(receiver.confirmations)
+        push.connect(receiver.data)
+        for pid in pids:
+            ((meta, payload),) = mixed(pid)
+            _send(push, meta, payload, chunksize=300_000)
+        confirmed: set[bytes] = set()
+
+        def all_confirmed() -> bool:
+            while sub.poll(100):
+                confirmed.add(sub.recv_multipart()[1])
+            return confirmed >= {f"pulse_{pid}".encode() for pid in pids}
+
+        wait_until(all_confirmed, 60, what="the confirmations of every pulse", interval_s=0)
+    finally:
+        push.close()
+        sub.close()
+        ctx.term()
+
+
+@pytest.mark.integration
+def test_receiver_process_killed_and_started_again_on_the_same_disk_path_serves_the_old_pulses(
+        make_writer: Any, tmp_path: Path) -> None:
+    sets = [f"receiver.databuffer.disk.path={tmp_path / 'disk'}", "receiver.databuffer.max_pulses=2"]
+    pids = [*range(40, 50), 60, 61]
+    with running_receiver(tmp_path, *sets) as first:
+        _deliver(first, pids)
+        before = query(first, CHANNELS, 0, 100)
+        assert [e["pulseId"] for e in before.json()[0]["data"]] == pids
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+    memory = make_writer(query_wait_s=0)
+    for pid in pids:
+        store(memory, mixed(pid))
+    with running_receiver(tmp_path, *sets) as again:
+        after = query(again, CHANNELS, 0, 100)
+        assert after.json() == before.json() == query(memory, CHANNELS, 0, 100).json()
+        assert after.headers["X-Databuffer-Oldest"] == "40"
