@@ -27,11 +27,9 @@ import re
 import struct
 import zlib
 from pathlib import Path
-from typing import NamedTuple
-
 from hidra_databuffer._decode import ChannelConfig
 
-__all__ = ["CHANNEL_SLOT", "NO_CONFIG", "PULSE_SLOT", "SEGMENT", "BadName", "ChannelSlot", "decode_name",
+__all__ = ["CHANNEL_SLOT", "NO_CONFIG", "PULSE_SLOT", "SEGMENT", "BadName", "decode_name",
            "encode_name", "read_configs", "segment_dir", "write_config"]
 
 SEGMENT, FOLDER = 1000, 100_000
@@ -116,15 +114,6 @@ class _Slots:
 PULSE_SLOT = _Slots("<qI")
 #: a channel at a pulse: (state, sec, ns, offset, length, config number)
 CHANNEL_SLOT = _Slots("<BqIQQI")
-
-
-class ChannelSlot(NamedTuple):
-    state: int
-    sec: int
-    ns: int
-    offset: int
-    length: int
-    config: int
 
 
 def _config_json(pid: int, config: ChannelConfig) -> bytes:

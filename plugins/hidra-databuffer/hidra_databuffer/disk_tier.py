@@ -20,6 +20,7 @@ The layout and its crash rules are ``disk_layout.py``'s. Policy:
 from __future__ import annotations
 
 import bisect
+import errno
 import fnmatch
 import logging
 import mmap
@@ -115,6 +116,8 @@ class DiskTier:
     def _reload(self) -> None:
         for entry in sorted((self.root / "channels").iterdir()):
             try:
+                if not entry.is_dir():
+                    raise BadName("not a directory")
                 name = decode_name(entry.name)
             except BadName as exc:
                 log.warning("databuffer disk: %s ignored: %s", entry, exc)
@@ -154,13 +157,13 @@ class DiskTier:
         try:
             for pulse in pulses:
                 self._append_one(pulse)
+            self._close_old()
+            self._evict()
         except OSError as exc:  # NOTE: a full disk must not stop the memory ring: counted, logged, and retried
             self.write_errors += 1
             log.error("databuffer disk: writing to %s failed (%d failures so far): %s", self.root,
                       self.write_errors, exc)
-        finally:
-            self._close_old()
-        self._evict()
+            self._close_old(None)  # NOTE: reopened, the files' sizes are read again: a short write is no hole
 
     def _append_one(self, pulse: Pulse) -> None:
         pid = pulse.pulse_id
@@ -181,7 +184,8 @@ class DiskTier:
                 state, offset, length = NONE, 0, 0
             else:
                 config, state, offset, length = event.config, VALUE, files.size, event.size
-                os.write(files.seg, memoryview(pulse.blob)[event.offset:event.offset + event.size])
+                if os.write(files.seg, memoryview(pulse.blob)[event.offset:event.offset + length]) != length:
+                    raise OSError(errno.ENOSPC, f"short write to the segment of {name!r}")
                 files.size += length
                 written += length
             config_no = NO_CONFIG if config is None else self._config_number(channel, pid, config)
@@ -190,9 +194,7 @@ class DiskTier:
         self._commit(pulse, number, slot, written)
 
     def _commit(self, pulse: Pulse, number: int, slot: int, written: int) -> None:
-        folder = segment_dir(self.root / "pulses", number)
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = self._pulse_index(number, folder)
+        fd = self._pulse_index(number)
         os.pwrite(fd, PULSE_SLOT.pack(pulse.sec, pulse.ns), slot * PULSE_SLOT.size)
         with self._lock:
             segment = self._segments.get(number)
@@ -205,9 +207,11 @@ class DiskTier:
             segment.bytes += written
             segment.written = self._clock()
 
-    def _pulse_index(self, number: int, folder: Path) -> int:
+    def _pulse_index(self, number: int) -> int:
         fd = self._pulse_fds.get(number)
         if fd is None:
+            folder = segment_dir(self.root / "pulses", number)
+            folder.mkdir(parents=True, exist_ok=True)
             fd = self._pulse_fds[number] = os.open(folder / f"{number}.idx", os.O_RDWR | os.O_CREAT, 0o644)
         return fd
 

@@ -125,6 +125,14 @@ def test_disk_bounds_evict_whole_segments_oldest_first_and_count_them(tmp_path: 
     assert ids(by_age) == [1000] and tier.evictions["age"] == 1000
 
 
+def test_only_channels_matching_the_disk_patterns_go_to_disk(tmp_path: Path) -> None:
+    store = disk_store(tmp_path, channels=["*:FPICTURE", "KEEP"])
+    store.append(pulse(n, **{"CAM:FPICTURE": float(n), "KEEP": 1.0, "S:A": 2.0}) for n in range(5))
+    assert ids(store, "CAM:FPICTURE") == ids(store, "KEEP") == [0, 1, 2, 3, 4] and ids(store, "S:A") == [4]
+    assert sorted(os.listdir(tmp_path / "channels")) == ["CAM%3AFPICTURE", "KEEP"]
+    assert store.mapping(0, 10) == [(n, 1_700_000_000 + n, 123) for n in range(5)]
+
+
 def test_new_store_on_the_same_path_serves_the_old_pulses(make_writer: Any, tmp_path: Path) -> None:
     first = on_disk(make_writer, tmp_path / "disk")
     for pid in range(10, 16):
