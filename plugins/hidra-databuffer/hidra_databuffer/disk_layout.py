@@ -29,7 +29,7 @@ import zlib
 from pathlib import Path
 from hidra_databuffer._decode import ChannelConfig
 
-__all__ = ["CHANNEL_SLOT", "NO_CONFIG", "PULSE_SLOT", "SEGMENT", "BadName", "decode_name",
+__all__ = ["CHANNEL_SLOT", "FOLDER", "NO_CONFIG", "PULSE_SLOT", "SEGMENT", "BadName", "decode_name",
            "encode_name", "read_configs", "segment_dir", "write_config"]
 
 SEGMENT, FOLDER = 1000, 100_000

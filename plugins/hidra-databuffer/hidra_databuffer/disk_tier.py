@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from hidra_databuffer._decode import ChannelConfig
 from hidra_databuffer.disk_layout import (
-    CHANNEL_SLOT, NO_CONFIG, NONE, PULSE_SLOT, SEGMENT, VALUE, BadName, decode_name, encode_name, read_configs,
+    CHANNEL_SLOT, FOLDER, NO_CONFIG, NONE, PULSE_SLOT, SEGMENT, VALUE, BadName, decode_name, encode_name, read_configs,
     segment_dir, write_config)
 
 if TYPE_CHECKING:
@@ -291,8 +291,11 @@ class DiskTier:
             channels = list(self._channels.values())
         for number in numbers:
             for base in [self.root / "pulses", *(c.base for c in channels)]:
+                folder = segment_dir(base, number)
                 for suffix in (".idx", ".seg"):
-                    (segment_dir(base, number) / f"{number}{suffix}").unlink(missing_ok=True)
+                    (folder / f"{number}{suffix}").unlink(missing_ok=True)
+                if number % (FOLDER // SEGMENT) == FOLDER // SEGMENT - 1:  # NOTE: the folder's last segment
+                    shutil.rmtree(folder, ignore_errors=True)
         if reason == "restart":
             for base in [self.root / "pulses", *(c.base for c in channels)]:
                 for folder in base.iterdir():

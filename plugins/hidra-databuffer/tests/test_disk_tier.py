@@ -116,6 +116,9 @@ def test_disk_bounds_evict_whole_segments_oldest_first_and_count_them(tmp_path: 
     by_bytes = disk_store(tmp_path / "b", max_bytes=1500 * 8)
     by_bytes.append(pulse(n, a=float(n)) for n in range(3500))
     assert ids(by_bytes)[0] == 2000 and by_bytes.status()["disk"]["evictions_by_bound"]["bytes"] == 2000
+    folders = disk_store(tmp_path / "f", max_pulses=1000)
+    folders.append([pulse(99_999, a=1.0), *(pulse(n, a=1.0) for n in range(100_000, 101_000))])
+    assert ids(folders)[0] == 100_000 and not list((tmp_path / "f").glob("*/**/0"))  # NOTE: no empty folder left
     now = [1000.0]
     tier = DiskTier(tmp_path / "a", 10**9, 1 << 40, max_age_s=60, clock=lambda: now[0])
     by_age = Store(max_pulses=1, max_bytes=1 << 30, disk=tier)
