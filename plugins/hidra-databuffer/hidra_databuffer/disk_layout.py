@@ -29,7 +29,7 @@ import zlib
 from pathlib import Path
 from hidra_databuffer._decode import ChannelConfig
 
-__all__ = ["CHANNEL_SLOT", "FOLDER", "NO_CONFIG", "PULSE_SLOT", "SEGMENT", "BadName", "decode_name",
+__all__ = ["CHANNEL_SLOT", "FOLDER", "NO_CONFIG", "PULSE_SLOT", "SEGMENT", "BadName", "Slots", "decode_name",
            "encode_name", "read_configs", "segment_dir", "write_config"]
 
 SEGMENT, FOLDER = 1000, 100_000
@@ -84,7 +84,7 @@ def segment_dir(base: Path, segment: int) -> Path:
     return base / str(segment * SEGMENT // FOLDER)
 
 
-class _Slots:
+class Slots:
     """Fixed-size slots of ``fields`` followed by their CRC32."""
 
     def __init__(self, fields: str) -> None:
@@ -111,9 +111,9 @@ class _Slots:
 
 
 #: a delivered pulse: (sec, ns)
-PULSE_SLOT = _Slots("<qI")
+PULSE_SLOT = Slots("<qI")
 #: a channel at a pulse: (state, sec, ns, offset, length, config number)
-CHANNEL_SLOT = _Slots("<BqIQQI")
+CHANNEL_SLOT = Slots("<BqIQQI")
 
 
 def _config_json(pid: int, config: ChannelConfig) -> bytes:

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from hidra_databuffer._decode import ChannelConfig
 from hidra_databuffer.disk_layout import (
-    CHANNEL_SLOT, FOLDER, NO_CONFIG, NONE, PULSE_SLOT, SEGMENT, VALUE, BadName, decode_name, encode_name, read_configs,
-    segment_dir, write_config)
+    CHANNEL_SLOT, FOLDER, NO_CONFIG, NONE, PULSE_SLOT, SEGMENT, VALUE, BadName, Slots, decode_name, encode_name,
+    read_configs, segment_dir, write_config)
 
 if TYPE_CHECKING:
     from hidra_databuffer.store import Hit, Pulse
@@ -368,9 +368,9 @@ class DiskTier:
         return hits
 
     @staticmethod
-    def _read_slots(base: Path, number: int, slots: Any) -> list[tuple[int, ...] | None]:
+    def _read_slots(base: Path, number: int, slots: Slots) -> list[tuple[int, ...] | None]:
         try:
-            return slots.unpack_all((segment_dir(base, number) / f"{number}.idx").read_bytes())  # type: ignore[no-any-return]
+            return slots.unpack_all((segment_dir(base, number) / f"{number}.idx").read_bytes())
         except FileNotFoundError:  # NOTE: evicted while we looked
             return [None] * SEGMENT
 
