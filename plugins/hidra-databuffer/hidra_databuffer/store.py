@@ -243,7 +243,7 @@ class Store:
         """The channel's config history in both tiers (``None``: never seen)."""
         history = self._history.get(name)
         on_disk = self.disk.history(name) if self.disk is not None else None
-        if on_disk is None:
+        if not on_disk:  # NOTE: [] while the disk writes a new channel's first config: nothing of it is served yet
             return None if history is None else list(history)
         merged: list[tuple[int, ChannelConfig]] = []
         for pid, config in sorted([*on_disk, *(history or [])], key=lambda entry: entry[0]):

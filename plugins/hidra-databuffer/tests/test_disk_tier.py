@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,51 @@ def test_only_channels_matching_the_disk_patterns_go_to_disk(tmp_path: Path) -> 
     assert ids(store, "CAM:FPICTURE") == ids(store, "KEEP") == [0, 1, 2, 3, 4] and ids(store, "S:A") == [4]
     assert sorted(os.listdir(tmp_path / "channels")) == ["CAM%3AFPICTURE", "KEEP"]
     assert store.mapping(0, 10) == [(n, 1_700_000_000 + n, 123) for n in range(5)]
+
+
+def test_readers_during_appends_see_each_committed_pulse_once_from_one_tier(tmp_path: Path) -> None:
+    store = disk_store(tmp_path, max_pulses=3000)
+    store.max_pulses = 7  # NOTE: a small memory ring: the tier boundary moves with every batch
+    seen: list[list[tuple[int, float]]] = []
+    failed: list[BaseException] = []
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                (selection,) = store.select(["a"], 0, 10**6)
+                seen.append([(p.pulse_id, value_json(ev.config, p.blob, ev.offset, ev.size))
+                             for p, ev in selection.hits])
+        except BaseException as exc:  # NOTE: a reader's failure fails the test, not just a thread
+            failed.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for first in range(0, 1200, 10):
+            before = len(seen)
+            store.append(pulse(n, a=n * 0.5) for n in range(first, first + 10))
+            # NOTE: the reader keeps reading through the next append too: answers of every length, some mid-append
+            wait_until(lambda: len(seen) > before + 1 or failed, 30, what="a reader's answers", interval_s=0.001)
+            assert not failed, failed
+    finally:
+        done.set()
+        reader.join(60)
+    assert not failed, failed
+    (last,) = store.select(["a"], 0, 10**6)
+    seen.append([(p.pulse_id, value_json(ev.config, p.blob, ev.offset, ev.size)) for p, ev in last.hits])
+    assert seen[-1] == [(n, n * 0.5) for n in range(1200)]
+    for answer in seen:  # NOTE: every answer a prefix of the stream: nothing twice, nothing torn, no hole
+        assert answer == [(n, n * 0.5) for n in range(len(answer))]
+    assert len(seen) > 240
+
+
+def test_a_channel_new_on_disk_is_not_served_before_its_first_config_line(tmp_path: Path) -> None:
+    store = disk_store(tmp_path)
+    assert store.disk is not None
+    store.disk._channel("a")  # NOTE: the appending thread between a new channel's directory and its config line
+    (selection,) = store.select(["a"], 0, 10)
+    assert (selection.known, selection.hits, store.channels(), store.mapping(0, 10)) == (False, [], {}, [])
 
 
 def test_new_store_on_the_same_path_serves_the_old_pulses(make_writer: Any, tmp_path: Path) -> None:
