@@ -160,7 +160,7 @@ def test_readers_during_appends_see_each_committed_pulse_once_from_one_tier(tmp_
             before = len(seen)
             store.append(pulse(n, a=n * 0.5) for n in range(first, first + 10))
             # NOTE: the reader keeps reading through the next append too: answers of every length, some mid-append
-            wait_until(lambda: len(seen) > before + 1 or failed, 30, what="a reader's answers", interval_s=0.001)
+            wait_until(lambda at=before: len(seen) > at + 1 or failed, 30, what="a reader's answers", interval_s=0.001)
             assert not failed, failed
     finally:
         done.set()
