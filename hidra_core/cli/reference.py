@@ -177,7 +177,10 @@ def _drivers(distributions: Iterable[str] | None) -> list[str]:
                 continue
             doc = _doc(config_class) if config_class.__doc__ != BaseModel.__doc__ else ""
             out += [doc, ""] if doc else []
-            out += _table(config_class, section[0].format(placeholder))
+            for path, model in _sections(config_class, section[0].format(placeholder)):
+                # NOTE: a driver's nested sections (the databuffer's disk tier, say) get tables of their own
+                out += [f"Section `{path}`:", "", *_table(model, path)] if model is not config_class else _table(
+                    model, path)
     return out
 
 

@@ -2,13 +2,21 @@
 through open/write/close/commit_each (while the buffer grows, and once it is full and evicts), and the time of a
 query of a 10,000-pulse range of the scalars over HTTP.
 
+With ``--disk DIR...`` it measures the disk tier instead: per directory (e.g. /dev/shm and a real disk), the
+append rate of that stream with the disk tier on versus off (wall clock, pulses/s and MiB/s of payload), and the
+rate of a query of 200 images served from memory versus from disk (hot page cache, and cold after
+``posix_fadvise(DONTNEED)``), both as ``Store.select`` + decode and over HTTP.
+
 Run from the repository root: ``.venv/bin/python plugins/hidra-databuffer/benchmarks/bench_store.py``
+(``... bench_store.py --disk /dev/shm /tmp``)
 """
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import numpy as np  # noqa: E402
 import requests  # noqa: E402
 from test_store_query import make_pulse  # noqa: E402
+
+from hidra_databuffer._decode import decode  # noqa: E402
 
 from hidra_core import PULSE, WriteTarget, create_driver  # noqa: E402
 
@@ -60,7 +70,77 @@ def make(**options: Any) -> Any:
     return writer
 
 
+def _append_rate(batch: Pulses, **options: Any) -> tuple[float, float, float]:
+    """(pulses/s, MiB/s of payload) of storing ``batch``, wall clock (best of 3), and the seconds of an ``os.sync``
+    after the last."""
+    walls = []
+    for _ in range(3):
+        writer = make(max_bytes=256 << 20, **options)
+        started = time.perf_counter()
+        drive(writer, batch)
+        walls.append(time.perf_counter() - started)
+        writer.shutdown()
+    wall = min(walls)
+    started = time.perf_counter()
+    os.sync()
+    synced = time.perf_counter() - started
+    return len(batch) / wall, sum(len(p) for _, p in batch) / wall / 2**20, synced
+
+
+def _drop_cache(root: Path) -> None:
+    os.sync()
+    for path in root.rglob("*.seg"):
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+
+def _query_rate(writer: Any, start: int, end: int) -> tuple[float, float]:
+    """MiB/s of image values: ``select`` + decode in the process, and a query over HTTP (JSON parse included)."""
+    started = time.perf_counter()
+    (image,) = writer.store.select(["CAM:FPICTURE"], start, end)
+    # NOTE: tobytes: a raw frame decodes to a view, which reads nothing until something touches it
+    size = sum(len(decode(ev.config, memoryview(p.blob)[ev.offset:ev.offset + ev.size]).tobytes())
+               for p, ev in image.hits)
+    local = size / (time.perf_counter() - started) / 2**20
+    body = {"channels": ["CAM:FPICTURE"], "range": {"startPulseId": start, "endPulseId": end}}
+    started = time.perf_counter()
+    (entry,) = requests.post(writer.url, json=body, timeout=300).json()
+    assert len(entry["data"]) == end - start + 1
+    return local, size / (time.perf_counter() - started) / 2**20
+
+
+def disk_main(roots: list[str]) -> None:
+    batch = pulses(2000, "none")
+    for root in roots:
+        where = Path(tempfile.mkdtemp(prefix="bench-disk-", dir=root))
+        try:
+            rate, mib, _ = _append_rate(batch)
+            print(f"{root}: append 4 scalars + 512x512 uint16, memory only: {rate:.0f} pulses/s, {mib:.0f} MiB/s")
+            disk = {"path": str(where / "a"), "max_bytes": 1 << 30}
+            rate, mib, synced = _append_rate(batch, disk=disk)
+            print(f"{root}: same with the disk tier: {rate:.0f} pulses/s, {mib:.0f} MiB/s (+ {synced:.1f} s os.sync)")
+            memory = make(max_bytes=1 << 30, query_wait_s=0)
+            drive(memory, batch[-1000:])
+            on_disk = make(max_pulses=10, query_wait_s=0, disk={"path": str(where / "q"), "max_bytes": 1 << 30})
+            drive(on_disk, batch[-1000:])
+            first = batch[-1000][0]["pulse_id"]
+            for label, writer, cold in (("memory", memory, False), ("disk, hot", on_disk, False),
+                                        ("disk, cold", on_disk, True)):
+                if cold:
+                    _drop_cache(where / "q")
+                local, http = _query_rate(writer, first, first + 199)
+                print(f"{root}: query 200 images from {label}: select+decode {local:.0f} MiB/s, HTTP {http:.0f} MiB/s")
+            memory.shutdown()
+            on_disk.shutdown()
+        finally:
+            shutil.rmtree(where, ignore_errors=True)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--disk"]:
+        disk_main(sys.argv[2:])
+        return
     for compression in ("none", "bitshuffle_lz4"):
         writer = make(max_bytes=256 << 20)
         growing = drive(writer, pulses(1000, compression))

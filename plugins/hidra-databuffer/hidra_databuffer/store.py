@@ -9,6 +9,10 @@ of its own pulse and a query over a type or shape change lists both configs.
 Threads: one appending thread (the receiver's commit thread) and any number of readers (the HTTP server's
 workers). Everything is guarded by one condition; readers copy references out under it and decode outside, which
 is safe because a pulse is never changed once stored.
+
+With a disk tier (``disk_tier.py``) the appending thread writes each batch through to disk first, outside the
+condition, then into memory; a query reads memory from its oldest pulse on and the disk below it, so every pulse id
+is served by one tier only, ascending. The retained window (``window``, the ``X-Databuffer-*`` headers) spans both.
 """
 from __future__ import annotations
 
@@ -17,9 +21,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NamedTuple
 
 from hidra_databuffer._decode import ChannelConfig, raw_size
+
+if TYPE_CHECKING:
+    from hidra_databuffer.disk_tier import DiskTier
 
 __all__ = ["ChannelSelection", "Event", "Hit", "Pulse", "Store"]
 
@@ -78,8 +85,9 @@ class Store:
     """Pulses by id, bounded by ``max_pulses``, ``max_bytes`` and (optional) ``max_age_s`` since arrival."""
 
     def __init__(self, max_pulses: int, max_bytes: int, max_age_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, disk: DiskTier | None = None) -> None:
         self.max_pulses, self.max_bytes, self.max_age_s = max_pulses, max_bytes, max_age_s
+        self.disk = disk
         self._clock = clock
         self._cond = threading.Condition()
         self._ids: list[int] = []  # ascending; entries before _head are evicted (dropped in bulk now and then)
@@ -96,6 +104,9 @@ class Store:
     # --- the appending thread ---------------------------------------------------------------------------------
     def append(self, pulses: Iterable[Pulse]) -> None:
         """Store pulses and make them visible to queries at once."""
+        if self.disk is not None:
+            pulses = list(pulses)
+            self.disk.append(pulses)  # NOTE: outside the condition: readers are not held up by disk writes
         with self._cond:
             for pulse in pulses:
                 self._insert(pulse)
@@ -186,19 +197,33 @@ class Store:
         return self._ids[-1] if self._head < len(self._ids) else None
 
     def window(self) -> tuple[int | None, int | None]:
-        """(oldest, newest) pulse id retained, ``None`` when empty."""
+        """(oldest, newest) pulse id retained in either tier, ``None`` when empty."""
         with self._cond:
             self._evict()
-            return self._oldest(), self._newest()
+            oldest, newest = self._oldest(), self._newest()
+        if self.disk is not None:
+            on_disk = [pid for pid in (self.disk.oldest(), oldest) if pid is not None]
+            oldest = min(on_disk) if on_disk else None
+            newest = newest if newest is not None else self.disk.newest()
+        return oldest, newest
+
+    def _disk_end(self, end: int) -> int:
+        """The last pulse id of [.., end] the disk serves: the ones memory no longer (or not yet) holds."""
+        oldest = self._oldest()
+        return end if oldest is None else min(end, oldest - 1)
 
     def wait_for(self, pulse_id: int, timeout: float) -> bool:
         """Wait until a pulse at or after ``pulse_id`` is stored (at most ``timeout`` s); whether one is."""
         with self._cond:
             self.waiting += 1
             try:
-                return self._cond.wait_for(lambda: (self._newest() or -1) >= pulse_id, timeout)
+                return self._cond.wait_for(lambda: (self._newest_any() or -1) >= pulse_id, timeout)
             finally:
                 self.waiting -= 1
+
+    def _newest_any(self) -> int | None:
+        newest = self._newest()
+        return newest if newest is not None or self.disk is None else self.disk.newest()
 
     def _range(self, start: int, end: int) -> list[Pulse]:
         lo = bisect.bisect_left(self._ids, start, lo=self._head)
@@ -210,14 +235,29 @@ class Store:
         with self._cond:
             self._evict()
             pulses = self._range(start, end)
-            found = [self._select_one(name, pulses, end) for name in names]
-        return found
+            disk_end = self._disk_end(end)
+            histories = {name: self._history_of(name) for name in names}
+        return [self._select_one(name, pulses, start, disk_end, end, histories[name]) for name in names]
 
-    def _select_one(self, name: str, pulses: list[Pulse], end: int) -> ChannelSelection:
+    def _history_of(self, name: str) -> list[tuple[int, ChannelConfig]] | None:
+        """The channel's config history in both tiers (``None``: never seen)."""
         history = self._history.get(name)
+        on_disk = self.disk.history(name) if self.disk is not None else None
+        if not on_disk:  # NOTE: [] while the disk writes a new channel's first config: nothing of it is served yet
+            return None if history is None else list(history)
+        merged: list[tuple[int, ChannelConfig]] = []
+        for pid, config in sorted([*on_disk, *(history or [])], key=lambda entry: entry[0]):
+            if not merged or merged[-1][1] != config:
+                merged.append((pid, config))
+        return merged
+
+    def _select_one(self, name: str, pulses: list[Pulse], start: int, disk_end: int, end: int,
+                    history: list[tuple[int, ChannelConfig]] | None) -> ChannelSelection:
         if history is None:
             return ChannelSelection(name, False, [], [])
         hits = [(p, ev) for p in pulses if (ev := p.events.get(name)) is not None]
+        if self.disk is not None and start <= disk_end:
+            hits = self.disk.select(name, start, disk_end) + hits
         configs: list[ChannelConfig] = []
         for _, event in hits:
             if event.config not in configs:
@@ -230,12 +270,17 @@ class Store:
     def mapping(self, start: int, end: int) -> list[tuple[int, int, int]]:
         """(pulse id, sec, ns) of every stored pulse in [start, end]."""
         with self._cond:
-            return [(p.pulse_id, p.sec, p.ns) for p in self._range(start, end)]
+            found = [(p.pulse_id, p.sec, p.ns) for p in self._range(start, end)]
+            disk_end = self._disk_end(end)
+        if self.disk is not None and start <= disk_end:
+            found = self.disk.mapping(start, disk_end) + found
+        return found
 
     def channels(self) -> dict[str, list[tuple[int, ChannelConfig]]]:
         """Per channel its config history (first pulse id, config), oldest first."""
         with self._cond:
-            return {name: list(history) for name, history in sorted(self._history.items())}
+            names = sorted({*self._history, *(self.disk.names() if self.disk is not None else [])})
+            return {name: history for name in names if (history := self._history_of(name))}
 
     def status(self) -> dict[str, Any]:
         with self._cond:
@@ -245,4 +290,5 @@ class Store:
                     "max_pulses": self.max_pulses, "max_bytes": self.max_bytes, "max_age_s": self.max_age_s,
                     "evictions": sum(self.evictions.values()), "evictions_by_bound": dict(self.evictions),
                     "gaps": self.gaps, "missing_pulses": self.missing_pulses, "replaced": self.replaced,
-                    "out_of_order": self.out_of_order, "restarts": self.restarts, "waiting_queries": self.waiting}
+                    "out_of_order": self.out_of_order, "restarts": self.restarts, "waiting_queries": self.waiting,
+                    **({"disk": self.disk.status()} if self.disk is not None else {})}

@@ -6,6 +6,9 @@ compression, present, offset, size). ``commit_each`` runs in the commit thread, 
 a pulse becomes visible to queries there. The buffer lives in memory, so "durable" here means "stored in the
 buffer": what the sender lets go of after the confirmation is what a query can still get until eviction.
 
+With ``disk: {path: ...}`` pulses are also written through to the disk tier (``disk_tier.py``), which keeps a
+longer window under its own bounds and is served again by a buffer restarted on the same path.
+
 The query API starts with the receiver (``cleanup`` is its start-up call; the first ``open`` starts it too) and
 stops in ``shutdown``.
 """
@@ -20,12 +23,30 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hidra_core import PULSE, ProtocolError, Writer, WriteTarget
 from hidra_databuffer._decode import COMPRESSIONS, ENCODINGS, TYPES, BadValue, ChannelConfig, check_size
+from hidra_databuffer.disk_tier import DiskTier
 from hidra_databuffer.query_api import QueryLimits, QueryServer, build_app
 from hidra_databuffer.store import Event, Pulse, Store
 
-__all__ = ["DatabufferConfig", "DatabufferWriter", "parse_pulse"]
+__all__ = ["DatabufferConfig", "DatabufferWriter", "DiskConfig", "parse_pulse"]
 
 log = logging.getLogger(__name__)
+
+
+class DiskConfig(BaseModel):
+    """The optional disk tier of the data buffer (``receiver: {databuffer: {disk: {...}}}``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str = Field(description="directory of the disk tier (created if missing); a buffer started again on the"
+                      " same path serves what is there")
+    max_pulses: int = Field(1_000_000, ge=1000, description="pulses kept on disk (1 000 000 = about 2.8 h at 100"
+                            " Hz); whole segments of 1000 pulse ids are evicted, oldest first, past it")
+    max_bytes: int = Field(100 << 30, gt=0, description="payload bytes kept on disk; whole segments of 1000 pulse"
+                           " ids are evicted, oldest first, past it (the newest segment always stays)")
+    max_age_s: float | None = Field(None, gt=0, description="evict segments whose newest pulse was stored longer"
+                                    " ago than this; null: no age bound")
+    channels: list[str] = Field(["*"], min_length=1, description="channels written to disk, as shell-style"
+                                " patterns (e.g. [\"*:FPICTURE\"] for images only); the others stay in memory only")
 
 
 class DatabufferConfig(BaseModel):
@@ -50,6 +71,8 @@ class DatabufferConfig(BaseModel):
                                  " (decoded) is refused with 413; JSON inflates images 3-5 times")
     strict: bool = Field(False, description="unknown channels in a query: false answers them with empty configs"
                          " and data (the HDF5 writer skips them), true refuses the query with 404")
+    disk: DiskConfig | None = Field(None, description="the optional disk tier (databuffer.md §12), written"
+                                    " through from the memory ring; null: memory only")
 
 
 @dataclass(eq=False)
@@ -127,7 +150,10 @@ class DatabufferWriter(Writer):
     def __init__(self, config: DatabufferConfig, *, target: str) -> None:
         super().__init__(config, target=target)
         self.config: DatabufferConfig = config
-        self.store = Store(config.max_pulses, config.max_bytes, config.max_age_s)
+        disk = config.disk
+        self.disk = None if disk is None else DiskTier(disk.path, disk.max_pulses, disk.max_bytes, disk.max_age_s,
+                                                       disk.channels)
+        self.store = Store(config.max_pulses, config.max_bytes, config.max_age_s, disk=self.disk)
         limits = QueryLimits(config.query_wait_s, config.max_query_pulses, config.max_query_bytes, config.strict)
         self.server = QueryServer(build_app(self.store, limits), config.http_host, config.http_port)
         self._started = self._stopped = False
@@ -188,3 +214,5 @@ class DatabufferWriter(Writer):
         with self._start_lock:
             self.server.stop()
             self._started, self._stopped = False, True
+        if self.disk is not None:
+            self.disk.close()

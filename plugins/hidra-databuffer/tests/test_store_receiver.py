@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
@@ -51,12 +52,19 @@ def _send(push: zmq.Socket, meta: dict[str, Any], payload: bytes, chunksize: int
 @pytest.fixture
 def receiver(tmp_path: Path) -> Iterator[Running]:
     """A ready ``hidra receiver`` with the databuffer writer on free ports."""
+    with running_receiver(tmp_path) as running:
+        yield running
+
+
+@contextmanager
+def running_receiver(tmp_path: Path, *extra: str) -> Iterator[Running]:
+    """A ready ``hidra receiver`` with the databuffer writer on free ports (``extra``: more ``--set`` values)."""
     target = tmp_path / "target"
-    target.mkdir()
+    target.mkdir(exist_ok=True)
     log = tmp_path / "receiver.log"
     sets = [f"receiver.target={target}", "receiver.data=tcp://127.0.0.1:0", "receiver.confirmations=tcp://127.0.0.1:0",
             "receiver.status=tcp://127.0.0.1:0", 'receiver.writers=["databuffer"]',
-            "receiver.databuffer.http_port=0", "receiver.databuffer.query_wait_s=0"]
+            "receiver.databuffer.http_port=0", "receiver.databuffer.query_wait_s=0", *extra]
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "hidra_core", "receiver",
                                  *(arg for s in sets for arg in ("--set", s))], stdout=out, stderr=subprocess.STDOUT)
