@@ -28,6 +28,10 @@ class WriterConfig(BaseModel):
     query_max_bytes: int = Field(
         64 << 20, ge=1, description="bytes of answer a sub-query aims at, sized from the bytes per pulse of the"
         " answers so far (the first asks for 100 pulses); a 413 from the data API halves the sub-range")
+    query_binary: bool = Field(
+        True, description="ask the data API for the binary range answer (HTTP Accept"
+        " application/x-hidra-databuffer): raw array bytes instead of JSON number lists; a data API without it"
+        " answers JSON, which is taken as before")
     queue_size: int = Field(1, ge=1, description="requests held by this writer's receive queue (ZeroMQ RCVHWM)")
     status_endpoint: str | None = Field(
         None, description="publish one JSON write result per request (topic databuffer.write) on a PUB socket that"

@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     options = WriterOptions(config.data_api_url, config.data_retrieval_delay, config.retries, config.retry_backoff,
-                            split=SplitLimits(config.query_max_pulses, config.query_max_bytes))
+                            split=SplitLimits(config.query_max_pulses, config.query_max_bytes,
+                                              config.query_binary))
     context = zmq.Context()
     try:
         service = WriterService(context, config.connect_address, options, config.queue_size,

@@ -31,6 +31,7 @@ class SplitLimits:
 
     max_pulses: int = 10_000
     max_bytes: int = 64 << 20
+    binary: bool = True  # NOTE: ask for rangeformat's answer (a server without it answers JSON anyway)
 
 
 class TooLarge(QueryError):
@@ -48,7 +49,7 @@ def query_parts(url: str, data_api_request: str, timeout_s: float | None = None,
     body = json.loads(data_api_request)
     bounds = _bounds(body)
     if bounds is None:
-        yield _post(url, body, timeout_s)[0], True
+        yield _post(url, body, timeout_s, limits.binary)[0], True
         return
     start, end = bounds
     size, ceiling, pos = min(_PROBE_PULSES, limits.max_pulses), limits.max_pulses, start
@@ -56,7 +57,7 @@ def query_parts(url: str, data_api_request: str, timeout_s: float | None = None,
         stop = min(end, pos + size - 1)
         whole = pos == start and stop == end
         try:
-            part, nbytes = _post(url, body if whole else _sub_request(body, pos, stop), timeout_s)
+            part, nbytes = _post(url, body if whole else _sub_request(body, pos, stop), timeout_s, limits.binary)
         except TooLarge as exc:
             if stop == pos:
                 raise QueryError(f"{exc} (a single pulse, {pos}, is too large for the data API)") from None
@@ -94,11 +95,11 @@ def _sub_request(body: dict[str, Any], start: int, end: int) -> dict[str, Any]:
     return {**body, "range": rng}
 
 
-def _post(url: str, body: object, timeout_s: float | None) -> tuple[list[dict[str, Any]], int]:
-    """One query: the checked response and its size in bytes. Asks for the binary form, takes JSON too."""
+def _post(url: str, body: Any, timeout_s: float | None, binary: bool) -> tuple[list[dict[str, Any]], int]:
+    """One query: the checked response and its size in bytes. May ask for the binary form; takes JSON always."""
+    accept = rangeformat.ACCEPT if binary else "application/json"
     try:
-        with requests.post(url, json=body, timeout=timeout_s, stream=True,
-                           headers={"Accept": rangeformat.ACCEPT}) as response:
+        with requests.post(url, json=body, timeout=timeout_s, stream=True, headers={"Accept": accept}) as response:
             kind = response.headers.get("Content-Type", "")
             if response.status_code == 200 and kind.split(";")[0].strip() == rangeformat.MEDIA_TYPE:
                 return _binary(url, response)
