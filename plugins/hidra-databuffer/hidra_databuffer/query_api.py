@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -295,6 +295,13 @@ async def _body(request: Request) -> bytes | Response:
     return bytes(body)
 
 
+async def _unbatched(batches: Iterator[list[bytes | memoryview]]) -> AsyncIterator[bytes | memoryview]:
+    """The pieces of each batch, the batch made in a worker thread (encoding may decompress)."""
+    while (batch := await run_in_threadpool(next, batches, None)) is not None:
+        for piece in batch:
+            yield piece
+
+
 def build_app(store: Store, limits: QueryLimits) -> FastAPI:
     app = FastAPI(title="hidra databuffer query API", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -311,7 +318,7 @@ def build_app(store: Store, limits: QueryLimits) -> FastAPI:
         parsed = parse_query(body)
         if binary:  # NOTE: only a client that asked for it in Accept (our writer); the body stays the §8 JSON
             selections = select_query(store, limits, parsed)
-            return StreamingResponse(rangeformat.joined(answer_binary(selections, parsed)),
+            return StreamingResponse(_unbatched(rangeformat.batches(answer_binary(selections, parsed))),
                                      media_type=rangeformat.CONTENT_TYPE, headers=_window_headers(store))
         text = answer_query(store, limits, parsed)
         return Response(text, media_type="application/json", headers=_window_headers(store))

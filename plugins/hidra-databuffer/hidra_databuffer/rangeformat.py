@@ -30,8 +30,8 @@ import numpy as np
 from hidra_databuffer._decode import ChannelConfig, decode
 from hidra_databuffer.values import TYPES
 
-__all__ = ["ACCEPT", "CONTENT_TYPE", "MEDIA_TYPE", "VERSION", "FormatError", "Reader", "accepts", "encode_channel",
-           "encode_end", "encode_error", "encode_events", "joined"]
+__all__ = ["ACCEPT", "CONTENT_TYPE", "MEDIA_TYPE", "VERSION", "FormatError", "Reader", "accepts", "batches",
+           "encode_channel", "encode_end", "encode_error", "encode_events"]
 
 MEDIA_TYPE = "application/x-hidra-databuffer"
 VERSION = 1
@@ -42,7 +42,7 @@ MAGIC = b"HDBRANGE"
 CHANNEL, EVENTS, END, ERROR = b"C", b"E", b"Z", b"X"
 _RECORD = struct.Struct("<cIQ")
 _VERSION = struct.Struct("<I")
-_BLOCK_BYTES = 1 << 20  # NOTE: events per EVENTS record: one JSON header per ~MiB of values keeps scalars cheap
+_BLOCK_BYTES = 16 << 20  # NOTE: events per EVENTS record: few JSON headers; long runs of images written without a copy
 _MAX_HEADER = 256 << 20
 
 
@@ -129,18 +129,19 @@ def _events_record(kind: Any, metas: list[dict[str, Any]], values: list[Any]) ->
     yield from values
 
 
-def joined(pieces: Iterable[bytes | memoryview], size: int = 4 << 20) -> Iterator[bytes]:
-    """The pieces as chunks of about ``size`` bytes: every chunk costs the HTTP server a thread hop."""
+def batches(pieces: Iterable[bytes | memoryview], size: int = 4 << 20) -> Iterator[list[bytes | memoryview]]:
+    """The pieces in lists of about ``size`` bytes: the HTTP server takes each list from a worker thread in one
+    hop, and sends its pieces as they are (values are views of the stored frames, never copied here)."""
     batch: list[bytes | memoryview] = []
     held = 0
     for piece in pieces:
         batch.append(piece)
         held += len(piece)
         if held >= size:
-            yield b"".join(batch)
+            yield batch
             batch, held = [], 0
     if batch:
-        yield b"".join(batch)
+        yield batch
 
 
 # --- decoding (the writer) ---------------------------------------------------------------------------------------

@@ -226,7 +226,38 @@ def _fill(dset: h5py.Dataset, ch: _Channel, at: int, pulse_ids: list[int], rows:
     step = max(1, _BLOCK_BYTES // max(1, row_size * ch.dtype.itemsize))
     for start in range(0, len(rows), step):
         block = rows[start:start + step]
-        dset[at + start:at + start + len(block)] = _block(ch, block, pulse_ids[start:start + step])
+        runs = _runs(ch, block)
+        if runs is None:
+            dset[at + start:at + start + len(block)] = _block(ch, block, pulse_ids[start:start + step])
+            continue
+        for offset, array in runs:
+            dset[at + start + offset:at + start + offset + len(array)] = array
+
+
+def _runs(ch: _Channel, rows: list[dict[str, Any] | None]) -> list[tuple[int, np.ndarray[Any, Any]]] | None:
+    """Every row's value as views of the buffers they lie in, (first row, rows) per run of rows adjacent in one
+    buffer, when all rows have an array of the channel's dtype and shape (the binary answer's records): then they
+    go to HDF5 without being copied into a block first. ``None``: take ``_block``."""
+    count = int(np.prod(ch.row_shape, dtype=np.int64))
+    runs: list[list[Any]] = []  # [first row index, first value, rows]
+    for index, ev in enumerate(rows):
+        value = ev.get("value") if ev is not None else None
+        if ch.dtype == _STR or not isinstance(value, np.ndarray) or value.base is None or value.dtype != ch.dtype \
+                or value.size != count or not value.flags.c_contiguous:
+            return None
+        if runs and value.base is runs[-1][1].base and _address(value) == \
+                _address(runs[-1][1]) + runs[-1][2] * value.nbytes:
+            runs[-1][2] += 1
+        else:
+            runs.append([index, value, 1])
+    # NOTE: adjacent rows of one buffer: a strided view over them stays inside that buffer
+    return [(first, np.lib.stride_tricks.as_strided(value, shape=(n, *ch.row_shape),
+                                                    strides=(value.nbytes, *value.reshape(ch.row_shape).strides)))
+            for first, value, n in runs]
+
+
+def _address(array: np.ndarray[Any, Any]) -> int:
+    return int(array.__array_interface__["data"][0])
 
 
 def _block(ch: _Channel, rows: list[dict[str, Any] | None], pulse_ids: list[int]) -> np.ndarray[Any, Any]:
