@@ -9,7 +9,8 @@ Channels: four scalars (float64, float32, int32, uint16) and one 512×512 uint16
 * ``http``: the whole request over a fake data API (query, JSON parse, write) on a shorter range.
 * ``buffer``: end to end through the REAL buffer: a ``Store`` filled in-process (the pulses share one payload of
   8 frames, so 10,000 images fit in RAM), served by ``query_api.QueryServer`` with its default query limits, and
-  ``write_file`` querying it (split into sub-queries; binary answer, then the JSON one on ``--json-pulses``).
+  ``write_file`` querying it (split into sub-queries; binary answer in this process and in a writer process of
+  its own, as deployed, timed inside it; then the JSON answer on ``--json-pulses``).
 
 Run: ``.venv/bin/python plugins/hidra-databuffer/benchmarks/dbwriter_write.py [--pulses 10000] [--http-pulses 100]
 [--json-pulses 300]``
@@ -21,6 +22,8 @@ import argparse
 import json
 import os
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -140,12 +143,30 @@ def _store(first: int, n: int) -> Store:
     return store
 
 
-def _buffer(directory: Path, server: QueryServer, first: int, n: int, binary: bool) -> float:
+# NOTE: the writer as deployed, a process of its own (no GIL shared with the buffer); timed inside the child
+_CHILD = """import sys, time
+from hidra_databuffer.dbwriter.query import SplitLimits
+from hidra_databuffer.dbwriter.request import WriteRequest
+from hidra_databuffer.dbwriter.service import WriterOptions, write_file
+request = WriteRequest(sys.argv[2], sys.argv[3], time.time())
+started = time.perf_counter()
+write_file(request, WriterOptions(data_api_url=sys.argv[1], split=SplitLimits(binary=sys.argv[4] == "1")))
+print(time.perf_counter() - started)
+"""
+
+
+def _buffer(directory: Path, server: QueryServer, first: int, n: int, binary: bool, separate: bool) -> float:
     path = directory / "buffer.h5"
     _, request = _request([*SCALARS, IMAGE], first, n, path)
-    started = time.perf_counter()
-    write_file(request, WriterOptions(data_api_url=f"{server.url}/query", split=SplitLimits(binary=binary)))
-    elapsed = time.perf_counter() - started
+    url = f"{server.url}/query"
+    if separate:
+        out = subprocess.run([sys.executable, "-c", _CHILD, url, request.data_api_request, request.parameters,
+                              "1" if binary else "0"], check=True, capture_output=True, text=True).stdout
+        elapsed = float(out.split()[-1])
+    else:
+        started = time.perf_counter()
+        write_file(request, WriterOptions(data_api_url=url, split=SplitLimits(binary=binary)))
+        elapsed = time.perf_counter() - started
     path.unlink()
     return elapsed
 
@@ -160,11 +181,13 @@ def _end_to_end(directory: Path, first: int, pulses: int, json_pulses: int) -> l
     server.start()
     rows = []
     try:
-        for label, n, binary in (("binary", pulses, True), ("JSON", json_pulses, False)):
+        for label, n, binary, separate in (("binary", pulses, True, False),
+                                           ("binary, own process", pulses, True, True),
+                                           ("JSON", json_pulses, False, False)):
             if n:
                 rows.append((f"h5py from memory ({n})", n, _h5py_baseline(directory / "base.h5", first, n)))
                 (directory / "base.h5").unlink()
-                rows.append((f"buffer -> writer, {label}", n, _buffer(directory, server, first, n, binary)))
+                rows.append((f"buffer -> writer, {label}", n, _buffer(directory, server, first, n, binary, separate)))
     finally:
         server.stop()
     return rows
@@ -204,7 +227,7 @@ def main() -> None:
     for label, n, seconds in e2e:
         mib_n = n * (SIDE * SIDE * 2 + 18) / 2**20
         ratio = "" if label.startswith("h5py") else f"  {e2e[e2e.index((label, n, seconds)) - 1][2] / seconds:.2f}"
-        print(f"    {label:28s} {n:6d} pulses {seconds:7.2f} s  {mib_n / seconds:8.1f} MiB/s{ratio}")
+        print(f"    {label:38s} {n:6d} pulses {seconds:7.2f} s  {mib_n / seconds:8.1f} MiB/s{ratio}")
 
 
 if __name__ == "__main__":
