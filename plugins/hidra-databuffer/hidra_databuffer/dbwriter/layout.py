@@ -157,7 +157,7 @@ class _Sink:
         row_bytes = item * int(np.prod(ch.row_shape, dtype=np.int64))
         dset = group.create_dataset("data", shape=(rows, *ch.row_shape), dtype=ch.dtype,
                                     maxshape=(None, *ch.row_shape), chunks=(_chunk_rows(row_bytes), *ch.row_shape))
-        if rows:  # NOTE: rows of earlier parts had no event: zeros (numbers read as the fill value 0) or ""
+        if rows:  # NOTE: rows of earlier parts had no event: written as zeros or "", as write_layout does
             _fill(dset, _Channel(ch.name, ch.dtype, ch.row_shape, []), 0, [0] * rows, [None] * rows)
         return dset
 
