@@ -7,8 +7,13 @@ Channels: four scalars (float64, float32, int32, uint16) and one 512×512 uint16
   ``query.decode_body`` leaves it (long numeric lists as int64 arrays); image events share a few value objects so
   10,000 images fit in RAM. ``writer, lists``: the same with the image values as Python lists (plain ``json``).
 * ``http``: the whole request over a fake data API (query, JSON parse, write) on a shorter range.
+* ``buffer``: end to end through the REAL buffer: a ``Store`` filled in-process (the pulses share one payload of
+  8 frames, so 10,000 images fit in RAM), served by ``query_api.QueryServer`` with its default query limits, and
+  ``write_file`` querying it (split into sub-queries; binary answer in this process and in a writer process of
+  its own, as deployed, timed inside it; then the JSON answer on ``--json-pulses``).
 
-Run: ``.venv/bin/python plugins/hidra-databuffer/benchmarks/dbwriter_write.py [--pulses 10000] [--http-pulses 100]``
+Run: ``.venv/bin/python plugins/hidra-databuffer/benchmarks/dbwriter_write.py [--pulses 10000] [--http-pulses 100]
+[--json-pulses 300]``
 Files go to ``--dir`` (default /dev/shm, else the temp dir) and are removed after each stage.
 """
 from __future__ import annotations
@@ -16,6 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import struct
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,10 +32,15 @@ from typing import Any
 import h5py
 import numpy as np
 
+from hidra_databuffer._decode import ChannelConfig
 from hidra_databuffer.dbwriter.fakeapi import FakeDataApi, SampleChannel, global_date
 from hidra_databuffer.dbwriter.layout import write_layout
+from hidra_databuffer.dbwriter.query import SplitLimits
 from hidra_databuffer.dbwriter.request import WriteRequest
 from hidra_databuffer.dbwriter.service import WriterOptions, write_file
+from hidra_databuffer.query_api import QueryLimits, QueryServer, build_app
+from hidra_databuffer.store import Event, Pulse, Store
+from hidra_databuffer.store_writer import DatabufferConfig
 
 SCALARS = {"BENCH:F64": ("float64", lambda p: p / 3), "BENCH:F32": ("float32", lambda p: p * 0.5),
            "BENCH:I32": ("int32", lambda p: -p), "BENCH:U16": ("uint16", lambda p: p % 65536)}
@@ -85,15 +98,19 @@ def _writer(path: Path, first: int, n: int, as_lists: bool = False) -> float:
     return time.perf_counter() - started
 
 
-def _http(directory: Path, first: int, n: int) -> tuple[float, int]:
-    samples = [SampleChannel(name, kind, [1], lambda p: True, fn) for name, (kind, fn) in SCALARS.items()]
-    samples.append(SampleChannel(IMAGE, "uint16", [SIDE, SIDE], lambda p: True, lambda p: _FRAMES[p % 8]))
-    query = {"channels": [{"name": s.name, "backend": "sf-databuffer"} for s in samples],
+def _request(names: list[str], first: int, n: int, path: Path) -> tuple[dict[str, Any], WriteRequest]:
+    query = {"channels": [{"name": name, "backend": "sf-databuffer"} for name in names],
              "range": {"startPulseId": first, "endPulseId": first + n - 1},
              "response": {"format": "json", "compression": "none"},
              "eventFields": ["channel", "pulseId", "value", "shape", "globalDate"], "configFields": ["type", "shape"]}
+    return query, WriteRequest(json.dumps(query), json.dumps({**PARAMS, "output_file": str(path)}), time.time())
+
+
+def _http(directory: Path, first: int, n: int) -> tuple[float, int]:
+    samples = [SampleChannel(name, kind, [1], lambda p: True, fn) for name, (kind, fn) in SCALARS.items()]
+    samples.append(SampleChannel(IMAGE, "uint16", [SIDE, SIDE], lambda p: True, lambda p: _FRAMES[p % 8]))
     path = directory / "http.h5"
-    request = WriteRequest(json.dumps(query), json.dumps({**PARAMS, "output_file": str(path)}), time.time())
+    query, request = _request([s.name for s in samples], first, n, path)
     with FakeDataApi(samples) as api:
         api.respond(query)  # NOTE: warm the fake's JSON cache so the figure is the writer's, not the fake's
         started = time.perf_counter()
@@ -104,10 +121,83 @@ def _http(directory: Path, first: int, n: int) -> tuple[float, int]:
     return elapsed, size
 
 
+def _store(first: int, n: int) -> Store:
+    """The benchmark's pulses in a real ``Store``: every pulse's payload is one shared blob (the 8 frames, then
+    each pulse's four scalars), so only the events differ."""
+    configs = [ChannelConfig(kind, (1,), "little", "none") for kind, _ in SCALARS.values()]
+    image = ChannelConfig("uint16", (SIDE, SIDE), "little", "none")
+    frame_bytes = SIDE * SIDE * 2
+    row = struct.Struct("<dfiH")
+    base = 8 * frame_bytes
+    blob = b"".join(f.tobytes() for f in _FRAMES) + b"".join(
+        row.pack(*(fn(p) for _, fn in SCALARS.values())) for p in range(first, first + n))
+    offsets = [0, 8, 12, 16]
+    store = Store(max_pulses=n + 1, max_bytes=1 << 62)
+    pulses = []
+    for i, p in enumerate(range(first, first + n)):
+        events: dict[str, Event | None] = {name: Event(c, base + i * row.size + off, c.spec.dtype.itemsize)
+                                           for name, c, off in zip(SCALARS, configs, offsets)}
+        events[IMAGE] = Event(image, (p % 8) * frame_bytes, frame_bytes)
+        pulses.append(Pulse(p, 1_700_000_000 + p // 100, (p % 100) * 10_000_000, blob, events))
+    store.append(pulses)
+    return store
+
+
+# NOTE: the writer as deployed, a process of its own (no GIL shared with the buffer); timed inside the child
+_CHILD = """import sys, time
+from hidra_databuffer.dbwriter.query import SplitLimits
+from hidra_databuffer.dbwriter.request import WriteRequest
+from hidra_databuffer.dbwriter.service import WriterOptions, write_file
+request = WriteRequest(sys.argv[2], sys.argv[3], time.time())
+started = time.perf_counter()
+write_file(request, WriterOptions(data_api_url=sys.argv[1], split=SplitLimits(binary=sys.argv[4] == "1")))
+print(time.perf_counter() - started)
+"""
+
+
+def _buffer(directory: Path, server: QueryServer, first: int, n: int, binary: bool, separate: bool) -> float:
+    path = directory / "buffer.h5"
+    _, request = _request([*SCALARS, IMAGE], first, n, path)
+    url = f"{server.url}/query"
+    if separate:
+        out = subprocess.run([sys.executable, "-c", _CHILD, url, request.data_api_request, request.parameters,
+                              "1" if binary else "0"], check=True, capture_output=True, text=True).stdout
+        elapsed = float(out.split()[-1])
+    else:
+        started = time.perf_counter()
+        write_file(request, WriterOptions(data_api_url=url, split=SplitLimits(binary=binary)))
+        elapsed = time.perf_counter() - started
+    path.unlink()
+    return elapsed
+
+
+def _end_to_end(directory: Path, first: int, pulses: int, json_pulses: int) -> list[tuple[str, int, float]]:
+    """(label, pulses, seconds) through the real buffer's query API; the h5py figure of each count in the same
+    run."""
+    defaults = DatabufferConfig()
+    store = _store(first, pulses)
+    limits = QueryLimits(0.0, defaults.max_query_pulses, defaults.max_query_bytes, False)
+    server = QueryServer(build_app(store, limits), "127.0.0.1", 0)
+    server.start()
+    rows = []
+    try:
+        for label, n, binary, separate in (("binary", pulses, True, False),
+                                           ("binary, own process", pulses, True, True),
+                                           ("JSON", json_pulses, False, False)):
+            if n:
+                rows.append((f"h5py from memory ({n})", n, _h5py_baseline(directory / "base.h5", first, n)))
+                (directory / "base.h5").unlink()
+                rows.append((f"buffer -> writer, {label}", n, _buffer(directory, server, first, n, binary, separate)))
+    finally:
+        server.stop()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pulses", type=int, default=10000)
     parser.add_argument("--http-pulses", type=int, default=100)
+    parser.add_argument("--json-pulses", type=int, default=300, help="pulses of the JSON end-to-end stage")
     parser.add_argument("--lists", action="store_true", help="also time image values given as Python lists")
     parser.add_argument("--dir", type=Path, default=Path("/dev/shm") if os.path.isdir("/dev/shm") else None)
     args = parser.parse_args()
@@ -124,6 +214,7 @@ def main() -> None:
             rows.append((label, seconds, path.stat().st_size))
             path.unlink()
         http_s, http_size = _http(directory, first, args.http_pulses)
+        e2e = _end_to_end(directory, first, args.pulses, args.json_pulses)
     print(f"{args.pulses} pulses, 4 scalars + {SIDE}x{SIDE} uint16 image, {mib:.0f} MiB of values, dir {args.dir}")
     for label, seconds, size in rows:
         print(f"  {label:18s} {seconds:7.2f} s  {mib / seconds:8.1f} MiB/s  file {size / 2**20:.0f} MiB")
@@ -131,6 +222,12 @@ def main() -> None:
     http_mib = args.http_pulses * (SIDE * SIDE * 2 + 32) / 2**20
     print(f"  http end to end    {http_s:7.2f} s  {http_mib / http_s:8.1f} MiB/s  ({args.http_pulses} pulses: "
           f"query, JSON parse, write; file {http_size / 2**20:.0f} MiB)")
+
+    print("  end to end through the buffer's query API (ratio: of the h5py rate for the same pulses):")
+    for label, n, seconds in e2e:
+        mib_n = n * (SIDE * SIDE * 2 + 18) / 2**20
+        ratio = "" if label.startswith("h5py") else f"  {e2e[e2e.index((label, n, seconds)) - 1][2] / seconds:.2f}"
+        print(f"    {label:38s} {n:6d} pulses {seconds:7.2f} s  {mib_n / seconds:8.1f} MiB/s{ratio}")
 
 
 if __name__ == "__main__":

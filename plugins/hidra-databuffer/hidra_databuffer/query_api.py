@@ -13,14 +13,15 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hidra_databuffer import rangeformat
 from hidra_databuffer._decode import ChannelConfig, raw_size, value_json
 from hidra_databuffer.store import ChannelSelection, Event, Hit, Pulse, Store
 
@@ -195,18 +196,16 @@ def _events_json(hits: list[Hit], fields: list[str], name: str) -> Iterator[str]
 
 
 def _channel_json(selection: ChannelSelection, backend: str, query: Query) -> str:
-    configs: list[dict[str, Any]] = []
-    for config in selection.configs:  # NOTE: a change of encoding or compression alone is no new config to a client
-        if (shown := _config_json(config, query.config_fields)) not in configs:
-            configs.append(shown)
-    head = json.dumps({"channel": {"name": selection.name, "backend": backend}, "configs": configs},
+    head = json.dumps({"channel": {"name": selection.name, "backend": backend},
+                       "configs": _configs_json(selection, query)},
                       separators=(",", ":"))
     events = ",".join(_events_json(selection.hits, query.event_fields, selection.name))
     return f'{head[:-1]},"data":[{events}]}}'
 
 
-def answer_query(store: Store, limits: QueryLimits, query: Query) -> str:
-    """The §8 response body; raises ``QueryError`` for a range over the limits or unknown channels (strict)."""
+def select_query(store: Store, limits: QueryLimits, query: Query) -> list[ChannelSelection]:
+    """The events of the range per channel; raises ``QueryError`` for a range over the limits or unknown channels
+    (strict). Whatever form the answer then takes, these checks are the same."""
     if query.end - query.start + 1 > limits.max_pulses:
         raise QueryError(413, f"range of {query.end - query.start + 1} pulses exceeds max_query_pulses"
                          f" {limits.max_pulses}; split it")
@@ -221,8 +220,40 @@ def answer_query(store: Store, limits: QueryLimits, query: Query) -> str:
     if size > limits.max_bytes:
         raise QueryError(413, f"range holds {size} bytes of values, over max_query_bytes {limits.max_bytes};"
                          " split it")
+    return selections
+
+
+def answer_query(store: Store, limits: QueryLimits, query: Query) -> str:
+    """The §8 response body as JSON text."""
+    selections = select_query(store, limits, query)
     parts = [_channel_json(s, backend, query) for s, (_, backend) in zip(selections, query.channels)]
     return "[" + ",".join(parts) + "]"
+
+
+def _configs_json(selection: ChannelSelection, query: Query) -> list[dict[str, Any]]:
+    configs: list[dict[str, Any]] = []
+    for config in selection.configs:  # NOTE: a change of encoding or compression alone is no new config to a client
+        if (shown := _config_json(config, query.config_fields)) not in configs:
+            configs.append(shown)
+    return configs
+
+
+def answer_binary(selections: list[ChannelSelection], query: Query) -> Iterator[bytes | memoryview]:
+    """The same answer in ``rangeformat``: raw little-endian values, event fields as in the JSON."""
+    fields = [f for f in query.event_fields if f != "value"]
+    yield rangeformat.preamble()
+    try:
+        for selection, (_, backend) in zip(selections, query.channels):
+            yield rangeformat.encode_channel({"name": selection.name, "backend": backend},
+                                             _configs_json(selection, query))
+            rows = ((_event(pulse, event, fields, selection.name), event.config, pulse.blob, event.offset,
+                     event.size) for pulse, event in selection.hits)
+            yield from rangeformat.encode_events(rows, "value" in query.event_fields)
+    except Exception as exc:  # NOTE: HTTP 200 is out already: the error goes in the stream, and the reader fails
+        log.exception("binary query answer failed")
+        yield rangeformat.encode_error(500, f"{type(exc).__name__}: {exc}")
+        return
+    yield rangeformat.encode_end()
 
 
 def _mapping(store: Store, body: bytes) -> list[dict[str, Any]]:
@@ -264,6 +295,13 @@ async def _body(request: Request) -> bytes | Response:
     return bytes(body)
 
 
+async def _unbatched(batches: Iterator[list[bytes | memoryview]]) -> AsyncIterator[bytes | memoryview]:
+    """The pieces of each batch, the batch made in a worker thread (encoding may decompress)."""
+    while (batch := await run_in_threadpool(next, batches, None)) is not None:
+        for piece in batch:
+            yield piece
+
+
 def build_app(store: Store, limits: QueryLimits) -> FastAPI:
     app = FastAPI(title="hidra databuffer query API", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -276,8 +314,13 @@ def build_app(store: Store, limits: QueryLimits) -> FastAPI:
             log.exception("query failed")
             return _error(500, f"{type(exc).__name__}: {exc}", _window_headers(store))
 
-    def query(body: bytes) -> Response:
-        text = answer_query(store, limits, parse_query(body))
+    def query(body: bytes, binary: bool) -> Response:
+        parsed = parse_query(body)
+        if binary:  # NOTE: only a client that asked for it in Accept (our writer); the body stays the §8 JSON
+            selections = select_query(store, limits, parsed)
+            return StreamingResponse(_unbatched(rangeformat.batches(answer_binary(selections, parsed))),
+                                     media_type=rangeformat.CONTENT_TYPE, headers=_window_headers(store))
+        text = answer_query(store, limits, parsed)
         return Response(text, media_type="application/json", headers=_window_headers(store))
 
     @app.post("/query")
@@ -286,7 +329,8 @@ def build_app(store: Store, limits: QueryLimits) -> FastAPI:
         if isinstance(body, Response):
             return body
         # NOTE: a thread of the pool, not the event loop: a query may wait query_wait_s for future pulses
-        return await run_in_threadpool(guarded, query, body)
+        binary = rangeformat.accepts(request.headers.get("accept", ""))
+        return await run_in_threadpool(guarded, query, body, binary)
 
     @app.post("/mapping")
     async def post_mapping(request: Request) -> Response:

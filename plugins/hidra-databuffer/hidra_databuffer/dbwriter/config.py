@@ -22,6 +22,16 @@ class WriterConfig(BaseModel):
     data_api_url: str = Field(DEFAULT_DATA_API_URL, description="full query URL of the data API")
     retries: int = Field(0, ge=0, description="further attempts after a failed write")
     retry_backoff: float = Field(1.0, ge=0, description="seconds between attempts")
+    query_max_pulses: int = Field(
+        10_000, ge=1, description="at most this many pulses per query: a longer range is fetched as consecutive"
+        " sub-ranges written one after another into the file, so the writer's memory holds about one of them")
+    query_max_bytes: int = Field(
+        64 << 20, ge=1, description="bytes of answer a sub-query aims at, sized from the bytes per pulse of the"
+        " answers so far (the first asks for 100 pulses); a 413 from the data API halves the sub-range")
+    query_binary: bool = Field(
+        True, description="ask the data API for the binary range answer (HTTP Accept"
+        " application/x-hidra-databuffer): raw array bytes instead of JSON number lists; a data API without it"
+        " answers JSON, which is taken as before")
     queue_size: int = Field(1, ge=1, description="requests held by this writer's receive queue (ZeroMQ RCVHWM)")
     status_endpoint: str | None = Field(
         None, description="publish one JSON write result per request (topic databuffer.write) on a PUB socket that"

@@ -35,6 +35,7 @@ import zmq
 from hidra_core import ConfigError, load_model
 
 from hidra_databuffer.dbwriter.config import WriterConfig
+from hidra_databuffer.dbwriter.query import SplitLimits
 from hidra_databuffer.dbwriter.service import WriterOptions, WriterService
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    options = WriterOptions(config.data_api_url, config.data_retrieval_delay, config.retries, config.retry_backoff)
+    options = WriterOptions(config.data_api_url, config.data_retrieval_delay, config.retries, config.retry_backoff,
+                            split=SplitLimits(config.query_max_pulses, config.query_max_bytes,
+                                              config.query_binary))
     context = zmq.Context()
     try:
         service = WriterService(context, config.connect_address, options, config.queue_size,

@@ -4,14 +4,19 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import requests
 
+from hidra_databuffer import rangeformat
+
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_DATA_API_URL", "QueryError", "check_response", "decode_body", "query_data_api"]
+__all__ = ["DEFAULT_DATA_API_URL", "QueryError", "SplitLimits", "TooLarge", "check_response", "decode_body",
+           "query_parts"]
 
 DEFAULT_DATA_API_URL = "http://127.0.0.1:10300/query"
 
@@ -20,20 +25,110 @@ class QueryError(RuntimeError):
     """The data API could not be reached or answered something that is not the §8 list."""
 
 
-def query_data_api(url: str, data_api_request: str, timeout_s: float | None = None) -> list[dict[str, Any]]:
-    """The §8 response for one request; ``QueryError`` names what went wrong."""
+@dataclass(frozen=True)
+class SplitLimits:
+    """How a long range is cut into sub-queries (``WriterConfig.query_max_pulses`` / ``query_max_bytes``)."""
+
+    max_pulses: int = 10_000
+    max_bytes: int = 64 << 20
+    binary: bool = True  # NOTE: ask for rangeformat's answer (a server without it answers JSON anyway)
+
+
+class TooLarge(QueryError):
+    """HTTP 413: the data API refuses the range as too large; a shorter one may do."""
+
+
+def query_parts(url: str, data_api_request: str, timeout_s: float | None = None,
+                limits: SplitLimits = SplitLimits()) -> Iterator[tuple[list[dict[str, Any]], bool]]:
+    """The §8 response of a pulse range as consecutive sub-ranges' responses, each with whether it is the last.
+
+    The first sub-query asks for ``_PROBE_PULSES``, later ones for about ``limits.max_bytes`` of answer (from the
+    bytes per pulse so far), never more than ``limits.max_pulses``; a 413 halves the sub-range. A range short
+    enough goes out as the request body unchanged. A body that names no pulse range is sent as one query.
+    """
+    body = json.loads(data_api_request)
+    bounds = _bounds(body)
+    if bounds is None:
+        yield _post(url, body, timeout_s, limits.binary)[0], True
+        return
+    start, end = bounds
+    size, ceiling, pos = min(_PROBE_PULSES, limits.max_pulses), limits.max_pulses, start
+    while pos <= end:
+        stop = min(end, pos + size - 1)
+        whole = pos == start and stop == end
+        try:
+            part, nbytes = _post(url, body if whole else _sub_request(body, pos, stop), timeout_s, limits.binary)
+        except TooLarge as exc:
+            if stop == pos:
+                raise QueryError(f"{exc} (a single pulse, {pos}, is too large for the data API)") from None
+            ceiling = stop - pos
+            size = max(1, (stop - pos + 1) // 2)
+            log.info("data API refused pulses %d..%d as too large; asking for %d at a time", pos, stop, size)
+            continue
+        yield part, stop == end
+        per_pulse = max(1.0, nbytes / (stop - pos + 1))
+        size = max(1, min(ceiling, limits.max_pulses, int(limits.max_bytes / per_pulse)))
+        pos = stop + 1
+
+
+_PROBE_PULSES = 100
+
+
+def _bounds(body: object) -> tuple[int, int] | None:
+    """The inclusive pulse range of a request body, ``None`` when it names none (or an empty/reversed one)."""
+    rng = body.get("range") if isinstance(body, dict) else None
+    if not isinstance(rng, dict):
+        return None
+    first, last = rng.get("startPulseId"), rng.get("endPulseId")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (first, last)):
+        return None
+    start = first + (0 if rng.get("startInclusive", True) is True else 1)  # type: ignore[operator]
+    end = last - (0 if rng.get("endInclusive", True) is True else 1)  # type: ignore[operator]
+    return (start, end) if start <= end else None
+
+
+def _sub_request(body: dict[str, Any], start: int, end: int) -> dict[str, Any]:
+    rng = {**body["range"], "startPulseId": start, "endPulseId": end}
+    for flag in ("startInclusive", "endInclusive"):  # NOTE: the sub-range's bounds are inclusive already
+        if flag in rng:
+            rng[flag] = True
+    return {**body, "range": rng}
+
+
+def _post(url: str, body: Any, timeout_s: float | None, binary: bool) -> tuple[list[dict[str, Any]], int]:
+    """One query: the checked response and its size in bytes. May ask for the binary form; takes JSON always."""
+    accept = rangeformat.ACCEPT if binary else "application/json"
     try:
-        body = json.loads(data_api_request)
-        response = requests.post(url, json=body, timeout=timeout_s)
+        with requests.post(url, json=body, timeout=timeout_s, stream=True, headers={"Accept": accept}) as response:
+            kind = response.headers.get("Content-Type", "")
+            if response.status_code == 200 and kind.split(";")[0].strip() == rangeformat.MEDIA_TYPE:
+                return _binary(url, response)
+            content = response.content
     except requests.RequestException as exc:
         raise QueryError(f"data API {url} unreachable: {exc}") from None
-    if not response.content:
+    if response.status_code == 413:
+        raise TooLarge(f"data API {url} answered 413: {content[:300]!r}")
+    if not content:
         raise QueryError(f"data API {url} answered an empty body (HTTP {response.status_code})")
     try:
-        answer = decode_body(response.content)
+        answer = decode_body(content)
     except ValueError as exc:
         raise QueryError(f"data API {url} answered no JSON (HTTP {response.status_code}): {exc}") from None
-    return check_response(answer, url)
+    return check_response(answer, url), len(content)
+
+
+def _binary(url: str, response: requests.Response) -> tuple[list[dict[str, Any]], int]:
+    reader = rangeformat.Reader(lambda n: response.raw.read(min(n, _READ_BYTES)))
+    try:
+        answer = reader.answer()
+    except rangeformat.ServerError as exc:
+        return check_response(exc.body, url), 0  # NOTE: raises: a dict is an error, as in the JSON form
+    except rangeformat.FormatError as exc:
+        raise QueryError(f"data API {url}: {exc}") from None
+    return check_response(answer, url), reader.nbytes
+
+
+_READ_BYTES = 16 << 20
 
 
 def check_response(answer: object, url: str = "data API") -> list[dict[str, Any]]:

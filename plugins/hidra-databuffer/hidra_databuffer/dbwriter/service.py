@@ -10,15 +10,17 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import h5py
 import zmq
 from bsread.handlers.compact import Handler
 
 from hidra_databuffer.dbwriter.errfile import write_err
-from hidra_databuffer.dbwriter.layout import write_layout
-from hidra_databuffer.dbwriter.query import DEFAULT_DATA_API_URL, query_data_api
+from hidra_databuffer.dbwriter.layout import RangeWriter, write_layout
+from hidra_databuffer.dbwriter.query import DEFAULT_DATA_API_URL, SplitLimits, query_parts
 from hidra_databuffer.dbwriter.request import RequestError, WriteRequest, decode_message
 from hidra_databuffer.dbwriter.results import ResultPublisher, WriteResult
 
@@ -36,24 +38,38 @@ class WriterOptions:
     retries: int = 0
     retry_backoff: float = 1.0
     query_timeout_s: float | None = None
+    split: SplitLimits = SplitLimits()
 
 
 def write_file(request: WriteRequest, options: WriterOptions) -> tuple[int, int]:
-    """Query the range and write the file to a temp name, then rename; returns (channels, points)."""
+    """Query the range (in sub-ranges when long) and write the file to a temp name, then rename; returns
+    (channels, points)."""
     output = request.output_file
-    response = query_data_api(options.data_api_url, request.data_api_request, options.query_timeout_s)
+    parts = query_parts(options.data_api_url, request.data_api_request, options.query_timeout_s, options.split)
+    first, last = next(parts)
     directory = os.path.dirname(output)
     if directory:
         os.makedirs(directory, exist_ok=True)
     temp = f"{output}.tmp-{os.getpid()}"
     try:
         with h5py.File(temp, "w") as h5:
-            counts = write_layout(h5, response, request.params)
+            counts = write_layout(h5, first, request.params) if last else _write_parts(h5, first, parts, request)
         os.replace(temp, output)
     except BaseException:
         _remove(temp)
         raise
     return counts
+
+
+def _write_parts(h5: h5py.File, first: list[dict[str, Any]], rest: Iterator[tuple[list[dict[str, Any]], bool]],
+                 request: WriteRequest) -> tuple[int, int]:
+    """A range answered in parts: each part goes into the file before the next is fetched."""
+    writer = RangeWriter(h5, request.params)
+    writer.add(first)
+    del first  # NOTE: memory holds one part at a time
+    for part, _ in rest:
+        writer.add(part)
+    return writer.finish()
 
 
 def execute(request: WriteRequest, options: WriterOptions, stop: threading.Event | None = None) -> tuple[int, int]:
