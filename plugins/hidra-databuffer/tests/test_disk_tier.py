@@ -340,3 +340,35 @@ def test_receiver_process_killed_and_started_again_on_the_same_disk_path_serves_
         after = query(again, CHANNELS, 0, 100)
         assert after.json() == before.json() == query(memory, CHANNELS, 0, 100).json()
         assert after.headers["X-Databuffer-Oldest"] == "40"
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_ranges_written_from_the_disk_tier_equal_those_written_from_memory(tmp_path: Path, binary: bool) -> None:
+    """The writer's split and binary queries read disk-tier hits (mmap'd segments) exactly as memory ones."""
+    from dbwriter_support import content, request_record
+    from test_dbwriter_ranges import CHANNELS as RANGE_CHANNELS
+    from test_dbwriter_ranges import END, START, _pulse
+
+    from hidra_databuffer.dbwriter.query import SplitLimits
+    from hidra_databuffer.dbwriter.request import WriteRequest
+    from hidra_databuffer.dbwriter.service import WriterOptions, write_file
+    from hidra_databuffer.query_api import QueryLimits, QueryServer, build_app
+
+    pids = [p for p in range(90, 171) if not 120 <= p < 126]
+    memory = Store(max_pulses=10**6, max_bytes=1 << 30)
+    disk = Store(max_pulses=1, max_bytes=1 << 30, disk=DiskTier(tmp_path / "tier", 10**9, 1 << 40))
+    files = {}
+    for name, store_ in (("memory", memory), ("disk", disk)):
+        store_.append(_pulse(p) for p in pids)
+        server = QueryServer(build_app(store_, QueryLimits(0, 10**6, 1 << 30, False)), "127.0.0.1", 0)
+        server.start()
+        try:
+            record = request_record(RANGE_CHANNELS, START, END, str(tmp_path / f"{name}.h5"))
+            options = WriterOptions(data_api_url=f"{server.url}/query",
+                                    split=SplitLimits(max_pulses=7, max_bytes=1, binary=binary))
+            write_file(WriteRequest.from_record(record), options)
+        finally:
+            server.stop()
+        files[name] = content(tmp_path / f"{name}.h5")
+    assert disk.status()["disk"]["pulses"] == len(pids)  # NOTE: memory kept one pulse: the rest came from disk
+    assert files["disk"] == files["memory"]
