@@ -1,0 +1,59 @@
+"""What the ``http`` fetcher did with the files of a watched DCU, for the ``eiger`` source's loss report.
+
+The source and the fetcher run in two threads of one sender. When a name leaves the DCU's listing, the source asks
+whether HiDRA had a complete copy (the fetcher downloaded every byte of some version) or deleted it itself; if
+neither, the file is lost (a reboot or ``clear`` wiped it) and the source reports it by name. Only roots a source
+watches are recorded, and a name's record goes when the source forgets the name, so memory is bounded by the
+listings.
+"""
+from __future__ import annotations
+
+import threading
+
+__all__ = ["Progress", "progress"]
+
+
+class Progress:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: dict[str, int] = {}  # root -> sources watching it
+        self._fetched: set[tuple[str, str]] = set()
+        self._deleted: set[tuple[str, str]] = set()
+
+    def watch(self, root: str) -> None:
+        with self._lock:
+            self._watched[root] = self._watched.get(root, 0) + 1
+
+    def unwatch(self, root: str) -> None:
+        with self._lock:
+            left = self._watched.pop(root, 1) - 1
+            if left > 0:
+                self._watched[root] = left
+                return
+            self._fetched = {key for key in self._fetched if key[0] != root}
+            self._deleted = {key for key in self._deleted if key[0] != root}
+
+    def fetched(self, root: str, name: str) -> None:
+        """Every byte of a version of ``name`` was downloaded (a later delete of the name is ours again)."""
+        with self._lock:
+            if root in self._watched:
+                self._fetched.add((root, name))
+                self._deleted.discard((root, name))
+
+    def deleted(self, root: str, name: str) -> None:
+        with self._lock:
+            if root in self._watched:
+                self._deleted.add((root, name))
+
+    def forget(self, root: str, name: str) -> tuple[bool, bool]:
+        """``(fetched, deleted)`` of a name that left the listing; its record goes."""
+        key = (root, name)
+        with self._lock:
+            fetched, deleted = key in self._fetched, key in self._deleted
+            self._fetched.discard(key)
+            self._deleted.discard(key)
+        return fetched, deleted
+
+
+#: the one registry of this process (the source and the fetcher are built separately by the kernel)
+progress = Progress()
