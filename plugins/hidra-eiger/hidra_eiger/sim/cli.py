@@ -11,6 +11,8 @@ import uvicorn
 import zmq
 
 from hidra_eiger.sim.detector import API_VERSIONS, Detector
+from hidra_eiger.sim.faults import KNOB_HELP
+from hidra_eiger.sim.params import ParamError
 from hidra_eiger.sim.rest import create_app
 from hidra_eiger.sim.streamer import Streamer
 
@@ -26,8 +28,37 @@ def _size(text: str) -> tuple[int, int]:
     return int(x), int(y)
 
 
+_EPILOG = """\
+FileWriter (eiger.md §3): PUT filewriter/config/mode "enabled", then arm + trigger write <name_pattern>_master.h5
+(listed at arm, final when the series ends) and <name_pattern>_data_NNNNNN.h5 (nimages_per_file images each, listed
+with their first image, growing until their last; nimages_per_file 0 = master only). $id in name_pattern is the
+series id; a / in it makes sub-directories. Files live in RAM, as on a DCU:
+  GET  /filewriter/api/1.6.0/files/           -> ["series_1_master.h5", ...]          (1.6: a bare list)
+  GET  /filewriter/api/1.8.0/files             -> {"value": [...] or null, ...}       (1.8; also files/, status/files)
+  GET|HEAD /data/<path>   (Content-Length, ETag, Last-Modified)      DELETE /data/<path> -> 204, 404 when missing
+Test control (simulator module): PUT simulator/api/<v>/command/reboot wipes every file;
+PUT simulator/api/<v>/command/put_file {"value": {"path": "a/b.h5", "size": N}} (or "content_b64") adds a file;
+GET simulator/api/<v>/status/created (every file ever created: size, md5, deleted, wiped) and status/requests.
+Knobs (PUT simulator/api/<v>/config/<name> {"value": x} at run time, or --fault NAME=VALUE at start):
+""" + "".join(f"  {name:<21}{text}\n" for name, text in KNOB_HELP.items()) + """
+HiDRA 4.x's http_events reads a DCU at http://<det_ip>/filewriter/api/<det_api_version>/files and
+/data/<file>: run the simulator with --api-version 1.6.0 --port 80 (or the port the old sender's URL names).
+"""
+
+
+def _fault(text: str) -> tuple[str, object]:
+    name, sep, raw = text.partition("=")
+    if not sep or name not in KNOB_HELP:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with NAME one of {sorted(KNOB_HELP)}, got {text!r}")
+    try:
+        return name, json.loads(raw)
+    except ValueError:
+        return name, raw  # NOTE: a bare word (file_content=random) is a string
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hidra-eiger-sim", description=__doc__)
+    p = argparse.ArgumentParser(prog="hidra-eiger-sim", description=__doc__, epilog=_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="address for REST and stream (default %(default)s)")
     p.add_argument("--port", type=int, default=0, help="REST port; 0 = a free one (default)")
     p.add_argument("--stream-port", type=int, default=0, help="Stream PUSH port; 0 = a free one (default)")
@@ -37,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="frame size, width x height in pixels (default 1030x1065, an EIGER 1M)")
     p.add_argument("--seed", type=int, default=0, help="seed of the frame content (default 0)")
     p.add_argument("--stream-hwm", type=int, default=1000, help="send high-water mark of the PUSH socket")
+    p.add_argument("--file-content", choices=("hdf5", "random"), default="hdf5",
+                   help="FileWriter files: real HDF5 (default) or random bytes (knob random_file_bytes)")
+    p.add_argument("--fault", type=_fault, action="append", default=[], metavar="NAME=VALUE",
+                   help="set a simulator knob at start (repeatable; the knobs are listed below)")
     p.add_argument("--log-level", default="warning", help="uvicorn and simulator log level (default warning)")
     return p
 
@@ -66,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"hidra-eiger-sim: {exc}") from None
     detector = Detector(streamer, args.api_version, args.size)
     detector.trees[("simulator", "config")].set("seed", args.seed)
+    try:
+        for name, value in [("file_content", args.file_content), *args.fault]:
+            detector.put("simulator", "config", name, value)
+    except ParamError as exc:
+        streamer.close()
+        rest.close()
+        context.term()
+        raise SystemExit(f"hidra-eiger-sim: --fault: {exc.message}") from None
     url = f"http://{args.host}:{rest.getsockname()[1]}"
     # NOTE: one JSON line on stdout, printed once both sockets listen: scripts and tests read it to find the ports
     print(json.dumps({"rest": url, "stream": streamer.endpoint, "api_version": args.api_version}), flush=True)

@@ -1,16 +1,21 @@
 """The simulated DCU: SIMPLON parameter trees per module, the arm/trigger/disarm state machine, the stream."""
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import random
 import threading
 from concurrent.futures import Future
 from typing import Any
 
+from hidra_eiger.sim.faults import Faults, simulator_knobs
+from hidra_eiger.sim.filewriter import FileStore, random_bytes
 from hidra_eiger.sim.frames import FrameGenerator
 from hidra_eiger.sim.params import Param, ParamError, ParamTree
 from hidra_eiger.sim.series import Series
 from hidra_eiger.sim.streamer import Streamer
+from hidra_eiger.sim.writer import SeriesWriter, filewriter_trees
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +79,8 @@ def _trees(size: tuple[int, int], version: str) -> dict[tuple[str, str], ParamTr
             "distinct_frames": Param(16, "uint", min=1, max=4096),
             # NOTE: mean photons per pixel relative to a bright ~0.1 s exposure; at kHz frame rates real frames
             # hold ~100x fewer (mostly zeros), which is what decides their compressed size
-            "flux": Param(1.0, "float", min=0.0, max=100.0)}),
+            "flux": Param(1.0, "float", min=0.0, max=100.0), **simulator_knobs()}),
+        **filewriter_trees(v18),
     }
 
 
@@ -95,12 +101,30 @@ class Detector:
         self._series_id = 0
         self._triggers_done = 0
         self._unique = random.getrandbits(63)  # NOTE: new per process, like series_unique_id after a DCU restart
+        self.files = FileStore(self.knobs)
+        self.faults = Faults(self.knobs)
+        self.writer = SeriesWriter(self.files, self.trees[("filewriter", "config")], self.knobs)
+        self._stop = threading.Event()  # NOTE: set by abort, cancel and reboot: stops a writer, also a stalled one
+
+    def knobs(self) -> dict[str, Any]:
+        """The simulator's test-control values (``simulator/config``), read when they matter."""
+        return self.trees[("simulator", "config")].values()
 
     def tree(self, module: str, task: str) -> ParamTree:
+        if (module, task) == ("simulator", "status"):
+            return ParamTree("simulator status", {"created": Param(self.files.created(), "list", "r"),
+                                                  "requests": Param(self.faults.snapshot(), "dict", "r")})
         try:
-            return self.trees[(module, task)]
+            tree = self.trees[(module, task)]
         except KeyError:
             raise ParamError(404, f"no {module} {task} in SIMPLON {self.version}") from None
+        if (module, task) == ("detector", "status"):
+            tree.set("builder/dcu_buffer_free", self.files.buffer_free())
+        elif (module, task) == ("filewriter", "status"):
+            tree.set("state", "ready" if self.trees[("filewriter", "config")]["mode"] == "enabled" else "disabled")
+            if self.version != "1.6.0":  # NOTE: status/files exists on newer firmware only
+                tree.params["files"] = Param(self.files.listing() or None, "list", "r")
+        return tree
 
     def put(self, module: str, task: str, name: str, value: Any) -> list[str]:
         if task != "config":
@@ -138,9 +162,15 @@ class Detector:
             enabled = self.trees[("stream", "config")]["mode"] == "enabled"
             self.trees[("stream", "status")].set("state", "ready" if enabled else "disabled")
 
-    def command(self, module: str, name: str) -> Any:
-        if module == "stream" and name == "initialize" or module == "detector" and name == "status_update":
+    def command(self, module: str, name: str, body: Any = None) -> Any:
+        if module in ("stream", "filewriter") and name == "initialize" or (module, name) == ("detector",
+                                                                                         "status_update"):
             return None
+        if (module, name) == ("filewriter", "clear"):
+            self.files.wipe(reboot=False)
+            return None
+        if module == "simulator":
+            return self._simulator_command(name, body)
         if module != "detector":
             raise ParamError(404, f"no command {name!r} in {module}")
         handlers = {"initialize": self._initialize, "arm": self._arm, "trigger": self._trigger,
@@ -148,6 +178,31 @@ class Detector:
         if name not in handlers:
             raise ParamError(404, f"unknown detector command {name!r}; known: {sorted(handlers)}")
         return handlers[name]()
+
+    def _simulator_command(self, name: str, body: Any) -> Any:
+        if name == "reboot":
+            self._abort()
+            gone = self.files.wipe(reboot=True)
+            if self.knobs()["reboot_resets_series"]:
+                self._series_id = 0
+            log.warning("simulated reboot: %d files wiped", gone)
+            return None
+        if name != "put_file":
+            raise ParamError(404, f"unknown simulator command {name!r}; known: ['put_file', 'reboot']")
+        spec = body.get("value") if isinstance(body, dict) else None
+        path = spec.get("path") if isinstance(spec, dict) else None
+        if not isinstance(path, str) or not path or "\0" in path:
+            raise ParamError(400, f'put_file expects {{"value": {{"path": "a/b.h5", "size": N}}}}, got {body!r}')
+        if isinstance(spec.get("content_b64"), str):  # type: ignore[union-attr]
+            try:
+                content = base64.b64decode(spec["content_b64"], validate=True)  # type: ignore[index]
+            except binascii.Error as exc:
+                raise ParamError(400, f"put_file content_b64 is not base64: {exc}") from None
+        elif isinstance(spec.get("size"), int) and spec["size"] >= 0:  # type: ignore[union-attr,index]
+            content = random_bytes(spec["size"])  # type: ignore[index]
+        else:
+            raise ParamError(400, f"put_file needs a size (uint) or content_b64, got {spec!r}")
+        return self.files.add(path, content).record.value()
 
     def _state(self, state: str) -> None:
         self.trees[("detector", "status")].set("state", state)
@@ -163,6 +218,8 @@ class Detector:
             self._series_id += 1
             self._series = self._new_series()
             self._triggers_done = 0
+            self._stop = threading.Event()
+            self.writer.arm(self._series)
             self._state("ready")
             self._stream("header")
             log.info("armed series %d (%s)", self._series_id, self._series.stream_format)
@@ -192,12 +249,16 @@ class Detector:
             if state != "ready" or self._series is None:
                 raise ParamError(409, f"trigger needs an armed detector, state is {state!r}; arm first")
             nimages = int(self._series.detector["nimages"])
-            done = self._stream("images", self._triggers_done * nimages, nimages)
+            first = self._triggers_done * nimages
+            done = self._stream("images", first, nimages)
             self._triggers_done += 1
             self._state("acquire")
+            stop, frame_time = self._stop, float(self._series.detector["frame_time"])
+        # NOTE: the files are written in this thread while the stream worker sends; a full buffer stalls it here
+        written = self.writer.write(first, nimages, frame_time, stop)
         # NOTE: like the DCU, trigger returns when its exposures are over; fewer sent = aborted or cancelled, and
         # the abort/cancel command ends the series its own way
-        if done is not None and done.result() < nimages:
+        if done is not None and done.result() < nimages or written < nimages:
             return
         with self._lock:
             if self._series is not None and self._triggers_done >= int(self._series.detector["ntrigger"]):
@@ -208,6 +269,7 @@ class Detector:
     def _finish(self, end: str | None) -> None:
         if end is not None:
             self._stream(end)
+        self.writer.end()
         self._series = None
         self._state("idle")
 
@@ -217,11 +279,13 @@ class Detector:
                 self._finish("end")
 
     def _cancel(self) -> None:
+        self._stop.set()
         self.streamer.abort()
         self._disarm()
 
     def _abort(self) -> None:
         # NOTE: abort drops the rest of the series and sends no end message: the "aborted series" case of tests
+        self._stop.set()
         self.streamer.abort()
         with self._lock:
             self._finish(None)

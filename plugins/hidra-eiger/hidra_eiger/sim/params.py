@@ -11,6 +11,7 @@ __all__ = ["Param", "ParamError", "ParamTree"]
 
 _PY_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,), "int": (int,), "uint": (int,), "float": (int, float), "bool": (bool,), "list": (list,),
+    "dict": (dict,),
 }
 
 
