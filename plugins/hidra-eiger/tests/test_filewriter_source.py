@@ -207,3 +207,12 @@ def test_low_dcu_buffer_is_warned_once_and_again_after_recovering(
         dcu.put_file("big2.h5", b"b" * 9_500)
         wait_until(lambda: opened.poll(20) is not None and opened.stats["low_buffer"] == 2, 30, what="the second one")
     assert sum("buffer free" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_a_file_whose_head_fails_does_not_hold_up_the_listing(dcu: Dcu, opened: Any) -> None:
+    dcu.put("simulator", "fail_every", 2)  # NOTE: every second /data request answers 500
+    names = [f"h_{i}.h5" for i in range(4)]
+    for name in names:
+        dcu.put_file(name, b"h" * 100)
+    assert sorted(set(ids(collect_events(opened, names, 30)))) == names
+    assert opened.stats["head_errors"] > 0 and opened.stats["listing_errors"] == 0

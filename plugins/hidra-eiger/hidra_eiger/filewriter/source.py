@@ -32,6 +32,7 @@ from hidra_core import EventSource, FileEvent, PathRefused
 from hidra_eiger.filewriter.dcu import Dcu, Head
 from hidra_eiger.filewriter.progress import progress
 from hidra_eiger.filewriter.simplon import Listed, ListingError, data_url, sanitise, series_of
+from hidra_eiger.filewriter.web import HttpStatusError
 
 __all__ = ["EigerFileWriterConfig", "EigerFileWriterSource"]
 
@@ -93,7 +94,7 @@ class EigerFileWriterSource(EventSource):
         self._backoff = config.poll_s
         self._low = False
         self.stats = {"listings": 0, "listing_errors": 0, "taken": 0, "reannounced": 0, "refused": 0, "lost": 0,
-                      "low_buffer": 0}
+                      "low_buffer": 0, "head_errors": 0}
 
     @property
     def root(self) -> str:
@@ -196,7 +197,12 @@ class EigerFileWriterSource(EventSource):
             if entry.taken:
                 continue
             listed, previous = entry.listed, entry.head
-            entry.head = head = dcu.head(listed.name)
+            try:
+                entry.head = head = dcu.head(listed.name)
+            except HttpStatusError as exc:  # NOTE: this file only; a DCU that does not answer fails the round
+                self.stats["head_errors"] += 1
+                log.info("eiger: %s; looked at again next round", exc)
+                continue
             if head is None:
                 continue  # NOTE: listed but not (yet) served; looked at again next round
             if listed.master:

@@ -9,10 +9,14 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-__all__ = ["HTTP_ERRORS", "as_oserror", "get_json", "new_session", "status_error"]
+__all__ = ["HTTP_ERRORS", "HttpStatusError", "as_oserror", "get_json", "new_session", "status_error"]
 
 #: what a request or a streamed body may raise besides ``OSError`` (urllib3's own errors escape ``raw.read``)
 HTTP_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError)
+
+
+class HttpStatusError(OSError):
+    """The server answered, with an unexpected status (its errno says whether a retry may help)."""
 
 
 def new_session() -> requests.Session:
@@ -33,15 +37,15 @@ def as_oserror(exc: BaseException, url: str) -> OSError:
     return OSError(code, f"{url}: {type(exc).__name__}: {exc}")
 
 
-def status_error(response: requests.Response) -> OSError:
+def status_error(response: requests.Response) -> HttpStatusError:
     """An unexpected HTTP status as an ``OSError``: 5xx and 429 are retryable, other codes are not."""
     code = response.status_code
     reason = f"{response.request.method} {response.url}: HTTP {code} {response.reason or ''}".rstrip()
     if code >= 500:
-        return OSError(errno.EIO, reason)
+        return HttpStatusError(errno.EIO, reason)
     if code == 429:
-        return OSError(errno.EAGAIN, reason)
-    return OSError(errno.EACCES if code in (401, 403) else errno.EINVAL, reason)
+        return HttpStatusError(errno.EAGAIN, reason)
+    return HttpStatusError(errno.EACCES if code in (401, 403) else errno.EINVAL, reason)
 
 
 def get_json(session: requests.Session, url: str, timeout: tuple[float, float]) -> tuple[int, Any]:
