@@ -226,3 +226,25 @@ def test_delete_that_fails_is_raised_and_the_file_kept(tmp_path: Path, served: t
     files.delete_status = 204
     fetcher.remove(event, stat)
     assert "c.h5" not in files.files and fetcher.stats["removed"] == 1
+
+
+@pytest.mark.parametrize("content_length", [True, False])
+def test_a_download_the_kernel_stops_after_its_last_chunk_counts_as_a_complete_copy(
+        tmp_path: Path, served: tuple[Served, str], content_length: bool) -> None:
+    from hidra_eiger.filewriter.progress import progress
+
+    files, root = served
+    files.content_length = content_length
+    files.put("done.h5", b"d" * 10_000)
+    fetcher = _fetcher(tmp_path)
+    event = event_of(root, "done.h5")
+    progress.watch(root)
+    try:
+        stat = fetcher.stat(event)
+        chunks = iter(fetcher.chunks(event, stat, 4096))
+        for _ in range(3):  # NOTE: as the kernel's fetch worker: exactly ceil(size / chunksize), then close()
+            next(chunks)
+        chunks.close()  # type: ignore[attr-defined]
+        assert progress.forget(root, "done.h5") == (True, False)
+    finally:
+        progress.unwatch(root)

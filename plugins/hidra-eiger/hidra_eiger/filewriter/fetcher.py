@@ -198,12 +198,14 @@ class HttpFetcher(Fetcher):
                 received += len(piece)
                 if received > stat.size:
                     raise self._failed(OSError(errno.EIO, f"{url}: more than the {stat.size} bytes announced"))
+                if received == stat.size:
+                    self._done(event, received)  # NOTE: the kernel takes the last chunk and asks no further
                 yield piece
             if received != stat.size:
                 raise self._failed(OSError(errno.EIO, f"{url}: got {received} of {stat.size} bytes"))
             if stat.size == 0:
+                self._done(event, 0)
                 yield b""
-        self._done(event, received)
 
     def _check_unchanged(self, event: FileEvent, url: str, stat: FileStat, spool: str) -> None:
         """The spooled body is still the server's version (as far as its headers tell): else ``OSError``."""
@@ -220,6 +222,7 @@ class HttpFetcher(Fetcher):
             with open(path, "rb") as handle:
                 if os.fstat(handle.fileno()).st_size != stat.size:
                     raise OSError(errno.EIO, f"spooled {path} is not {stat.size} bytes")
+                self._done(event, stat.size)  # NOTE: every byte is here (the kernel stops after the last chunk)
                 while True:
                     piece = handle.read(chunksize)
                     if not piece:
@@ -229,7 +232,6 @@ class HttpFetcher(Fetcher):
                     yield b""
         finally:
             _unlink(path)
-        self._done(event, stat.size)
 
     def _done(self, event: FileEvent, size: int) -> None:
         self.stats["downloads"] += 1
