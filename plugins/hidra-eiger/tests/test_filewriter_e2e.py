@@ -171,16 +171,21 @@ def test_dcu_faults_lose_nothing_and_delete_nothing_early(rig: Rig, knob: str) -
 
 
 def test_files_wiped_by_a_reboot_mid_series_are_reported_lost_by_name(rig: Rig) -> None:
-    rig.start_receiver().stop()  # NOTE: nothing can be stored, so nothing is downloaded or deleted
+    rig.start_receiver()
     sender = rig.start_sender()
-    names = ["run/series_4_master.h5"] + [f"run/series_4_data_{i:06d}.h5" for i in (1, 2)]
+    rig.put("run/series_3_master.h5", 1000)
+    rig.done(["run/series_3_master.h5"])  # NOTE: stored and deleted before the reboot: not lost
+    rig.dcu.put("simulator", "grow_s", 3600)  # NOTE: a series still being written: nothing of it is complete
+    names = ["run/series_4_master.h5", "run/series_4_data_000001.h5", "run/series_5_data_000001.h5"]
     for name in names:
         rig.put(name, 10_000)
     requests = f"/simulator/api/{rig.dcu.version}/status/requests"
-    wait_until(lambda: rig.dcu.get(requests)["value"]["head"] >= 6, 60, what="the source looking at the files")
+    heads = rig.dcu.get(requests)["value"]["head"]
+    wait_until(lambda: rig.dcu.get(requests)["value"]["head"] >= heads + 6, 60, what="the source looking at them")
     rig.dcu.command("simulator", "reboot")
     lost = wait_until(lambda: re.search(r"LOST: (.*)", sender.text()), 60, what="the loss report")
     assert sorted(lost.group(1).split(", ")) == sorted(names)
+    assert sum(rec["deleted"] for rec in rig.dcu.created()) == 1
 
 
 def test_a_name_reused_after_its_delete_is_stored_again_with_the_new_content(rig: Rig) -> None:

@@ -246,5 +246,10 @@ def test_a_download_the_kernel_stops_after_its_last_chunk_counts_as_a_complete_c
             next(chunks)
         chunks.close()  # type: ignore[attr-defined]
         assert progress.forget(root, "done.h5") == (True, False)
+        stat = fetcher.stat(event)
+        list(fetcher.chunks(event, stat, 4096))
+        files.put("done.h5", b"e" * 10_000)  # NOTE: rewritten after the download: that copy is stale
+        fetcher.stat(event)
+        assert progress.forget(root, "done.h5") == (False, False)
     finally:
         progress.unwatch(root)

@@ -99,6 +99,12 @@ class HttpFetcher(Fetcher):
     # -- stat --------------------------------------------------------------------------------------------
 
     def stat(self, event: FileEvent) -> FileStat | None:
+        stat = self._stat(event)
+        if stat is not None:
+            progress.seen(event.source_path, event.file_id, stat.identity)
+        return stat
+
+    def _stat(self, event: FileEvent) -> FileStat | None:
         self._drop_spool()
         url = data_url(event.source_path, event.file_id)
         headers = self._head(event, url)
@@ -199,12 +205,12 @@ class HttpFetcher(Fetcher):
                 if received > stat.size:
                     raise self._failed(OSError(errno.EIO, f"{url}: more than the {stat.size} bytes announced"))
                 if received == stat.size:
-                    self._done(event, received)  # NOTE: the kernel takes the last chunk and asks no further
+                    self._done(event, stat)  # NOTE: the kernel takes the last chunk and asks no further
                 yield piece
             if received != stat.size:
                 raise self._failed(OSError(errno.EIO, f"{url}: got {received} of {stat.size} bytes"))
             if stat.size == 0:
-                self._done(event, 0)
+                self._done(event, stat)
                 yield b""
 
     def _check_unchanged(self, event: FileEvent, url: str, stat: FileStat, spool: str) -> None:
@@ -222,7 +228,7 @@ class HttpFetcher(Fetcher):
             with open(path, "rb") as handle:
                 if os.fstat(handle.fileno()).st_size != stat.size:
                     raise OSError(errno.EIO, f"spooled {path} is not {stat.size} bytes")
-                self._done(event, stat.size)  # NOTE: every byte is here (the kernel stops after the last chunk)
+                self._done(event, stat)  # NOTE: every byte is here (the kernel stops after the last chunk)
                 while True:
                     piece = handle.read(chunksize)
                     if not piece:
@@ -233,10 +239,10 @@ class HttpFetcher(Fetcher):
         finally:
             _unlink(path)
 
-    def _done(self, event: FileEvent, size: int) -> None:
+    def _done(self, event: FileEvent, stat: FileStat) -> None:
         self.stats["downloads"] += 1
-        self.stats["bytes"] += size
-        progress.fetched(event.source_path, event.file_id)
+        self.stats["bytes"] += stat.size
+        progress.fetched(event.source_path, event.file_id, stat.identity)
 
     def _get(self, event: FileEvent, url: str) -> Any:
         """A streamed GET as a context manager yielding the response, or ``None`` on 404."""

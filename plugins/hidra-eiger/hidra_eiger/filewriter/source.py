@@ -181,8 +181,8 @@ class EigerFileWriterSource(EventSource):
         lost = []
         for name in [n for n in self._entries if n not in names]:
             del self._entries[name]
-            fetched, deleted = progress.forget(self.root, name)
-            if not (fetched or deleted):
+            complete, deleted = progress.forget(self.root, name)
+            if not (complete or deleted):
                 lost.append(name)
         if lost:
             self.stats["lost"] += len(lost)
