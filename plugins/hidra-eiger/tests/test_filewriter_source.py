@@ -216,3 +216,15 @@ def test_a_file_whose_head_fails_does_not_hold_up_the_listing(dcu: Dcu, opened: 
         dcu.put_file(name, b"h" * 100)
     assert sorted(set(ids(collect_events(opened, names, 30)))) == names
     assert opened.stats["head_errors"] > 0 and opened.stats["listing_errors"] == 0
+
+
+def test_only_listed_paths_under_the_configured_prefixes_are_reported(dcu: Dcu) -> None:
+    source = source_of(dcu, prefixes=["current/raw/"])
+    source.open(zmq.Context.instance())
+    try:
+        for name in ("current/raw/s_1_master.h5", "current/processed/x.h5", "top.h5"):
+            dcu.put_file(name, b"p")
+        events = collect_events(source, ["current/raw/s_1_master.h5"], 30) + drain(source, 5)
+        assert set(ids(events)) == {"current/raw/s_1_master.h5"}
+    finally:
+        source.close()
