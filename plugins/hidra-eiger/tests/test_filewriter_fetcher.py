@@ -253,3 +253,18 @@ def test_a_download_the_kernel_stops_after_its_last_chunk_counts_as_a_complete_c
         assert progress.forget(root, "done.h5") == (False, False)
     finally:
         progress.unwatch(root)
+
+
+def test_bodies_spooled_by_a_sender_that_died_are_removed_at_start(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".hidra-spool-{int(gone.stdout)}-abc"
+    mine = tmp_path / f".hidra-spool-{os.getpid()}-def"
+    other = tmp_path / "unrelated.h5"
+    for path in (stale, mine, other):
+        path.write_bytes(b"x")
+    _fetcher(tmp_path)
+    assert not stale.exists() and mine.exists() and other.exists()

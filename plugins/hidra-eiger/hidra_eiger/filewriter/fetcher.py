@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _MEMO = 4096  # sizes and first-seen times kept per (url, identity), for servers without Content-Length/Last-Modified
 _RETRYABLE = frozenset({errno.EIO, errno.ETIMEDOUT, errno.EAGAIN})
+_SPOOL = ".hidra-spool-"  # + pid + "-": whose spooled body it is
 
 
 class HttpFetcherConfig(BaseModel):
@@ -68,6 +69,8 @@ class HttpFetcher(Fetcher):
         self._local = threading.local()  # NOTE: one session per thread (the kernel's fetch worker, or a test's)
         self._sizes: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()  # -> (size, first seen ns)
         self._spooled: tuple[str, str, str] | None = None  # (url, identity, temp file) of the last stat
+        self._prefix = f"{_SPOOL}{os.getpid()}-"
+        _remove_stale_spools(config.spool_dir or tempfile.gettempdir())
         self.stats = {"downloads": 0, "bytes": 0, "errors": 0, "retryable": 0, "spooled": 0, "removed": 0,
                       "already_gone": 0, "changed": 0}
 
@@ -143,7 +146,7 @@ class HttpFetcher(Fetcher):
     def _spool(self, event: FileEvent, url: str, identity: str | None) -> FileStat | None:
         """Download the body to a temporary file to learn its size (and its digest when it is the identity)."""
         digest = hashlib.sha256()
-        handle = tempfile.NamedTemporaryFile(dir=self.config.spool_dir, prefix=".hidra-spool-", delete=False)
+        handle = tempfile.NamedTemporaryFile(dir=self.config.spool_dir, prefix=self._prefix, delete=False)
         try:
             with handle, self._get(event, url) as response:
                 if response is None:
@@ -329,6 +332,29 @@ def _last_modified_ns(headers: Any) -> int:
         return int(parsedate_to_datetime(value).timestamp()) * 1_000_000_000
     except (TypeError, ValueError):
         return 0
+
+
+def _remove_stale_spools(directory: str) -> None:
+    """Spooled bodies left by a sender that died (its pid gone): removed, so a crash never fills the disk."""
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(_SPOOL)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(_SPOOL):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            log.info("http fetcher: removing %s, spooled by process %s that is gone", name, pid)
+            _unlink(os.path.join(directory, name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _unlink(path: str) -> None:
