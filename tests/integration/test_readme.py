@@ -234,6 +234,22 @@ def test_eiger_example_stores_a_simulated_series_as_hdf5(tmp_path: Path) -> None
     assert printed[-1].endswith('<HDF5 dataset "data": shape (100, 1065, 1030), type "<u2">'), printed
 
 
+def test_eiger_filewriter_example_stores_a_series_and_deletes_it_on_the_dcu_as_typed(tmp_path: Path) -> None:
+    """The EIGER FileWriter section as typed: its YAML file, then its shell lines (simulator, `hidra up`, curl)."""
+    import os
+
+    rest, *hidra = _free_ports(6)
+    (tmp_path / "eiger-files.yaml").write_text(_block("yaml", "type: eiger\n").replace("8080", str(rest)))
+    script = _block("sh", "hidra-eiger-sim", "filewriter/api").replace("8080", str(rest))
+    script = script.replace("hidra up --config eiger-files.yaml",
+                            f"hidra up --config eiger-files.yaml {_port_sets(*hidra)}")
+    env = {**os.environ, "BASH_ENV": str(_wait_up(tmp_path, rest, tmp_path / "example.log"))}
+    printed = _run_example(tmp_path, script.replace("curl -sf", "wait_up; curl -sf", 1), env)
+    assert printed[-4:-1] == ["series_1_data_000002.h5", "series_1_data_000003.h5", "series_1_master.h5"], printed
+    assert printed[-5].endswith("series_1_data_000001.h5"), printed  # NOTE: after the curl answers' own text
+    assert printed[-1].startswith('{"value":null'), printed
+
+
 def _wait_up(base: Path, rest: int, log: Path) -> Path:
     """A shell function the example's first curl waits with: the simulator and `hidra up` take a moment to listen
     (a user types the next line later). Not part of the README's text."""
