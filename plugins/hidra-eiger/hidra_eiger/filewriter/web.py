@@ -20,11 +20,14 @@ class HttpStatusError(OSError):
 
 
 def new_session() -> requests.Session:
-    """One session (one kept-alive connection) per DCU and thread; requests' own retries are off (ours count)."""
+    """One session per DCU and thread; requests' own retries are off (ours count).
+
+    A few kept-alive connections, not one: the fetch worker removes file N (HEAD, DELETE) while the streamed GET of
+    file N+1 still holds its connection, and a pool of one would open and discard a connection each time."""
     session = requests.Session()
     # NOTE: a beamline host's http_proxy must not route DCU traffic (plain HTTP on a private network)
     session.trust_env = False
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
