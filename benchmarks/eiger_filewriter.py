@@ -109,7 +109,8 @@ def hidra(dcu: Dcu, work: str, records: dict[str, dict[str, Any]]) -> dict[str, 
                     "--set", f"sender.storage.confirmations={ready.group(2)}", "--set",
                     "sender.storage.remove_source=after_confirmation", "--set",
                     f"sender.ledger.path={os.path.join(work, 'ledger.sqlite')}", "--set",
-                    "sender.clients.com=tcp://127.0.0.1:0", "--set", "sender.clients.request=tcp://127.0.0.1:0", *EXTRA],
+                    "sender.clients.com=tcp://127.0.0.1:0", "--set", "sender.clients.request=tcp://127.0.0.1:0",
+                    *EXTRA],
                    os.path.join(work, "sender.log"))
     try:
         sender.wait_for(r"com (\S+), request", 120)
