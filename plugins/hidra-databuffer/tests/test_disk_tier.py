@@ -19,7 +19,7 @@ import test_store_query
 import zmq
 from test_store import F8, ids, pulse
 from test_store_query import make_pulse, query, store
-from test_store_receiver import TOPIC, Running, _send, running_receiver
+from test_store_receiver import TOPIC, Running, _send, running_receiver, wait_confirmed
 
 from hidra_databuffer._decode import value_json
 from hidra_databuffer.disk_layout import CHANNEL_SLOT, BadName, decode_name, encode_name
@@ -308,14 +308,7 @@ def _deliver(receiver: Running, pids: list[int]) -> None:
         for pid in pids:
             ((meta, payload),) = mixed(pid)
             _send(push, meta, payload, chunksize=300_000)
-        confirmed: set[bytes] = set()
-
-        def all_confirmed() -> bool:
-            while sub.poll(100):
-                confirmed.add(sub.recv_multipart()[1])
-            return confirmed >= {f"pulse_{pid}".encode() for pid in pids}
-
-        wait_until(all_confirmed, 60, what="the confirmations of every pulse", interval_s=0)
+        wait_confirmed(sub, pids)
     finally:
         push.close()
         sub.close()

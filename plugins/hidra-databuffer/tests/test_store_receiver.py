@@ -98,14 +98,7 @@ def test_pulses_through_a_receiver_process_are_confirmed_and_served(receiver: Ru
             meta, payload = make_pulse(pid, {"S:A": ("float64", [1], pid / 4),
                                              "CAM": ("uint16", [512, 512], image if pid == 12 else None)})
             _send(push, meta, payload, chunksize=200_000)
-        confirmed: set[bytes] = set()
-
-        def all_confirmed() -> bool:
-            while sub.poll(100):
-                confirmed.add(sub.recv_multipart()[1])
-            return confirmed >= {f"pulse_{pid}".encode() for pid in pids}
-
-        wait_until(all_confirmed, 60, what="the confirmations of every pulse", interval_s=0)
+        wait_confirmed(sub, pids)
         body = {"channels": [{"name": "S:A", "backend": "sf-databuffer"}, {"name": "CAM", "backend": "sf-imagebuffer"}],
                 "range": {"startPulseId": 0, "endPulseId": 20}}
         scalar, camera = requests.post(receiver.url, json=body, timeout=60).json()
@@ -120,3 +113,15 @@ def test_pulses_through_a_receiver_process_are_confirmed_and_served(receiver: Ru
         push.close()
         sub.close()
         ctx.term()
+
+
+def wait_confirmed(sub: zmq.Socket[bytes], pids: list[int]) -> None:
+    """Until the receiver confirmed every pulse of ``pids`` on ``sub``."""
+    confirmed: set[bytes] = set()
+
+    def all_confirmed() -> bool:
+        while sub.poll(100):
+            confirmed.add(sub.recv_multipart()[1])
+        return confirmed >= {f"pulse_{pid}".encode() for pid in pids}
+
+    wait_until(all_confirmed, 60, what="the confirmations of every pulse", interval_s=0)
