@@ -146,13 +146,18 @@ def batches(pieces: Iterable[bytes | memoryview], size: int = 4 << 20) -> Iterat
 
 # --- decoding (the writer) ---------------------------------------------------------------------------------------
 class Reader:
-    """Reads one binary answer from ``read(n)`` (a file-like's read: fewer bytes only at the end)."""
+    """Reads one binary answer from ``read(n)`` (a file-like's read: fewer bytes only at the end), or with
+    ``readinto(buffer)`` (a file-like's readinto: 0 only at the end) when given: values are then read from the
+    socket straight into the arrays the writer gets, with no join of pieces."""
 
-    def __init__(self, read: Callable[[int], bytes]) -> None:
+    def __init__(self, read: Callable[[int], bytes], readinto: Callable[[memoryview], int] | None = None) -> None:
         self._read = read
+        self._readinto = readinto
         self.nbytes = 0
 
-    def _exactly(self, n: int) -> bytes:
+    def _exactly(self, n: int) -> bytes | memoryview:
+        if self._readinto is not None:
+            return self._into(n)
         pieces, got = [], 0
         while got < n:
             more = self._read(n - got)
@@ -163,11 +168,23 @@ class Reader:
         self.nbytes += n
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
+    def _into(self, n: int) -> memoryview:
+        # NOTE: np.empty, not bytearray: a payload of many MiB need not be zeroed before it is overwritten
+        view = memoryview(np.empty(n, dtype=np.uint8)).cast("B")
+        got = 0
+        while got < n:
+            more = self._readinto(view[got:])  # type: ignore[misc]
+            if not more:
+                raise FormatError(f"binary answer truncated after {self.nbytes + got} bytes")
+            got += more
+        self.nbytes += n
+        return view.toreadonly()
+
     def answer(self) -> list[dict[str, Any]]:
         """The §8 list of channel entries; ``FormatError`` for a broken stream, ``ServerError`` for ERROR."""
         head = self._exactly(len(MAGIC) + _VERSION.size)
         if head[:len(MAGIC)] != MAGIC:
-            raise FormatError(f"not a {MEDIA_TYPE} answer: it starts with {head[:len(MAGIC)]!r}")
+            raise FormatError(f"not a {MEDIA_TYPE} answer: it starts with {bytes(head[:len(MAGIC)])!r}")
         version = _VERSION.unpack_from(head, len(MAGIC))[0]
         if version != VERSION:
             raise FormatError(f"{MEDIA_TYPE} version {version} is not supported (only {VERSION})")
@@ -186,12 +203,12 @@ class Reader:
             else:
                 raise FormatError(f"unexpected record {kind!r} in a {MEDIA_TYPE} answer")
 
-    def _next(self) -> tuple[bytes, dict[str, Any], bytes]:
+    def _next(self) -> tuple[bytes, dict[str, Any], bytes | memoryview]:
         kind, header_len, payload_len = _RECORD.unpack(self._exactly(_RECORD.size))
         if header_len > _MAX_HEADER:
             raise FormatError(f"record header of {header_len} bytes: not a {MEDIA_TYPE} answer")
         try:
-            header = json.loads(self._exactly(header_len))
+            header = json.loads(bytes(self._exactly(header_len)))
         except ValueError as exc:
             raise FormatError(f"record header is not JSON: {exc}") from None
         if not isinstance(header, dict):
@@ -207,7 +224,7 @@ class ServerError(RuntimeError):
         self.body = body
 
 
-def _events(header: dict[str, Any], payload: bytes) -> list[dict[str, Any]]:
+def _events(header: dict[str, Any], payload: bytes | memoryview) -> list[dict[str, Any]]:
     events = header.get("events")
     kind, shape = header.get("type"), header.get("shape")
     if not isinstance(events, list) or not isinstance(shape, list):

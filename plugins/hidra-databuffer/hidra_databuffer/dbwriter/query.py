@@ -1,6 +1,7 @@
 """``POST`` the ``data_api_request`` to the data API and check the response shape (databuffer.md §8)."""
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import warnings
@@ -118,13 +119,19 @@ def _post(url: str, body: Any, timeout_s: float | None, binary: bool) -> tuple[l
 
 
 def _binary(url: str, response: requests.Response) -> tuple[list[dict[str, Any]], int]:
-    reader = rangeformat.Reader(lambda n: response.raw.read(min(n, _READ_BYTES)))
+    # NOTE: urllib3's own readinto copies through read(); the http.client response under it reads straight into
+    # the buffer (Content-Length or chunked alike). Content-Encoding is never set on this answer.
+    raw = getattr(response.raw, "_fp", None)
+    readinto = getattr(raw, "readinto", None) if not response.headers.get("Content-Encoding") else None
+    reader = rangeformat.Reader(lambda n: response.raw.read(min(n, _READ_BYTES)), readinto)
     try:
         answer = reader.answer()
     except rangeformat.ServerError as exc:
         return check_response(exc.body, url), 0  # NOTE: raises: a dict is an error, as in the JSON form
     except rangeformat.FormatError as exc:
         raise QueryError(f"data API {url}: {exc}") from None
+    except (OSError, http.client.HTTPException) as exc:  # NOTE: raised by http.client itself, not by requests
+        raise QueryError(f"data API {url}: binary answer broken off after {reader.nbytes} bytes: {exc}") from None
     return check_response(answer, url), reader.nbytes
 
 
