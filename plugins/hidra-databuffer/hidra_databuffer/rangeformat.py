@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -30,7 +32,7 @@ import numpy as np
 from hidra_databuffer._decode import ChannelConfig, decode
 from hidra_databuffer.values import TYPES
 
-__all__ = ["ACCEPT", "CONTENT_TYPE", "MEDIA_TYPE", "VERSION", "FormatError", "Reader", "accepts", "batches",
+__all__ = ["ACCEPT", "CONTENT_TYPE", "MEDIA_TYPE", "VERSION", "Buffers", "FormatError", "Reader", "accepts", "batches",
            "encode_channel", "encode_end", "encode_error", "encode_events"]
 
 MEDIA_TYPE = "application/x-hidra-databuffer"
@@ -150,9 +152,11 @@ class Reader:
     ``readinto(buffer)`` (a file-like's readinto: 0 only at the end) when given: values are then read from the
     socket straight into the arrays the writer gets, with no join of pieces."""
 
-    def __init__(self, read: Callable[[int], bytes], readinto: Callable[[memoryview], int] | None = None) -> None:
+    def __init__(self, read: Callable[[int], bytes], readinto: Callable[[memoryview], int] | None = None,
+                 buffers: Buffers | None = None) -> None:
         self._read = read
         self._readinto = readinto
+        self._buffers = buffers or Buffers(0)
         self.nbytes = 0
 
     def _exactly(self, n: int) -> bytes | memoryview:
@@ -169,8 +173,7 @@ class Reader:
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _into(self, n: int) -> memoryview:
-        # NOTE: np.empty, not bytearray: a payload of many MiB need not be zeroed before it is overwritten
-        view = memoryview(np.empty(n, dtype=np.uint8)).cast("B")
+        view = self._buffers.take(n)
         got = 0
         while got < n:
             more = self._readinto(view[got:])  # type: ignore[misc]
@@ -214,6 +217,36 @@ class Reader:
         if not isinstance(header, dict):
             raise FormatError("record header is not a JSON object")
         return kind, header, self._exactly(payload_len)
+
+
+class Buffers:
+    """Payload memory reused from one answer to the next (of one range): a fresh buffer of many MiB costs the
+    kernel a page fault and zeroing per page, as much again as reading into it. A buffer comes back once nothing
+    refers to its values any more; up to ``keep_bytes`` of them are kept."""
+
+    _SMALLEST = 1 << 20
+
+    def __init__(self, keep_bytes: int = 256 << 20) -> None:
+        self._free: list[np.ndarray[Any, Any]] = []
+        self._lock = threading.Lock()  # NOTE: a buffer comes back in whichever thread drops its last value
+        self._keep = keep_bytes
+
+    def take(self, n: int) -> memoryview:
+        """``n`` writable bytes (a memoryview of a ``uint8`` array)."""
+        with self._lock:
+            found = next((i for i, b in enumerate(self._free) if n <= b.nbytes <= 2 * n), None)
+            store = self._free.pop(found) if found is not None else None
+        if store is None:
+            store = np.empty(n, dtype=np.uint8)  # NOTE: np.empty, not bytearray: nothing is zeroed in user space
+        view = store[:n]
+        if self._keep and n >= self._SMALLEST:
+            weakref.finalize(view, self._give, store)
+        return memoryview(view)
+
+    def _give(self, store: np.ndarray[Any, Any]) -> None:
+        with self._lock:
+            if sum(b.nbytes for b in self._free) + store.nbytes <= self._keep:
+                self._free.append(store)
 
 
 class ServerError(RuntimeError):
