@@ -32,7 +32,7 @@ import numpy as np
 from hidra_databuffer._decode import ChannelConfig, decode
 from hidra_databuffer.values import TYPES
 
-__all__ = ["ACCEPT", "CONTENT_TYPE", "MEDIA_TYPE", "VERSION", "Buffers", "FormatError", "Reader", "accepts", "batches",
+__all__ = ["ACCEPT", "CONTENT_TYPE", "MEDIA_TYPE", "VERSION", "Buffers", "FormatError", "Reader", "accepts",
            "encode_channel", "encode_end", "encode_error", "encode_events"]
 
 MEDIA_TYPE = "application/x-hidra-databuffer"
@@ -131,21 +131,6 @@ def _events_record(kind: Any, metas: list[dict[str, Any]], values: list[Any]) ->
     yield from values
 
 
-def batches(pieces: Iterable[bytes | memoryview], size: int = 4 << 20) -> Iterator[list[bytes | memoryview]]:
-    """The pieces in lists of about ``size`` bytes: the HTTP server takes each list from a worker thread in one
-    hop, and sends its pieces as they are (values are views of the stored frames, never copied here)."""
-    batch: list[bytes | memoryview] = []
-    held = 0
-    for piece in pieces:
-        batch.append(piece)
-        held += len(piece)
-        if held >= size:
-            yield batch
-            batch, held = [], 0
-    if batch:
-        yield batch
-
-
 # --- decoding (the writer) ---------------------------------------------------------------------------------------
 class Reader:
     """Reads one binary answer from ``read(n)`` (a file-like's read: fewer bytes only at the end), or with
@@ -241,7 +226,7 @@ class Buffers:
         view = store[:n]
         if self._keep and n >= self._SMALLEST:
             weakref.finalize(view, self._give, store)
-        return memoryview(view)
+        return view.data
 
     def _give(self, store: np.ndarray[Any, Any]) -> None:
         with self._lock:
