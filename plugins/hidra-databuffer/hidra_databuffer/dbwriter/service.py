@@ -65,8 +65,8 @@ def write_file(request: WriteRequest, options: WriterOptions) -> tuple[int, int]
 
 def _write_parts(h5: h5py.File, first: list[dict[str, Any]], rest: Iterator[tuple[list[dict[str, Any]], bool]],
                  request: WriteRequest) -> tuple[int, int]:
-    """A range answered in parts: each part goes into the file while the next is fetched (at most two parts in
-    memory; socket reads and HDF5 writes both release the GIL)."""
+    """A range answered in parts: each part goes into the file while the next is fetched (socket reads and HDF5
+    writes both release the GIL)."""
     writer = RangeWriter(h5, request.params)
     with _Prefetch(rest) as parts:
         writer.add(first)
@@ -77,13 +77,14 @@ def _write_parts(h5: h5py.File, first: list[dict[str, Any]], rest: Iterator[tupl
 
 
 class _Prefetch:
-    """The parts of ``query_parts`` fetched by a thread of its own, one ahead of the consumer."""
+    """The parts of ``query_parts`` fetched by a thread of its own: the next part while the consumer writes this
+    one, and no further (at most two parts in memory)."""
 
     _DONE = object()
 
     def __init__(self, parts: Iterator[tuple[list[dict[str, Any]], bool]]) -> None:
         self._parts = parts
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._queue: queue.Queue[Any] = queue.Queue()
         self._cancel = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dbwriter-prefetch", daemon=True)
 
@@ -93,13 +94,18 @@ class _Prefetch:
 
     def __exit__(self, *exc: object) -> None:
         self._cancel.set()
-        while self._thread.is_alive():  # NOTE: unblock a put the consumer will never take
+        while self._thread.is_alive():  # NOTE: take what the consumer never will, so the thread sees the cancel
             with contextlib.suppress(queue.Empty):
                 self._queue.get(timeout=0.1)
+                self._queue.task_done()
         self._thread.join()
 
     def _take(self) -> Iterator[list[dict[str, Any]]]:
-        while (item := self._queue.get()) is not self._DONE:
+        while True:
+            item = self._queue.get()
+            self._queue.task_done()
+            if item is self._DONE:
+                return
             if isinstance(item, BaseException):
                 raise item
             yield item
@@ -107,21 +113,20 @@ class _Prefetch:
     def _run(self) -> None:
         try:
             for part, _ in self._parts:
-                if not self._put(part):
+                if not self._hand(part):
                     return
         except BaseException as exc:  # NOTE: handed to the consumer, which raises it in its own thread
-            self._put(exc)
+            self._hand(exc)
             return
         finally:
             self._parts.close()  # type: ignore[attr-defined]
-        self._put(self._DONE)
+        self._hand(self._DONE)
 
-    def _put(self, item: object) -> bool:
-        while not self._cancel.is_set():
-            with contextlib.suppress(queue.Full):
-                self._queue.put(item, timeout=0.1)
-                return True
-        return False
+    def _hand(self, item: object) -> bool:
+        """Hand ``item`` over and wait until it is taken; whether to go on."""
+        self._queue.put(item)
+        self._queue.join()
+        return not self._cancel.is_set()
 
 
 def execute(request: WriteRequest, options: WriterOptions, stop: threading.Event | None = None) -> tuple[int, int]:
