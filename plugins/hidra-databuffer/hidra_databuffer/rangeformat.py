@@ -17,6 +17,7 @@ parses numbers from text. Framing (all integers little-endian)::
 * ``END`` ``{}``; ``ERROR`` ``{"status", "error"}``: a failure after the answer began (HTTP 200 already sent).
 
 Decoded, scalars are numpy scalars and arrays flat read-only numpy arrays; everything else is as in the JSON.
+The buffer makes every piece before it answers, so the answer has a Content-Length (no chunked framing).
 """
 from __future__ import annotations
 
