@@ -295,11 +295,18 @@ async def _body(request: Request) -> bytes | Response:
     return bytes(body)
 
 
-async def _unbatched(batches: Iterator[list[bytes | memoryview]]) -> AsyncIterator[bytes | memoryview]:
-    """The pieces of each batch, the batch made in a worker thread (encoding may decompress)."""
-    while (batch := await run_in_threadpool(next, batches, None)) is not None:
-        for piece in batch:
-            yield piece
+async def _pieces(pieces: list[bytes | memoryview]) -> AsyncIterator[bytes | memoryview]:
+    for piece in pieces:
+        yield piece
+
+
+def _binary_response(selections: list[ChannelSelection], query: Query, headers: dict[str, str]) -> Response:
+    """The binary answer with a Content-Length: the pieces (views of the stored frames, or decoded values) are
+    made before the answer starts, so the length is known and the reader gets no chunked framing."""
+    pieces = list(answer_binary(selections, query))
+    length = str(sum(len(piece) for piece in pieces))
+    return StreamingResponse(_pieces(pieces), media_type=rangeformat.CONTENT_TYPE,
+                             headers={**headers, "Content-Length": length})
 
 
 def build_app(store: Store, limits: QueryLimits) -> FastAPI:
@@ -317,9 +324,7 @@ def build_app(store: Store, limits: QueryLimits) -> FastAPI:
     def query(body: bytes, binary: bool) -> Response:
         parsed = parse_query(body)
         if binary:  # NOTE: only a client that asked for it in Accept (our writer); the body stays the §8 JSON
-            selections = select_query(store, limits, parsed)
-            return StreamingResponse(_unbatched(rangeformat.batches(answer_binary(selections, parsed))),
-                                     media_type=rangeformat.CONTENT_TYPE, headers=_window_headers(store))
+            return _binary_response(select_query(store, limits, parsed), parsed, _window_headers(store))
         text = answer_query(store, limits, parsed)
         return Response(text, media_type="application/json", headers=_window_headers(store))
 

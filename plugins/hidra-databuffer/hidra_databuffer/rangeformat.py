@@ -17,11 +17,14 @@ parses numbers from text. Framing (all integers little-endian)::
 * ``END`` ``{}``; ``ERROR`` ``{"status", "error"}``: a failure after the answer began (HTTP 200 already sent).
 
 Decoded, scalars are numpy scalars and arrays flat read-only numpy arrays; everything else is as in the JSON.
+The buffer makes every piece before it answers, so the answer has a Content-Length (no chunked framing).
 """
 from __future__ import annotations
 
 import json
 import struct
+import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -30,7 +33,7 @@ import numpy as np
 from hidra_databuffer._decode import ChannelConfig, decode
 from hidra_databuffer.values import TYPES
 
-__all__ = ["ACCEPT", "CONTENT_TYPE", "MEDIA_TYPE", "VERSION", "FormatError", "Reader", "accepts", "batches",
+__all__ = ["ACCEPT", "CONTENT_TYPE", "MEDIA_TYPE", "VERSION", "Buffers", "FormatError", "Reader", "accepts",
            "encode_channel", "encode_end", "encode_error", "encode_events"]
 
 MEDIA_TYPE = "application/x-hidra-databuffer"
@@ -129,30 +132,22 @@ def _events_record(kind: Any, metas: list[dict[str, Any]], values: list[Any]) ->
     yield from values
 
 
-def batches(pieces: Iterable[bytes | memoryview], size: int = 4 << 20) -> Iterator[list[bytes | memoryview]]:
-    """The pieces in lists of about ``size`` bytes: the HTTP server takes each list from a worker thread in one
-    hop, and sends its pieces as they are (values are views of the stored frames, never copied here)."""
-    batch: list[bytes | memoryview] = []
-    held = 0
-    for piece in pieces:
-        batch.append(piece)
-        held += len(piece)
-        if held >= size:
-            yield batch
-            batch, held = [], 0
-    if batch:
-        yield batch
-
-
 # --- decoding (the writer) ---------------------------------------------------------------------------------------
 class Reader:
-    """Reads one binary answer from ``read(n)`` (a file-like's read: fewer bytes only at the end)."""
+    """Reads one binary answer from ``read(n)`` (a file-like's read: fewer bytes only at the end), or with
+    ``readinto(buffer)`` (a file-like's readinto: 0 only at the end) when given: values are then read from the
+    socket straight into the arrays the writer gets, with no join of pieces."""
 
-    def __init__(self, read: Callable[[int], bytes]) -> None:
+    def __init__(self, read: Callable[[int], bytes], readinto: Callable[[memoryview], int] | None = None,
+                 buffers: Buffers | None = None) -> None:
         self._read = read
+        self._readinto = readinto
+        self._buffers = buffers or Buffers(0)
         self.nbytes = 0
 
-    def _exactly(self, n: int) -> bytes:
+    def _exactly(self, n: int) -> bytes | memoryview:
+        if self._readinto is not None:
+            return self._into(n)
         pieces, got = [], 0
         while got < n:
             more = self._read(n - got)
@@ -163,11 +158,22 @@ class Reader:
         self.nbytes += n
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
+    def _into(self, n: int) -> memoryview:
+        view = self._buffers.take(n)
+        got = 0
+        while got < n:
+            more = self._readinto(view[got:])  # type: ignore[misc]
+            if not more:
+                raise FormatError(f"binary answer truncated after {self.nbytes + got} bytes")
+            got += more
+        self.nbytes += n
+        return view.toreadonly()
+
     def answer(self) -> list[dict[str, Any]]:
         """The §8 list of channel entries; ``FormatError`` for a broken stream, ``ServerError`` for ERROR."""
         head = self._exactly(len(MAGIC) + _VERSION.size)
         if head[:len(MAGIC)] != MAGIC:
-            raise FormatError(f"not a {MEDIA_TYPE} answer: it starts with {head[:len(MAGIC)]!r}")
+            raise FormatError(f"not a {MEDIA_TYPE} answer: it starts with {bytes(head[:len(MAGIC)])!r}")
         version = _VERSION.unpack_from(head, len(MAGIC))[0]
         if version != VERSION:
             raise FormatError(f"{MEDIA_TYPE} version {version} is not supported (only {VERSION})")
@@ -186,17 +192,47 @@ class Reader:
             else:
                 raise FormatError(f"unexpected record {kind!r} in a {MEDIA_TYPE} answer")
 
-    def _next(self) -> tuple[bytes, dict[str, Any], bytes]:
+    def _next(self) -> tuple[bytes, dict[str, Any], bytes | memoryview]:
         kind, header_len, payload_len = _RECORD.unpack(self._exactly(_RECORD.size))
         if header_len > _MAX_HEADER:
             raise FormatError(f"record header of {header_len} bytes: not a {MEDIA_TYPE} answer")
         try:
-            header = json.loads(self._exactly(header_len))
+            header = json.loads(bytes(self._exactly(header_len)))
         except ValueError as exc:
             raise FormatError(f"record header is not JSON: {exc}") from None
         if not isinstance(header, dict):
             raise FormatError("record header is not a JSON object")
         return kind, header, self._exactly(payload_len)
+
+
+class Buffers:
+    """Payload memory reused from one answer to the next (of one range): a fresh buffer of many MiB costs the
+    kernel a page fault and zeroing per page, as much again as reading into it. A buffer comes back once nothing
+    refers to its values any more; up to ``keep_bytes`` of them are kept."""
+
+    _SMALLEST = 1 << 20
+
+    def __init__(self, keep_bytes: int = 256 << 20) -> None:
+        self._free: list[np.ndarray[Any, Any]] = []
+        self._lock = threading.Lock()  # NOTE: a buffer comes back in whichever thread drops its last value
+        self._keep = keep_bytes
+
+    def take(self, n: int) -> memoryview:
+        """``n`` writable bytes (a memoryview of a ``uint8`` array)."""
+        with self._lock:
+            found = next((i for i, b in enumerate(self._free) if n <= b.nbytes <= 2 * n), None)
+            store = self._free.pop(found) if found is not None else None
+        if store is None:
+            store = np.empty(n, dtype=np.uint8)  # NOTE: np.empty, not bytearray: nothing is zeroed in user space
+        view = store[:n]
+        if self._keep and n >= self._SMALLEST:
+            weakref.finalize(view, self._give, store)
+        return view.data
+
+    def _give(self, store: np.ndarray[Any, Any]) -> None:
+        with self._lock:
+            if sum(b.nbytes for b in self._free) + store.nbytes <= self._keep:
+                self._free.append(store)
 
 
 class ServerError(RuntimeError):
@@ -207,7 +243,7 @@ class ServerError(RuntimeError):
         self.body = body
 
 
-def _events(header: dict[str, Any], payload: bytes) -> list[dict[str, Any]]:
+def _events(header: dict[str, Any], payload: bytes | memoryview) -> list[dict[str, Any]]:
     events = header.get("events")
     kind, shape = header.get("type"), header.get("shape")
     if not isinstance(events, list) or not isinstance(shape, list):

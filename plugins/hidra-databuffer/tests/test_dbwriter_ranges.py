@@ -3,7 +3,9 @@ by part, and the binary answer (``rangeformat``) against the spec's JSON; every 
 content as one JSON query (databuffer.md §8, §9, §12)."""
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,10 @@ import requests
 from dbwriter_support import content, request_record
 from test_store_query import frame
 
+from hidra_core.testing import wait_until
 from hidra_databuffer import rangeformat
-from hidra_databuffer.dbwriter.layout import LayoutError
+from hidra_databuffer.dbwriter import query as dbquery
+from hidra_databuffer.dbwriter.layout import LayoutError, RangeWriter
 from hidra_databuffer.dbwriter.query import QueryError, SplitLimits
 from hidra_databuffer.dbwriter.request import WriteRequest
 from hidra_databuffer.dbwriter.service import WriterOptions, write_file
@@ -179,3 +183,91 @@ def test_truncated_binary_answer_is_an_error_naming_it(buffer: Buffer) -> None:
     pieces = iter([data[:-20]])
     with pytest.raises(rangeformat.FormatError, match="truncated"):
         rangeformat.Reader(lambda n: next(pieces, b"")).answer()
+
+
+def test_binary_answer_says_its_length_up_front_instead_of_chunking(buffer: Buffer) -> None:
+    body = json.loads(request_record(CHANNELS, START, END, "x")["data_api_request"])
+    answer = requests.post(buffer.url(), json=body, headers={"Accept": rangeformat.ACCEPT}, timeout=30)
+    assert "Transfer-Encoding" not in answer.headers
+    assert int(answer.headers["Content-Length"]) == len(answer.content) > 1000
+
+
+class _CutShort(http.server.BaseHTTPRequestHandler):
+    """Answers every query with the real binary answer's headers and Content-Length, but half its body."""
+
+    upstream = ""
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        real = requests.post(self.upstream, data=body, headers={"Accept": rangeformat.ACCEPT,
+                                                               "Content-Type": "application/json"}, timeout=30)
+        self.send_response(200)
+        self.send_header("Content-Type", real.headers["Content-Type"])
+        self.send_header("Content-Length", str(len(real.content)))
+        self.end_headers()
+        self.wfile.write(real.content[:len(real.content) // 2])
+        self.close_connection = True
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_binary_answer_cut_short_of_its_content_length_is_an_error_naming_it(buffer: Buffer,
+                                                                               tmp_path: Path) -> None:
+    handler = type("Handler", (_CutShort,), {"upstream": buffer.url()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(QueryError, match="truncated after"):
+            _write(f"http://127.0.0.1:{server.server_address[1]}/query", tmp_path / "x.h5",
+                   SplitLimits(10**6, 1 << 40, binary=True))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_next_sub_query_is_fetched_while_a_part_is_being_written(buffer: Buffer, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[int] = []
+    real_post, real_add = dbquery._post, RangeWriter.add
+
+    def post(url: str, body: Any, *args: Any) -> Any:
+        asked.append(body["range"]["startPulseId"])
+        return real_post(url, body, *args)
+
+    def add(self: RangeWriter, part: list[dict[str, Any]]) -> None:
+        if not self.points:  # NOTE: the first part: the second is asked for before it is written
+            wait_until(lambda: len(asked) >= 2, 10, what="the next sub-query while writing the first part")
+        real_add(self, part)
+
+    monkeypatch.setattr(dbquery, "_post", post)
+    monkeypatch.setattr(RangeWriter, "add", add)
+    got = _write(buffer.url(), tmp_path / "parts.h5", SplitLimits(max_pulses=7, max_bytes=1))
+    _same(got, _write(buffer.url(), tmp_path / "one.h5", ONE_QUERY))
+
+
+def test_sub_query_failing_after_parts_were_written_fails_the_write_and_stops_fetching(tmp_path: Path) -> None:
+    small = Buffer(small_bytes=2)  # NOTE: one pulse of R:BOOL fits, one with R:LATE too (from 140) does not
+    try:
+        with pytest.raises(QueryError, match="single pulse, 140"):
+            _write(small.url(small=True), tmp_path / "x.h5", SplitLimits(max_pulses=2, max_bytes=1 << 40),
+                   channels=["R:BOOL", "R:LATE"])
+    finally:
+        small.close()
+    assert list(tmp_path.iterdir()) == []
+    assert not [t for t in threading.enumerate() if t.name == "dbwriter-prefetch"]
+
+
+def test_payload_buffer_is_reused_only_once_no_value_refers_to_it() -> None:
+    buffers = rangeformat.Buffers(keep_bytes=8 << 20)
+    first = np.frombuffer(buffers.take(2 << 20), dtype=np.uint8)
+    first[:] = 7
+    second = np.frombuffer(buffers.take(2 << 20), dtype=np.uint8)
+    assert not np.shares_memory(first, second) and (first == 7).all()
+    address = first.__array_interface__["data"][0]
+    del first
+    third = np.frombuffer(buffers.take(2 << 20), dtype=np.uint8)
+    assert third.__array_interface__["data"][0] == address

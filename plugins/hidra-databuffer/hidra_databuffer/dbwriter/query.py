@@ -1,6 +1,7 @@
 """``POST`` the ``data_api_request`` to the data API and check the response shape (databuffer.md §8)."""
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import warnings
@@ -48,8 +49,9 @@ def query_parts(url: str, data_api_request: str, timeout_s: float | None = None,
     """
     body = json.loads(data_api_request)
     bounds = _bounds(body)
+    buffers = rangeformat.Buffers()
     if bounds is None:
-        yield _post(url, body, timeout_s, limits.binary)[0], True
+        yield _post(url, body, timeout_s, limits.binary, buffers)[0], True
         return
     start, end = bounds
     size, ceiling, pos = min(_PROBE_PULSES, limits.max_pulses), limits.max_pulses, start
@@ -57,7 +59,8 @@ def query_parts(url: str, data_api_request: str, timeout_s: float | None = None,
         stop = min(end, pos + size - 1)
         whole = pos == start and stop == end
         try:
-            part, nbytes = _post(url, body if whole else _sub_request(body, pos, stop), timeout_s, limits.binary)
+            part, nbytes = _post(url, body if whole else _sub_request(body, pos, stop), timeout_s, limits.binary,
+                                 buffers)
         except TooLarge as exc:
             if stop == pos:
                 raise QueryError(f"{exc} (a single pulse, {pos}, is too large for the data API)") from None
@@ -95,14 +98,15 @@ def _sub_request(body: dict[str, Any], start: int, end: int) -> dict[str, Any]:
     return {**body, "range": rng}
 
 
-def _post(url: str, body: Any, timeout_s: float | None, binary: bool) -> tuple[list[dict[str, Any]], int]:
+def _post(url: str, body: Any, timeout_s: float | None, binary: bool,
+          buffers: rangeformat.Buffers | None = None) -> tuple[list[dict[str, Any]], int]:
     """One query: the checked response and its size in bytes. May ask for the binary form; takes JSON always."""
     accept = rangeformat.ACCEPT if binary else "application/json"
     try:
         with requests.post(url, json=body, timeout=timeout_s, stream=True, headers={"Accept": accept}) as response:
             kind = response.headers.get("Content-Type", "")
             if response.status_code == 200 and kind.split(";")[0].strip() == rangeformat.MEDIA_TYPE:
-                return _binary(url, response)
+                return _binary(url, response, buffers)
             content = response.content
     except requests.RequestException as exc:
         raise QueryError(f"data API {url} unreachable: {exc}") from None
@@ -117,14 +121,21 @@ def _post(url: str, body: Any, timeout_s: float | None, binary: bool) -> tuple[l
     return check_response(answer, url), len(content)
 
 
-def _binary(url: str, response: requests.Response) -> tuple[list[dict[str, Any]], int]:
-    reader = rangeformat.Reader(lambda n: response.raw.read(min(n, _READ_BYTES)))
+def _binary(url: str, response: requests.Response,
+            buffers: rangeformat.Buffers | None) -> tuple[list[dict[str, Any]], int]:
+    # NOTE: urllib3's own readinto copies through read(); the http.client response under it reads straight into
+    # the buffer (Content-Length or chunked alike). Content-Encoding is never set on this answer.
+    raw = getattr(response.raw, "_fp", None)
+    readinto = getattr(raw, "readinto", None) if not response.headers.get("Content-Encoding") else None
+    reader = rangeformat.Reader(lambda n: response.raw.read(min(n, _READ_BYTES)), readinto, buffers)
     try:
         answer = reader.answer()
     except rangeformat.ServerError as exc:
         return check_response(exc.body, url), 0  # NOTE: raises: a dict is an error, as in the JSON form
     except rangeformat.FormatError as exc:
         raise QueryError(f"data API {url}: {exc}") from None
+    except (OSError, http.client.HTTPException) as exc:  # NOTE: raised by http.client itself, not by requests
+        raise QueryError(f"data API {url}: binary answer broken off after {reader.nbytes} bytes: {exc}") from None
     return check_response(answer, url), reader.nbytes
 
 

@@ -6,8 +6,10 @@ queue of 1 so requests are not hoarded behind a long write (F10).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -63,13 +65,68 @@ def write_file(request: WriteRequest, options: WriterOptions) -> tuple[int, int]
 
 def _write_parts(h5: h5py.File, first: list[dict[str, Any]], rest: Iterator[tuple[list[dict[str, Any]], bool]],
                  request: WriteRequest) -> tuple[int, int]:
-    """A range answered in parts: each part goes into the file before the next is fetched."""
+    """A range answered in parts: each part goes into the file while the next is fetched (socket reads and HDF5
+    writes both release the GIL)."""
     writer = RangeWriter(h5, request.params)
-    writer.add(first)
-    del first  # NOTE: memory holds one part at a time
-    for part, _ in rest:
-        writer.add(part)
+    with _Prefetch(rest) as parts:
+        writer.add(first)
+        del first
+        for part in parts:
+            writer.add(part)
     return writer.finish()
+
+
+class _Prefetch:
+    """The parts of ``query_parts`` fetched by a thread of its own: the next part while the consumer writes this
+    one, and no further (at most two parts in memory)."""
+
+    _DONE = object()
+
+    def __init__(self, parts: Iterator[tuple[list[dict[str, Any]], bool]]) -> None:
+        self._parts = parts
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dbwriter-prefetch", daemon=True)
+
+    def __enter__(self) -> Iterator[list[dict[str, Any]]]:
+        self._thread.start()
+        return self._take()
+
+    def __exit__(self, *exc: object) -> None:
+        self._cancel.set()
+        while self._thread.is_alive():  # NOTE: take what the consumer never will, so the thread sees the cancel
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.1)
+                self._queue.task_done()
+        self._thread.join()
+
+    def _take(self) -> Iterator[list[dict[str, Any]]]:
+        while True:
+            item = self._queue.get()
+            self._queue.task_done()
+            if item is self._DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _run(self) -> None:
+        try:
+            for part, _ in self._parts:
+                if not self._hand(part):
+                    return
+        except BaseException as exc:  # NOTE: handed to the consumer, which raises it in its own thread
+            self._hand(exc)
+            return
+        finally:
+            self._parts.close()  # type: ignore[attr-defined]
+        self._hand(self._DONE)
+
+    def _hand(self, item: object) -> bool:
+        """Hand ``item`` over and wait until it is taken; whether to go on."""
+        self._queue.put(item)
+        self._queue.join()
+        return not self._cancel.is_set()
 
 
 def execute(request: WriteRequest, options: WriterOptions, stop: threading.Event | None = None) -> tuple[int, int]:
