@@ -12,6 +12,7 @@ import io
 import math
 import os
 import stat
+import struct
 from typing import Any
 
 from fabio.cbfimage import DATA_TYPES, CbfImage, PilatusHeader
@@ -63,6 +64,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 _CBF_MAGIC = b"###CBF"
+_CONVENTION = b"PILATUS_1.2"
 #: reads fabio may make of one head: far more than any real header needs (a CBF takes ~20, a TIFF ~50)
 _MAX_READS = 2000
 _TIFF_DTYPES = {1: "uint", 2: "int", 3: "float"}  # TIFF SampleFormat -> numpy kind
@@ -78,7 +80,7 @@ class _Head(io.BytesIO):
     def __init__(self, head: bytes, limit: int) -> None:
         super().__init__(head)
         self.name = "head"  # NOTE: fabio names the stream in its messages; without one it warns
-        self._limit = limit
+        self._short = _short(head, limit)
         self._reads = 0
         self._at_end = 0
 
@@ -90,8 +92,7 @@ class _Head(io.BytesIO):
         if not data and size != 0:
             self._at_end += 1
             if self._at_end > 2:  # NOTE: fabio's CBF reader asks for the binary section again and again at EOF
-                raise HeaderError(f"the header does not end within the first {self._limit} bytes (truncated file,"
-                                  " or a header longer than max_header_bytes)")
+                raise HeaderError(f"the header does not end: {self._short}")
         return data
 
 
@@ -139,8 +140,18 @@ def read_metadata(head: bytes, limit: int, text_limit: int) -> dict[str, Any]:
 
 
 def _cbf(head: bytes, limit: int) -> tuple[dict[str, Any], str]:
+    if CbfImage.BINARAY_SECTION not in head:
+        raise HeaderError(f"no binary section: {_short(head, limit)}")
     image = CbfImage()
-    image.readheader(_Head(head, limit))
+    try:
+        image.readheader(_Head(head, limit))
+    except (IndexError, ValueError, TypeError):
+        if not isinstance(image.header.get("_array_data.header_contents"), str):
+            raise
+        # NOTE: fabio parses a PILATUS_1.2 header inside readheader and fails it whole on one odd line; read again
+        # with the convention hidden (same length, so nothing moves): _pilatus_fields parses the text line by line
+        image = CbfImage()
+        image.readheader(_Head(head.replace(_CONVENTION, _CONVENTION[:-1] + b"x", 1), limit))
     text = image.header.get("_array_data.header_contents", "")
     if not isinstance(text, str):
         raise HeaderError("the Pilatus header (_array_data.header_contents) is not ASCII text")
@@ -152,7 +163,10 @@ def _cbf(head: bytes, limit: int) -> tuple[dict[str, Any], str]:
 
 
 def _tiff(head: bytes, limit: int) -> tuple[dict[str, Any], str]:
-    info = TiffIO(_Head(head, limit)).getInfo(0)
+    try:
+        info = TiffIO(_Head(head, limit)).getInfo(0)
+    except struct.error as exc:  # NOTE: fabio unpacks what it reads without checking that it got enough
+        raise HeaderError(f"the TIFF header is incomplete ({exc}): {_short(head, limit)}") from None
     text = info.get("imageDescription") or ""
     if isinstance(text, bytes):
         text = text.decode("ascii", "replace")
@@ -161,6 +175,13 @@ def _tiff(head: bytes, limit: int) -> tuple[dict[str, Any], str]:
     if kind and isinstance(info.get("nBits"), int):
         meta["dtype"] = f"{kind}{info['nBits']}"
     return meta, str(text).rstrip("\x00")
+
+
+def _short(head: bytes, limit: int) -> str:
+    """Why a header can be cut short: the file ended, or the header is longer than the bytes read."""
+    if len(head) < limit:
+        return f"the file ends after {len(head)} bytes (truncated)"
+    return f"not within the first {limit} bytes (max_header_bytes)"
 
 
 def _pilatus_fields(text: str) -> dict[str, Any]:

@@ -83,7 +83,7 @@ class PilatusEventSource(EventSource):
         watch = config.watch
         self._inner: EventSource = create_driver("event source", watch.type, {**watch.options, "path": config.path},
                                                  "pilatus source", f"{_SECTION}.watch.{watch.type}")
-        self._name = re.compile(config.name_pattern)
+        self._name = re.compile(config.name_pattern, re.DOTALL)  # NOTE: a name may hold a newline
         self._stats = {"images": 0, "metadata_errors": 0, "temp_names": 0, "other_files": 0}
 
     @property
