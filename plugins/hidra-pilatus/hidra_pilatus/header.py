@@ -125,13 +125,14 @@ def read_metadata(head: bytes, limit: int, text_limit: int) -> dict[str, Any]:
     """The metadata of an image whose first bytes are ``head``; ``HeaderError`` (or fabio's error) if unreadable."""
     if not head:
         raise HeaderError("empty file")
+    parsed: PilatusHeader | None = None
     if head[:4] in _TIFF_MAGIC:
         meta, text = _tiff(head, limit)
     elif head.startswith(_CBF_MAGIC):
-        meta, text = _cbf(head, limit)
+        meta, text, parsed = _cbf(head, limit)
     else:
         raise HeaderError(f"neither CBF nor TIFF: it starts with {head[:16]!r}")
-    meta.update(_pilatus_fields(text))
+    meta.update(_fields_of(parsed) if parsed is not None else _pilatus_fields(text))
     if text_limit:
         meta["header"] = _printable(text[:text_limit])
         if len(text) > text_limit:
@@ -139,7 +140,8 @@ def read_metadata(head: bytes, limit: int, text_limit: int) -> dict[str, Any]:
     return meta
 
 
-def _cbf(head: bytes, limit: int) -> tuple[dict[str, Any], str]:
+def _cbf(head: bytes, limit: int) -> tuple[dict[str, Any], str, PilatusHeader | None]:
+    """Metadata, header text, and the Pilatus header when fabio parsed it already (convention PILATUS_1.2)."""
     if CbfImage.BINARAY_SECTION not in head:
         raise HeaderError(f"no binary section: {_short(head, limit)}")
     image = CbfImage()
@@ -159,7 +161,7 @@ def _cbf(head: bytes, limit: int) -> tuple[dict[str, Any], str]:
     dtype = DATA_TYPES.get(str(image.header.get("X-Binary-Element-Type", "")))
     if dtype:
         meta["dtype"] = dtype
-    return meta, text
+    return meta, text, image.pilatus_headers
 
 
 def _tiff(head: bytes, limit: int) -> tuple[dict[str, Any], str]:

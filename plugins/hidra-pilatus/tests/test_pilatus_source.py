@@ -226,6 +226,7 @@ def test_a_fifo_a_directory_and_an_undecodable_name_never_block_the_source(src: 
 
 def test_images_written_from_another_thread_during_polls_all_arrive_complete(src: Path, open_source: Any) -> None:
     source = open_source()
+    assert source.poll(0) == []  # NOTE: the start-up scan is done: it would report an image being written
     names = [f"burst_{n:05d}.cbf" for n in range(1, 21)]
     data = image_bytes(HEADER, SHAPE)
 
@@ -284,3 +285,37 @@ def test_polling_watch_for_a_network_share(src: Path, open_source: Any) -> None:
     write_image(str(src / "share_00001.cbf"), image_bytes(HEADER, SHAPE), "rename")
     event = _by_id(collect_events(source, ["share_00001.cbf"], timeout_s=60))["share_00001.cbf"]
     assert_metadata(dict(event.metadata), shape=SHAPE)
+
+
+def test_an_image_open_for_writing_at_start_up_is_reported_again_complete_when_closed(src: Path,
+                                                                                      open_source: Any) -> None:
+    data = image_bytes(HEADER, SHAPE)
+    with open(src / "early_00001.cbf", "wb") as f:
+        f.write(data[:300])  # the camserver is half way through its header when the sender starts
+        f.flush()
+        first = _by_id(collect_events(open_source(), ["early_00001.cbf"]))["early_00001.cbf"]
+        f.write(data[300:])
+    assert first.metadata["metadata_error"].startswith("no binary section: the file ends after 300 bytes")
+    source = open_source(watch={"type": "inotify", "inotify": {"scan_at_start": False}})
+    with open(src / "early_00001.cbf", "r+b") as f:  # NOTE: the close of the write above fired before this watch
+        f.write(data[:1])
+    again = _by_id(collect_events(source, ["early_00001.cbf"]))["early_00001.cbf"]
+    assert_metadata(dict(again.metadata), shape=SHAPE)
+
+
+def test_a_followed_symlink_has_the_metadata_of_its_target(src: Path, open_source: Any) -> None:
+    (src / "data").mkdir()
+    (src / "data" / "img_00005.cbf").write_bytes(image_bytes(HEADER, SHAPE))
+    (src / "latest_00005.cbf").symlink_to(src / "data" / "img_00005.cbf")
+    source = open_source(watch={"type": "inotify", "inotify": {"follow_symlinks": True}})
+    event = _by_id(collect_events(source, ["latest_00005.cbf"]))["latest_00005.cbf"]
+    assert_metadata(dict(event.metadata), shape=SHAPE)
+
+
+def test_hidra_plugins_lists_the_pilatus_source() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "hidra_core", "plugins"], capture_output=True, text=True, timeout=60)
+    line = next(line for line in out.stdout.splitlines() if " pilatus " in line)
+    assert line.split()[:3] == ["hidra.event_sources", "pilatus", "hidra-pilatus"] and line.split()[-1] == "ok"
