@@ -319,3 +319,17 @@ def test_hidra_plugins_lists_the_pilatus_source() -> None:
     out = subprocess.run([sys.executable, "-m", "hidra_core", "plugins"], capture_output=True, text=True, timeout=60)
     line = next(line for line in out.stdout.splitlines() if " pilatus " in line)
     assert line.split()[:3] == ["hidra.event_sources", "pilatus", "hidra-pilatus"] and line.split()[-1] == "ok"
+
+
+def test_a_large_batch_is_handed_over_in_parts_and_nothing_is_lost(src: Path, open_source: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import hidra_pilatus.source
+
+    names = [f"many_{n:05d}.cbf" for n in range(1, 6)]
+    for name in names:
+        (src / name).write_bytes(image_bytes(HEADER, SHAPE))
+    monkeypatch.setattr(hidra_pilatus.source, "POLL_BUDGET_S", 0.0)  # NOTE: every poll's budget is spent at once
+    source = open_source()
+    batches = [source.poll(50) for _ in names]
+    assert [len(batch) for batch in batches] == [1] * len(names)  # in the scan's (directory) order
+    assert sorted((e.filename, e.metadata["frame"]) for (e,) in batches) == [(n, int(n[5:10])) for n in names]
