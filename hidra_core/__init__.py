@@ -4,7 +4,7 @@ Plugins import only from here (and ``hidra_core.testing`` in their tests), never
 the kernel's internal layout can change without breaking them.
 """
 from hidra_core._version import __version__
-from hidra_core.config import load_model
+from hidra_core.config import DriverChoice, load_model
 from hidra_core.errors import ConfigError, DriverLoadFailure, HidraError, PathRefused, ProtocolError
 from hidra_core.host.kernel import create_driver
 from hidra_core.host.plugins import PluginHost
@@ -19,8 +19,8 @@ from hidra_core.types import (FILE, FRAME, KINDS, PULSE, SERIES_END, SERIES_STAR
 
 __all__ = [
     "FILE", "FRAME", "KINDS", "PULSE", "SERIES_END", "SERIES_START",
-    "ConfigError", "DriverLoadFailure", "EmptyConfig", "EventSource", "Fetcher", "FileEvent", "FileStat",
-    "HidraError", "PathRefused", "PluginHost", "PluginStatus", "ProtocolError", "SafeTree", "SourceChanged",
+    "ConfigError", "DriverChoice", "DriverLoadFailure", "EmptyConfig", "EventSource", "Fetcher", "FileEvent",
+    "FileStat", "HidraError", "PathRefused", "PluginHost", "PluginStatus", "ProtocolError", "SafeTree", "SourceChanged",
     "Transport", "WriteTarget", "Writer",
     "__version__", "connect_stream", "create_driver", "file_id_of", "hookimpl", "hookspec", "load_model",
     "payload_size", "receive_batch", "split_checked", "supervise",

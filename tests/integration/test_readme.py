@@ -277,3 +277,44 @@ def test_databuffer_example_writes_a_pulse_range_as_typed(tmp_path: Path) -> Non
                             f" {rest} --output_port {output} {_port_sets(*hidra)} &")
     printed = _run_example(tmp_path, script)
     assert printed[-1].endswith("(101,)"), printed
+
+
+def test_pilatus_example_streams_images_with_their_header_as_typed(tmp_path: Path) -> None:
+    """The PILATUS section as typed: its YAML file, its shell lines (`hidra up`, the camserver simulator, the wait,
+    `ls`) and, started once the sender is up, its client, which prints each image's header values."""
+    import os
+    import threading
+
+    ports = _free_ports(5)
+    com = ports[3]
+    (tmp_path / "pilatus.yaml").write_text(_block("yaml", "type: pilatus"))
+    script = _block("sh", "hidra-pilatus-sim").replace(
+        "hidra up --config pilatus.yaml", f"hidra up --config pilatus.yaml {_port_sets(*ports)}")
+    ready = tmp_path / "client-registered"
+    helper = tmp_path / "wait_client.sh"
+    helper.write_text(f"wait_client() {{ for i in $(seq 600); do test -f {ready} && return 0; sleep 0.1; done;"
+                      " return 1; }\n")
+    script = script.replace(".venv/bin/hidra-pilatus-sim", "wait_client; .venv/bin/hidra-pilatus-sim", 1)
+    printed: list[str] = []
+    example = threading.Thread(target=lambda: printed.extend(_run_example(
+        tmp_path, script, {**os.environ, "BASH_ENV": str(helper)})), daemon=True)
+    example.start()
+    log = tmp_path / "example.log"
+    wait_until(lambda: log.exists() and "hidra sender ready" in log.read_text(errors="replace"), 60,
+               "the sender of the example")
+    client = _python(_block("python", "m[\"exposure_time_s\"]").replace("localhost:50000", f"localhost:{com}"),
+                     tmp_path)
+    try:
+        def registered() -> bool:
+            out = subprocess.run([sys.executable, "-m", "hidra_core", "clients", "--com", f"tcp://127.0.0.1:{com}",
+                                  "--json"], capture_output=True, text=True, timeout=30)
+            return out.returncode == 0 and bool(json.loads(out.stdout)["registrations"])
+
+        wait_until(lambda: client.poll() is not None or registered(), 30, "the client's registration")
+        ready.touch()
+        lines = [client.stdout.readline().split() for _ in range(3)] if client.stdout else []
+    finally:
+        _finish(client)
+    example.join(150)
+    assert lines == [[f"img_0000{n}.cbf", str(n), "0.097", "0.978", "1231.5"] for n in (1, 2, 3)], lines
+    assert printed[-3:] == ["img_00001.cbf", "img_00002.cbf", "img_00003.cbf"], printed

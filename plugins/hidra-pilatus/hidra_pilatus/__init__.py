@@ -1,0 +1,1 @@
+"""HiDRA plugin for DECTRIS PILATUS camservers: the ``pilatus`` event source."""
