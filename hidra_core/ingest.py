@@ -155,6 +155,11 @@ class Ingest:
         self._sock.heartbeat_ivl, self._sock.heartbeat_timeout = 1000, 10_000
         self._sock.connect(endpoint)
 
+    @property
+    def acknowledged(self) -> int:
+        """Files the sender accounted for (holds them, or refused them with an error), from the first one on."""
+        return self._acked
+
     # -- files --------------------------------------------------------------------------------------------
 
     def create_file(self, name: str) -> None:

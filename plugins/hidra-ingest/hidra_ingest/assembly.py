@@ -74,12 +74,13 @@ class Assembler:
             producer.name = msg.fields["producer"]
             if producer.open is not None:
                 self.discard(producer, f"file {seq} was started while it was open")
-            partial = self._start(producer, seq, msg.fields["name"])
+            started = self._start(producer, seq, msg.fields["name"])
             if op == ingest.CREATE:
-                producer.open = partial
+                log.debug("zmq_ingest: file %d %r of producer %s started", seq, started.name, producer.name)
+                producer.open = started
                 return None
-            self._append(partial, msg.fields.get("offset", 0), msg.data)
-            return self._complete(producer, partial)
+            self._append(started, 0, msg.data)
+            return self._complete(producer, started)
         if op not in (ingest.WRITE, ingest.CLOSE, ingest.ABORT):
             raise _Refused(f"op {op!r} is not for a source")
         partial = producer.open

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 __all__ = ["IngestConfig", "IngestSource"]
 
 BATCH_MESSAGES = 1024
-BATCH_BYTES = 64 << 20
+#: bytes taken per poll: beyond sender.hold.max_bytes, what the source may hold while the hold is full
+BATCH_BYTES = 16 << 20
 #: after a connection dropped, producers with an open file are probed this long (the socket forgets a dead peer
 #: a moment after the monitor reported it)
 _PROBE_S = 2.0

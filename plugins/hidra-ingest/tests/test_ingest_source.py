@@ -122,6 +122,7 @@ def _exchange(source: Any, raw: zmq.Socket, frames: list[bytes]) -> tuple[list[A
         return None
 
     reply = wait_until(answered, 10, what="the source's reply", interval_s=0)
+    assert reply is not None
     return events, reply
 
 
