@@ -22,7 +22,8 @@ from hidra_core.types import (FILE, FRAME, KINDS, PULSE, SERIES_END, SERIES_STAR
 __all__ = [
     "FILE", "FRAME", "KINDS", "PULSE", "SERIES_END", "SERIES_START",
     "ConfigError", "DriverLoadFailure", "EmptyConfig", "EventSource", "Fetcher", "FileEvent", "FileStat",
-    "HidraError", "Ingest", "IngestError", "PathRefused", "PluginHost", "PluginStatus", "ProtocolError", "SafeTree", "SourceChanged",
+    "HidraError", "Ingest", "IngestError", "PathRefused", "PluginHost", "PluginStatus", "ProtocolError", "SafeTree",
+    "SourceChanged",
     "Transport", "WriteTarget", "Writer",
     "__version__", "connect_stream", "create_driver", "file_id_of", "hookimpl", "hookspec", "ingest", "load_model",
     "payload_size", "receive_batch", "split_checked", "supervise",

@@ -50,7 +50,7 @@ class IngestConfig(BaseModel):
     abandon_after_s: float = Field(60.0, gt=0, description=(
         "a producer's open file is discarded when nothing arrived from it for this long (a dead producer whose"
         " connection dropped is noticed at once)"))
-    rcvhwm: int = Field(8, gt=0, description=(
+    rcvhwm: int = Field(4, gt=0, description=(
         "messages ZeroMQ queues per producer before the producer's sends block; outside sender.hold.max_bytes"))
 
 
