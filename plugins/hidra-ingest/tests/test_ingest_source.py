@@ -230,3 +230,40 @@ def test_producer_that_disconnects_mid_file_leaves_nothing(source: Any, zmq_cont
     wait_until(lambda: source.poll(20) == [] and source.stats["abandoned"] == 1, 10,
                what="the partial file to be discarded", interval_s=0)
     assert source.open_files == []
+
+
+def test_file_in_one_message_is_passed_on_without_a_copy(source: Any, raw: zmq.Socket) -> None:
+    raw.send_multipart([_header("file", file=1, name="zero-copy", producer="p"), b"z" * 500], copy=False)
+    [event] = collect_events(source, ["zero-copy"], 10)
+    assert isinstance(event.payload, memoryview) and isinstance(event.payload.obj, zmq.Frame)
+
+
+def test_hidra_plugins_lists_the_source() -> None:
+    import subprocess
+    import sys
+
+    listing = subprocess.run([sys.executable, "-m", "hidra_core", "plugins"], capture_output=True, text=True,
+                             timeout=60).stdout
+    assert any(line.split()[:3] == ["hidra.event_sources", "zmq_ingest", "hidra-ingest"] and line.split()[-1] == "ok"
+               for line in listing.splitlines()), listing
+
+
+def test_open_file_of_a_producer_that_goes_quiet_is_discarded_after_abandon_after_s(zmq_context: zmq.Context) -> None:
+    from hidra_core import create_driver
+
+    quiet = create_driver("event source", "zmq_ingest", {"endpoint": _endpoint(), "abandon_after_s": 0.2},
+                          "<test>", "sender.source.zmq_ingest")
+    quiet.open(zmq_context)
+    sock = zmq_context.socket(zmq.DEALER)
+    sock.linger = 0
+    try:
+        sock.connect(quiet.endpoint)
+        sock.send_multipart([_header("create", file=1, name="stalled", producer="p")])
+        wait_until(lambda: quiet.poll(20) == [] and quiet.stats["abandoned"] == 1, 10,
+                   what="the quiet producer's file to be discarded", interval_s=0)
+        errors = [json.loads(m) for m in iter(lambda: sock.recv() if sock.poll(1000) else None, None)
+                  if json.loads(m)["op"] == "error"]
+        assert "'stalled' discarded: nothing arrived for 0.2 s (abandon_after_s)" in errors[0]["error"]
+    finally:
+        sock.close()
+        quiet.close()
