@@ -41,10 +41,12 @@ class _Refused(HidraError):
 
 
 class Assembler:
-    def __init__(self, source_path: str, max_file_bytes: int, max_open_files: int) -> None:
+    def __init__(self, source_path: str, max_file_bytes: int, max_open_files: int, max_open_bytes: int) -> None:
         self.source_path = source_path
         self.max_file_bytes = max_file_bytes
         self.max_open_files = max_open_files
+        self.max_open_bytes = max_open_bytes
+        self.open_bytes = 0  # bytes of every producer's open file together
         self.producers: dict[bytes, Producer] = {}
         self.outbox: list[tuple[bytes, bytes]] = []
         self.stats = {"files": 0, "bytes": 0, "refused": 0, "malformed": 0, "abandoned": 0, "replies_dropped": 0}
@@ -91,12 +93,13 @@ class Assembler:
         if op == ingest.WRITE:
             self._append(partial, msg.fields["offset"], msg.data)
             return None
-        producer.open = None
         if op == ingest.ABORT:
+            self._forget(producer)
             producer.done = max(producer.done, seq)
             return None
         if msg.fields["size"] != partial.size:
             raise _Refused(f"{partial.name!r}: closed with size {msg.fields['size']}, {partial.size} bytes arrived")
+        producer.open = None
         return self._complete(producer, partial)
 
     def _start(self, producer: Producer, seq: int, name: str) -> _Partial:
@@ -114,10 +117,15 @@ class Assembler:
             raise _Refused(f"{partial.name!r}: data at offset {offset}, but {partial.size} bytes arrived (lost data)")
         if partial.size + size > self.max_file_bytes:
             raise _Refused(f"{partial.name!r} exceeds max_file_bytes ({self.max_file_bytes})")
+        if self.open_bytes + size > self.max_open_bytes:
+            raise _Refused(f"{partial.name!r}: the files being assembled hold {self.open_bytes} bytes already"
+                           f" (max_open_bytes {self.max_open_bytes})")
         partial.parts.append(data)
         partial.size += size
+        self.open_bytes += size
 
     def _complete(self, producer: Producer, partial: _Partial) -> FileEvent:
+        self.open_bytes -= partial.size
         parts = partial.parts
         # NOTE: one message is passed on as it arrived (zero-copy); pieces are joined once
         payload = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -132,10 +140,15 @@ class Assembler:
         self.stats["refused"] += 1
         log.warning("zmq_ingest: refused file %d of producer %s: %s", seq, producer.name, why)
         if producer.open is not None and producer.open.seq == seq:
-            producer.open = None
+            self._forget(producer)
         producer.refused = seq
         producer.done = max(producer.done, seq)
         self._reply(producer, ingest.encode(ingest.ERROR, file=seq, error=why))
+
+    def _forget(self, producer: Producer) -> None:
+        if producer.open is not None:
+            self.open_bytes -= producer.open.size
+            producer.open = None
 
     def _reply(self, producer: Producer, header: bytes) -> None:
         self.outbox.append((producer.rid, header))
@@ -145,7 +158,7 @@ class Assembler:
         partial = producer.open
         if partial is None:
             return
-        producer.open = None
+        self._forget(producer)
         producer.refused = partial.seq
         producer.done = max(producer.done, partial.seq)
         self.stats["abandoned"] += 1

@@ -46,7 +46,10 @@ class IngestConfig(BaseModel):
     max_file_bytes: int = Field(1 << 30, gt=0, description=(
         "largest file a producer may send; a larger one is refused with an error to the producer"))
     max_open_files: int = Field(64, gt=0, description=(
-        "files being assembled at once (one per producer); memory is bounded by max_open_files x max_file_bytes"))
+        "files being assembled at once (one per producer); a further one is refused with an error to its producer"))
+    max_open_bytes: int = Field(2 << 30, gt=0, description=(
+        "bytes of all files being assembled together (sent in pieces, not yet closed); a write past it refuses its"
+        " file with an error to the producer. Whole files in one message go straight to sender.hold"))
     abandon_after_s: float = Field(60.0, gt=0, description=(
         "a producer's open file is discarded when nothing arrived from it for this long (a dead producer whose"
         " connection dropped is noticed at once)"))
@@ -61,7 +64,7 @@ class IngestSource(EventSource):
 
     def __init__(self, config: IngestConfig) -> None:
         super().__init__(config)
-        self._asm = Assembler(config.endpoint, config.max_file_bytes, config.max_open_files)
+        self._asm = Assembler(config.endpoint, config.max_file_bytes, config.max_open_files, config.max_open_bytes)
         self._sock: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None
         self._probe_until = 0.0

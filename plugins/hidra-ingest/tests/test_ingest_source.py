@@ -46,7 +46,8 @@ def source(zmq_context: zmq.Context) -> Iterator[Any]:
     from hidra_core import create_driver
 
     made = create_driver("event source", "zmq_ingest", {"endpoint": _endpoint(), "max_file_bytes": 1000,
-                                                        "max_open_files": 2, "abandon_after_s": 600},
+                                                        "max_open_files": 2, "max_open_bytes": 1500,
+                                                        "abandon_after_s": 600},
                          "<test>", "sender.source.zmq_ingest")
     made.open(zmq_context)
     yield made
@@ -267,3 +268,27 @@ def test_open_file_of_a_producer_that_goes_quiet_is_discarded_after_abandon_afte
     finally:
         sock.close()
         quiet.close()
+
+
+def test_open_files_together_are_bounded_by_max_open_bytes_and_refusals_free_their_bytes(
+        source: Any, zmq_context: zmq.Context, raw: zmq.Socket) -> None:
+    other = zmq_context.socket(zmq.DEALER)
+    other.linger = 0
+    other.connect(source.endpoint)
+    try:
+        other.send_multipart([_header("create", file=1, name="first", producer="q")])
+        other.send_multipart([_header("write", file=1, offset=0), b"a" * 800])
+        wait_until(lambda: source.poll(20) == [] and source.open_files == ["first"], 10, what="the first file",
+                   interval_s=0)
+        raw.send_multipart([_header("create", file=1, name="second", producer="p")])
+        _, reply = _exchange(source, raw, [_header("write", file=1, offset=0), b"b" * 800])
+        assert "'second': the files being assembled hold 800 bytes already (max_open_bytes 1500)" in reply["error"]
+        _, reply = _exchange(source, other, [_header("close", file=1, size=799)])
+        assert "'first': closed with size 799, 800 bytes arrived" in reply["error"]
+        raw.send_multipart([_header("create", file=2, name="third", producer="p")])
+        raw.send_multipart([_header("write", file=2, offset=0), b"c" * 800])
+        raw.send_multipart([_header("close", file=2, size=800)])
+        [event] = collect_events(source, ["third"], 10)
+        assert bytes(event.payload) == b"c" * 800
+    finally:
+        other.close()
