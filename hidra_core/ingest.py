@@ -43,7 +43,7 @@ from typing import Any
 
 import zmq
 
-from hidra_core.errors import HidraError, ProtocolError
+from hidra_core.errors import HidraError, PathRefused, ProtocolError
 from hidra_core.paths import split_checked
 
 __all__ = ["CREATE", "VERSION", "Ingest", "IngestError", "IngestMessage", "decode", "encode", "split_name"]
@@ -119,6 +119,8 @@ def decode(frames: list[Any]) -> IngestMessage:
 
 def split_name(name: str) -> tuple[str, str]:
     """``(relative_path, filename)`` of a producer's file name; ``PathRefused`` names what is wrong."""
+    if name.startswith("/"):  # NOTE: "/x" would split into "" and "x", which alone pass the check
+        raise PathRefused(f"name {name!r} is absolute")
     relative_path, _, filename = name.rpartition("/")
     split_checked(relative_path, filename)
     return relative_path, filename

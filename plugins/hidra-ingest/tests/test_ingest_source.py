@@ -292,3 +292,14 @@ def test_open_files_together_are_bounded_by_max_open_bytes_and_refusals_free_the
         assert bytes(event.payload) == b"c" * 800
     finally:
         other.close()
+
+
+def test_client_misuse_is_an_ingest_error_naming_what_to_do_first() -> None:
+    producer = Ingest(_endpoint(), timeout_s=0.2)
+    try:
+        with pytest.raises(IngestError, match=r"write\(\) without an open file: create_file\(\) first"):
+            producer.write(b"x")
+        with pytest.raises(IngestError, match=r"close_file\(\) without an open file"):
+            producer.close_file()
+    finally:
+        producer.close()
