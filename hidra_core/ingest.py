@@ -22,9 +22,12 @@ producer's file number (an int that grows by one per file). Producer to source:
 - ``{"v": 1, "op": "abort", "file": N}``: forget file N
 - ``{"v": 1, "op": "file", "file": N, "name": "dir/name", "producer": "host:pid"}`` + one data frame: a whole file
 
-Source to producer: ``{"v": 1, "op": "ack", "upto": N}`` (every file up to N is accounted for: held by the sender,
-or refused with an error before), ``{"v": 1, "op": "error", "file": N, "error": "why"}`` (file N is refused),
-``{"v": 1, "op": "ping"}`` (ignored; the source checks that the producer is still connected).
+Source to producer: ``{"v": 1, "op": "ack", "upto": N, "first": F}`` (every file up to N is accounted for: held by
+the sender, or refused with an error before; F is the first file the source saw from this producer: files below it
+that were never acknowledged never reached it), ``{"v": 1, "op": "error", "file": N, "error": "why"}`` (file N is
+refused),
+``{"v": 1, "op": "ping"}`` (ignored; the source checks that the producer is still
+connected).
 
 A producer has at most one file open; names are relative ``/``-separated paths checked like every name the
 receiver takes (``hidra_core.paths.split_checked``). Offsets and sizes let the source refuse a file whose bytes
@@ -150,7 +153,9 @@ class Ingest:
         self._sock.linger = 0
         self._sock.sndhwm = hwm
         self._sock.rcvhwm = 0  # NOTE: acks and errors are small and must never be dropped
-        self._sock.immediate = True  # NOTE: no queueing before the connection is up: an unreachable source times out
+        # NOTE: not ZMQ_IMMEDIATE: that drops what is queued when a connection drops; queued messages go out after
+        # the reconnect instead (a message lost mid-write shows as a gap the source reports), and an unreachable
+        # source fills the high-water mark, then a send or the wait for acknowledgements times out
         self._sock.sndtimeo = -1 if timeout_s is None else int(timeout_s * 1000)
         # NOTE: a fixed routing id survives a reconnect, so the source can tell it is the same producer
         self._sock.routing_id = uuid.uuid4().bytes
@@ -259,9 +264,15 @@ class Ingest:
                 log.warning("%s: unreadable reply: %s", self.endpoint, exc)
                 continue
             if reply.op == ACK:
-                self._acked = max(self._acked, reply.fields["upto"])
+                self._acknowledged(reply.fields["upto"], reply.fields.get("first"))
             elif reply.op == ERROR:
                 self._errors.append(reply.fields["error"])
+
+    def _acknowledged(self, upto: int, first: Any) -> None:
+        if isinstance(first, int) and first > self._acked + 1:
+            # NOTE: the source never saw these files (a sender restarted while they were on the way)
+            self._errors.append(f"files {self._acked + 1} to {first - 1} never reached the sender (restarted?)")
+        self._acked = max(self._acked, upto)
 
     def _raise_errors(self) -> None:
         self._take_replies(0)

@@ -34,6 +34,8 @@ class Producer:
     refused: int = 0  # the file whose further writes are ignored (its error was sent)
     done: int = 0  # every file up to this one is accounted for (held by the sender, or refused)
     acked: int = 0  # the last ``done`` sent to the producer
+    first: int = 0  # the first file number this source saw from it (the producer checks it against its own)
+    last_file: int = 0  # the highest file number seen
 
 
 class _Refused(HidraError):
@@ -49,7 +51,8 @@ class Assembler:
         self.open_bytes = 0  # bytes of every producer's open file together
         self.producers: dict[bytes, Producer] = {}
         self.outbox: list[tuple[bytes, bytes]] = []
-        self.stats = {"files": 0, "bytes": 0, "refused": 0, "malformed": 0, "abandoned": 0, "replies_dropped": 0}
+        self.stats = {"files": 0, "bytes": 0, "refused": 0, "malformed": 0, "abandoned": 0, "lost": 0,
+                      "replies_dropped": 0}
 
     def handle(self, rid: bytes, frames: list[Any], now: float) -> FileEvent | None:
         """One message of producer ``rid``: the complete file's event, if this message completed one."""
@@ -74,6 +77,7 @@ class Assembler:
         op, seq = msg.op, msg.file
         if op in (ingest.CREATE, ingest.FILE):
             producer.name = msg.fields["producer"]
+            self._check_sequence(producer, seq)
             if producer.open is not None:
                 self.discard(producer, f"file {seq} was started while it was open")
             started = self._start(producer, seq, msg.fields["name"])
@@ -101,6 +105,18 @@ class Assembler:
             raise _Refused(f"{partial.name!r}: closed with size {msg.fields['size']}, {partial.size} bytes arrived")
         producer.open = None
         return self._complete(producer, partial)
+
+    def _check_sequence(self, producer: Producer, seq: int) -> None:
+        """Files are numbered without gaps: a gap is files lost with a dropped connection, which must not pass
+        for acknowledged."""
+        if not producer.first:
+            producer.first = seq
+        elif seq > producer.last_file + 1:
+            self.stats["lost"] += 1
+            why = f"files {producer.last_file + 1} to {seq - 1} never arrived (lost with a dropped connection)"
+            log.warning("zmq_ingest: producer %s: %s", producer.name, why)
+            self._reply(producer, ingest.encode(ingest.ERROR, file=producer.last_file + 1, error=why))
+        producer.last_file = max(producer.last_file, seq)
 
     def _start(self, producer: Producer, seq: int, name: str) -> _Partial:
         try:

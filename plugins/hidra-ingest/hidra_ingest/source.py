@@ -77,7 +77,8 @@ class IngestSource(EventSource):
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: files, bytes, refused, malformed, abandoned, replies_dropped."""
+        """Counters: files, bytes, refused, malformed, abandoned, lost (gaps in a producer's files),
+        replies_dropped."""
         return self._asm.stats
 
     @property
@@ -94,12 +95,12 @@ class IngestSource(EventSource):
         sock.heartbeat_ivl, sock.heartbeat_timeout = 1000, 10_000
         monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         try:
-            sock.bind(self.config.endpoint)
+            sock.bind(self.endpoint)  # NOTE: after a restart, the port that port 0 got the first time
         except zmq.ZMQError as exc:
             sock.disable_monitor()
             monitor.close()
             sock.close()
-            raise ValueError(f"zmq_ingest: cannot bind {self.config.endpoint!r}: {exc}") from None
+            raise ValueError(f"zmq_ingest: cannot bind {self.endpoint!r}: {exc}") from None
         self._sock, self._monitor = sock, monitor
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         log.info("zmq_ingest: listening on %s", self.endpoint)
@@ -146,7 +147,7 @@ class IngestSource(EventSource):
     def _send_acks(self) -> None:
         for producer in self._asm.producers.values():
             if producer.done > producer.acked:
-                if self._send(producer.rid, ingest.encode(ingest.ACK, upto=producer.done)):
+                if self._send(producer.rid, ingest.encode(ingest.ACK, upto=producer.done, first=producer.first)):
                     producer.acked = producer.done
 
     def _watch_peers(self) -> None:

@@ -213,8 +213,9 @@ def test_producer_without_a_sender_times_out_naming_the_endpoint() -> None:
     endpoint = _endpoint()
     producer = Ingest(endpoint, timeout_s=0.2)
     try:
-        with pytest.raises(IngestError, match=f"{endpoint}: could not send within 0.2 s"):
-            producer.send_file("a", b"x")
+        producer.send_file("a", b"x")
+        with pytest.raises(IngestError, match=f"{endpoint}: no acknowledgement of file 1 within 0.2 s"):
+            producer.flush()
     finally:
         producer._sock.close(linger=0)
 
@@ -303,3 +304,44 @@ def test_client_misuse_is_an_ingest_error_naming_what_to_do_first() -> None:
             producer.close_file()
     finally:
         producer.close()
+
+
+def test_a_gap_in_a_producers_file_numbers_is_reported_as_lost_files(source: Any, raw: zmq.Socket) -> None:
+    raw.send_multipart([_header("file", file=1, name="one", producer="p"), b"1"])
+    events, reply = _exchange(source, raw, [_header("file", file=4, name="four", producer="p"), b"4"])
+    assert "files 2 to 3 never arrived" in reply["error"] and source.stats["lost"] == 1
+    assert [e.file_id for e in events] == ["one", "four"]
+
+
+def test_files_lost_with_a_restarted_source_are_an_error_not_an_acknowledgement(zmq_context: zmq.Context) -> None:
+    from hidra_core import create_driver
+
+    endpoint = _endpoint()
+
+    def started() -> Any:
+        made = create_driver("event source", "zmq_ingest", {"endpoint": endpoint}, "<test>", "sender.source.zmq_ingest")
+        made.open(zmq_context)
+        return made
+
+    first = started()
+    producer = Ingest(endpoint, timeout_s=10)
+    try:
+        producer.send_file("a", b"1")
+        collect_events(first, ["a"], 10)
+        wait_until(lambda: first.poll(0) == [] and producer.flush() is None and producer.acknowledged == 1, 10,
+                   what="the acknowledgement of the first file")
+        producer.send_file("b", b"2")
+        producer.send_file("c", b"3")
+        collect_events(first, ["b", "c"], 10)  # NOTE: taken, then lost with the source before acknowledged
+        first.close()
+        second = started()
+        try:
+            producer.send_file("d", b"4")
+            collect_events(second, ["d"], 10)
+            second.poll(0)  # acknowledges d
+            with pytest.raises(IngestError, match="files 2 to 3 never reached the sender"):
+                producer.flush()
+        finally:
+            second.close()
+    finally:
+        producer._sock.close(linger=0)
