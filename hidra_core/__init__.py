@@ -9,6 +9,8 @@ from hidra_core.errors import ConfigError, DriverLoadFailure, HidraError, PathRe
 from hidra_core.host.kernel import create_driver
 from hidra_core.host.plugins import PluginHost
 from hidra_core.host.supervise import supervise
+from hidra_core import ingest
+from hidra_core.ingest import Ingest, IngestError
 from hidra_core.interfaces import (EmptyConfig, EventSource, Fetcher, FileStat, SourceChanged, Transport, Writer,
                                    WriteTarget)
 from hidra_core.markers import hookimpl, hookspec
@@ -20,8 +22,9 @@ from hidra_core.types import (FILE, FRAME, KINDS, PULSE, SERIES_END, SERIES_STAR
 __all__ = [
     "FILE", "FRAME", "KINDS", "PULSE", "SERIES_END", "SERIES_START",
     "ConfigError", "DriverChoice", "DriverLoadFailure", "EmptyConfig", "EventSource", "Fetcher", "FileEvent",
-    "FileStat", "HidraError", "PathRefused", "PluginHost", "PluginStatus", "ProtocolError", "SafeTree", "SourceChanged",
+    "FileStat", "HidraError", "Ingest", "IngestError", "PathRefused", "PluginHost", "PluginStatus", "ProtocolError",
+    "SafeTree", "SourceChanged",
     "Transport", "WriteTarget", "Writer",
-    "__version__", "connect_stream", "create_driver", "file_id_of", "hookimpl", "hookspec", "load_model",
+    "__version__", "connect_stream", "create_driver", "file_id_of", "hookimpl", "hookspec", "ingest", "load_model",
     "payload_size", "receive_batch", "split_checked", "supervise",
 ]

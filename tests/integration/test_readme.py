@@ -318,3 +318,41 @@ def test_pilatus_example_streams_images_with_their_header_as_typed(tmp_path: Pat
     example.join(150)
     assert lines == [[f"img_0000{n}.cbf", str(n), "0.097", "0.978", "1231.5"] for n in (1, 2, 3)], lines
     assert printed[-3:] == ["img_00001.cbf", "img_00002.cbf", "img_00003.cbf"], printed
+
+def test_ingest_example_stores_the_producers_files_as_typed(tmp_path: Path) -> None:
+    """The ZeroMQ ingest section as typed: its YAML file, `hidra up` with it, then the Python producer."""
+    ingest, *hidra = _free_ports(6)
+    (tmp_path / "ingest.yaml").write_text(_block("yaml", "type: zmq_ingest").replace("50300", str(ingest)))
+    line = _block("sh", "hidra up --config ingest.yaml").strip()
+    argv = [*_hidra_argv(line.replace("&", "")), *_port_sets(*hidra).split()]
+    log = open(tmp_path / "up.log", "wb")
+    up = subprocess.Popen(argv, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def ready() -> bool:
+            assert up.poll() is None, (tmp_path / "up.log").read_text()
+            text = (tmp_path / "up.log").read_text(errors="replace")
+            return "hidra sender ready" in text and "hidra receiver ready" in text
+
+        wait_until(ready, 60, "the ready lines of `hidra up`")
+        producer = _python(_block("python", "from hidra_core.ingest import Ingest").replace("50300", str(ingest)),
+                           tmp_path)
+        assert producer.wait(60) == 0, _finish(producer)
+        _finish(producer)
+        target = tmp_path / "hidra-data" / "target" / "run1"
+        expected = {f"frame_{n:05d}.raw": bytes([n]) * 1_000_000 for n in range(10)}
+        expected["summary.txt"] = b"10 frames\ndone\n"
+
+        def stored() -> bool:
+            return all((target / name).is_file() and (target / name).read_bytes() == data
+                       for name, data in expected.items())
+
+        wait_until(stored, 60, "the producer's files in hidra-data/target/run1")
+    finally:
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(30)
+        finally:
+            if up.poll() is None:
+                up.kill()
+                up.wait()
+            log.close()

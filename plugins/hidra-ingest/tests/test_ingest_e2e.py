@@ -1,0 +1,121 @@
+"""Ingest end to end: producer processes (``hidra_core.ingest.Ingest``) -> ``hidra sender`` (``zmq_ingest``) ->
+``hidra receiver`` (``files``), every file read back from the target and compared."""
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from integration.hidra_proc import Hidra, receiver_overrides, tree, wait_until
+from ingest_support import content, listening, name_of, producer, size_of
+
+pytestmark = pytest.mark.integration
+
+
+class Rig:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.target = base / "target"
+        self.target.mkdir()
+        self.procs: list[Hidra] = []
+        self.producers: list[subprocess.Popen[str]] = []
+        self.receiver = self._start("receiver", receiver_overrides(self.target))
+        data, confirmations, _status = self.receiver.endpoints()
+        self.sender: Hidra | None = None
+        self.storage = [f"sender.storage.data={data}", f"sender.storage.confirmations={confirmations}"]
+
+    def _start(self, role: str, overrides: list[str]) -> Hidra:
+        proc = Hidra(role, self.base / f"{role}.log", overrides)
+        self.procs.append(proc)
+        proc.wait_ready()
+        return proc
+
+    def start_sender(self, *extra: str) -> str:
+        """Start the sender; the endpoint its ingest source listens on."""
+        self.sender = self._start("sender", [
+            "sender.source.type=zmq_ingest", "sender.source.zmq_ingest.endpoint=tcp://127.0.0.1:0", *self.storage,
+            f"sender.ledger.path={self.base / 'ledger.sqlite'}", "sender.clients.com=tcp://127.0.0.1:0",
+            "sender.clients.request=tcp://127.0.0.1:0", *extra])
+        return listening(self.sender.text())
+
+    def produce(self, endpoint: str, *args: object) -> subprocess.Popen[str]:
+        proc = producer(endpoint, *args)
+        self.producers.append(proc)
+        return proc
+
+    def stored(self, prefix: str, count: int, size: int) -> list[str]:
+        """Names of the first ``count`` files of a producer that are missing or differ in the target."""
+        bad = []
+        for i in range(count):
+            name = name_of(prefix, i)
+            path = self.target / name
+            if not path.is_file() or path.read_bytes() != content(name, size_of(i, size)):
+                bad.append(name)
+        return bad
+
+    def close(self) -> None:
+        for proc in self.producers:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+        for hidra in self.procs:
+            hidra.signal(signal.SIGCONT)
+            hidra.kill()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    made = Rig(tmp_path)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def _output(proc: subprocess.Popen[str], timeout: float = 120) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    return out
+
+
+def test_thousand_files_from_four_producer_processes_are_stored_byte_identical(rig: Rig) -> None:
+    endpoint = rig.start_sender()
+    producers = [rig.produce(endpoint, "files", f"daq{n}", 250, 4096) for n in range(4)]
+    assert [_output(p).split()[:2] for p in producers] == [["done", "250"]] * 4
+    wait_until(lambda: len(tree(rig.target)) == 1000, 120, "1,000 files in the target")
+    assert [rig.stored(f"daq{n}", 250, 4096) for n in range(4)] == [[]] * 4
+
+
+def test_producer_killed_mid_file_leaves_nothing_partial_and_the_others_are_stored(rig: Rig) -> None:
+    endpoint = rig.start_sender("log_level=DEBUG")
+    victim = rig.produce(endpoint, "hang", "victim")
+    others = [rig.produce(endpoint, "files", f"daq{n}", 60, 20_000) for n in range(3)]
+    assert victim.stdout is not None and victim.stdout.readline().strip() == "mid-file"
+    assert rig.sender is not None
+    wait_until(lambda: "'victim/partial.bin' of producer victim started" in rig.sender.text(), 30,
+               "the sender to have the partial file")
+    victim.send_signal(signal.SIGKILL)
+    wait_until(lambda: "discarded the partial file 'victim/partial.bin'" in rig.sender.text(), 30,
+               "the partial file to be discarded")
+    assert [_output(p).split()[:2] for p in others] == [["done", "60"]] * 3
+    wait_until(lambda: len(tree(rig.target)) == 181, 60, "the others' files and victim/before.bin")
+    assert [rig.stored(f"daq{n}", 60, 20_000) for n in range(3)] == [[]] * 3
+    assert sorted(p.name for p in (rig.target / "victim").iterdir()) == ["before.bin"]
+
+
+def test_stopped_receiver_blocks_the_producers_and_everything_arrives_after_it_resumes(rig: Rig) -> None:
+    endpoint = rig.start_sender("sender.hold.max_bytes=2097152")
+    rig.receiver.signal(signal.SIGSTOP)
+    # NOTE: 100 MiB cannot fit in the hold (2 MiB) and the ZeroMQ and TCP buffers between: this one must block
+    patient = rig.produce(endpoint, "files", "patient", 400, 256 * 1024)
+    hasty = rig.produce(endpoint, "files", "hasty", 400, 256 * 1024, 2)
+    blocked = _output(hasty).split()
+    assert blocked[0] == "blocked" and "within 2.0 s" in " ".join(blocked), blocked
+    assert patient.poll() is None, "a producer finished 100 MiB while storage was stopped"
+    rig.receiver.signal(signal.SIGCONT)
+    assert _output(patient).split()[:2] == ["done", "400"]
+    acknowledged = int(blocked[1])
+    wait_until(lambda: not rig.stored("patient", 400, 256 * 1024) and not rig.stored("hasty", acknowledged, 256 * 1024),
+               120, "every file of the patient producer and every acknowledged one of the hasty one")
