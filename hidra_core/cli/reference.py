@@ -20,7 +20,8 @@ __all__ = ["FIRST_PARTY", "render"]
 #: distributions whose drivers the committed reference (docs/config-reference.md) documents
 # NOTE: an explicit list, not "whatever is installed": the committed file must not change with the contrib
 # examples, the fake distributions on the test path or a user's own plugins being importable.
-FIRST_PARTY = ("hidra-databuffer", "hidra-eiger", "hidra-files", "hidra-hdf5", "hidra-inotify", "hidra-zmq")
+FIRST_PARTY = ("hidra-databuffer", "hidra-eiger", "hidra-files", "hidra-hdf5", "hidra-inotify", "hidra-watchdog",
+               "hidra-zmq")
 
 _ROLE_SECTIONS = {
     "event source": ("Event source", ("sender.source.{}",)),

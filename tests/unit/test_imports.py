@@ -12,7 +12,7 @@ import pytest
 import hidra_core
 
 KERNEL_DIR = Path(hidra_core.__file__).parent
-PLUGIN_PACKAGES = ("hidra_inotify", "hidra_files", "hidra_zmq", "hidra_eiger")
+PLUGIN_PACKAGES = ("hidra_inotify", "hidra_files", "hidra_zmq", "hidra_eiger", "hidra_watchdog")
 HEAVY = ("inotify_simple", "h5py", "hdf5plugin", "bsread", "cbor2", "requests", "httpx", "fastapi", "uvicorn",
          "watchdog", "bitshuffle", *PLUGIN_PACKAGES)
 MODULES = ["hidra_core", "hidra_core.config", "hidra_core.host.plugins", "hidra_core.host.drivers",

@@ -154,3 +154,14 @@ def test_a_tree_of_10000_files_at_start_is_reported_in_batches(src: Path, open_s
         batch = source.poll(100)
         assert len(batch) <= 1000
         missing.difference_update(e.file_id for e in batch)
+
+
+def test_hidra_plugins_lists_both_sources_as_loaded() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "hidra_core", "plugins"], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    for name in ("watchdog", "polling"):
+        [line] = [line for line in out.splitlines() if line.split()[:2] == ["hidra.event_sources", name]]
+        assert "hidra-watchdog" in line and line.rstrip().endswith("ok"), line
