@@ -105,7 +105,7 @@ class PollingEventSource(EventSource):
     def open(self, context: object) -> None:
         now = time.monotonic()
         self._last, self._next_check = now, now + self.config.interval_s
-        self._next_sweep = now + self.config.full_scan_s
+        self._next_sweep = now  # NOTE: sweeps run back to back, each paced to last full_scan_s: a steady cost
         self._dirs[""] = _Dir()
         self._changes.add("", True, quiet=not self.config.scan_at_start)
         if not self.config.scan_at_start:
@@ -144,7 +144,7 @@ class PollingEventSource(EventSource):
             if event is not None:
                 self._out.append(event)
         if self._sweep.idle and now >= self._next_sweep and not self._gone:
-            self._next_sweep = now + self.config.full_scan_s
+            self._next_sweep = now  # NOTE: sweeps run back to back, each paced to last full_scan_s: a steady cost
             for rel in self._dirs:
                 self._sweep.add(rel, True)
         if self._tokens >= _SWEEP_SLICE or (self._tokens > 0 and self._sweep.current is not None):
