@@ -91,7 +91,7 @@ def latency(work: str, kind: str, files: int, rate: float) -> tuple[float, float
                 f.write(data)
             closed[name] = time.monotonic()
         deadline = time.monotonic() + 120
-        while len(arrivals.times) < files and time.monotonic() < deadline:
+        while not closed.keys() <= arrivals.times.keys() and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         arrivals.close()

@@ -157,8 +157,10 @@ class PollingEventSource(EventSource):
     def _next_due(self, now: float) -> float:
         if len(self._out) >= _BATCH or not self._changes.idle:
             return now
-        due = [self._next_check, self._next_sweep]
-        if not self._sweep.idle:
+        due = [self._next_check]
+        if self._sweep.idle:
+            due.append(self._next_sweep)
+        else:
             due.append(now + max(0.0, _SWEEP_SLICE - self._tokens) / self._rate())
         settle = self._settler.next_due()
         if settle is not None:
@@ -229,6 +231,7 @@ class PollingEventSource(EventSource):
         except OSError as exc:
             log.debug("not listed: %s", exc)
             return
+        first = d.key is None
         d.key = (st.st_ino, st.st_mtime_ns)  # NOTE: before listing: a change meanwhile is seen at the next check
         files: set[str] = set()
         dirs: set[str] = set()
@@ -249,7 +252,7 @@ class PollingEventSource(EventSource):
         for name in d.subdirs - dirs:
             d.subdirs.discard(name)
             self._forget(f"{rel}/{name}" if rel else name)
-        if changed:
+        if changed and not first:
             # NOTE: a file system with coarse directory times (1 s) shows no new mtime for a second change within
             # the same tick: a directory that changed is listed again at every check for settle_s.
             d.hot_until = time.monotonic() + self.config.settle_s

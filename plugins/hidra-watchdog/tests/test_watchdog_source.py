@@ -120,8 +120,8 @@ def test_a_full_queue_rescans_logs_and_counts_instead_of_losing_events(src: Path
 
 
 def test_a_kernel_queue_overflow_reported_by_watchdog_rescans(src: Path, open_source: Any) -> None:
+    (src / "lost.dat").write_bytes(b"x")  # before the watch and not scanned: as if its event had been dropped
     source = open_source(scan_at_start=False)
-    (src / "lost.dat").write_bytes(b"x")
     # NOTE: what watchdog logs when the kernel dropped events, and the only sign of it it gives
     logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed; filesystem events were lost")
     events = collect_events(source, ["lost.dat"])
@@ -165,3 +165,13 @@ def test_hidra_plugins_lists_both_sources_as_loaded() -> None:
     for name in ("watchdog", "polling"):
         [line] = [line for line in out.splitlines() if line.split()[:2] == ["hidra.event_sources", name]]
         assert "hidra-watchdog" in line and line.rstrip().endswith("ok"), line
+
+
+def test_hostile_names_are_reported_as_the_inotify_source_does(src: Path, open_source: Any) -> None:
+    source = open_source(scan_at_start=False)
+    names = ["new\nline.dat", os.fsdecode(b"bad\xff byte.dat"), "l" * 250 + ".dat"]
+    for name in names:
+        with open(os.path.join(os.fsencode(src), os.fsencode(name)), "wb") as f:
+            f.write(b"x")
+    events = collect_events(source, names)
+    assert {e.filename for e in events} == set(names)  # the sender refuses the undecodable one by name
