@@ -164,3 +164,16 @@ def test_a_tree_of_10000_files_at_start_is_reported_in_batches(src: Path, open_s
 @pytest.mark.slow
 def test_a_tree_of_100000_files_at_start_is_reported_in_batches(src: Path, open_source: Any) -> None:
     _scan_in_slices(open_source(**FAST), _tree(src, 100_000))
+
+
+def test_an_idle_tree_is_not_polled_in_a_busy_loop(src: Path, open_source: Any) -> None:
+    """Once the start-up work is done, a poll with nothing due waits its whole timeout (the source used to spin
+    while a sweep was under way: a full core on an idle tree)."""
+    _tree(src, 2000)
+    source = open_source(scan_at_start=False, interval_s=30, full_scan_s=3600)
+    source.poll(0)  # the first sweep starts: from now on it is paced, one slice per 200 files' worth of time
+    calls, end = 0, time.monotonic() + 1.0
+    while time.monotonic() < end:
+        assert source.poll(100) == []
+        calls += 1
+    assert calls <= 11, f"{calls} polls of 100 ms in one second"
