@@ -356,3 +356,12 @@ def test_ingest_example_stores_the_producers_files_as_typed(tmp_path: Path) -> N
                 up.kill()
                 up.wait()
             log.close()
+
+@pytest.mark.parametrize("config", ["polling.yaml", "watchdog.yaml"])
+def test_watchdog_and_polling_examples_store_a_file_as_typed(tmp_path: Path, config: str) -> None:
+    """The watchdog/polling section as typed, with each of its two configs: `hidra up`, a file, `cmp`."""
+    (tmp_path / config).write_text(_block("yaml", f"# {config}"))
+    script = _block("sh", "hidra up --config polling.yaml")
+    ports = _port_sets(*_free_ports(5))
+    script = script.replace("hidra up --config polling.yaml", f"hidra up --config {config} {ports}")
+    assert _run_example(tmp_path, script)[-1] == "stored"

@@ -1,0 +1,1 @@
+"""HiDRA event sources ``watchdog`` (native file-system observers) and ``polling`` (network shares)."""
