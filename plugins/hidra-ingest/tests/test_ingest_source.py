@@ -350,7 +350,8 @@ def test_files_lost_with_a_restarted_source_are_an_error_not_an_acknowledgement(
             producer.send_file("d", b"4")
             collect_events(second, ["d"], 10)
             second.poll(0)  # acknowledges d
-            with pytest.raises(IngestError, match="files 2 to 3 never reached the sender"):
+            # NOTE: b is acknowledged too when collect_events polled again between b and c: then only c is lost
+            with pytest.raises(IngestError, match="files [23] to 3 never reached the sender"):
                 producer.flush()
         finally:
             second.close()
