@@ -11,8 +11,8 @@ from hidra_core.host.plugins import PluginHost
 from hidra_core.host.supervise import supervise
 from hidra_core import ingest
 from hidra_core.ingest import Ingest, IngestError
-from hidra_core.interfaces import (EmptyConfig, EventSource, Fetcher, FileStat, SourceChanged, Transport, Writer,
-                                   WriteTarget)
+from hidra_core.interfaces import (EmptyConfig, EventSource, Fetcher, FileStat, SourceChanged, Transport,
+                                   TreeSourceConfig, Writer, WriteTarget)
 from hidra_core.markers import hookimpl, hookspec
 from hidra_core.paths import SafeTree, split_checked
 from hidra_core.streams import connect_stream, receive_batch
@@ -24,7 +24,7 @@ __all__ = [
     "ConfigError", "DriverChoice", "DriverLoadFailure", "EmptyConfig", "EventSource", "Fetcher", "FileEvent",
     "FileStat", "HidraError", "Ingest", "IngestError", "PathRefused", "PluginHost", "PluginStatus", "ProtocolError",
     "SafeTree", "SourceChanged",
-    "Transport", "WriteTarget", "Writer",
+    "Transport", "TreeSourceConfig", "WriteTarget", "Writer",
     "__version__", "connect_stream", "create_driver", "file_id_of", "hookimpl", "hookspec", "ingest", "load_model",
     "payload_size", "receive_batch", "split_checked", "supervise",
 ]

@@ -5,7 +5,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from hidra_core.errors import HidraError
 from hidra_core.types import FILE
@@ -15,13 +15,30 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from hidra_core.types import FileEvent
 
-__all__ = ["EmptyConfig", "EventSource", "Fetcher", "FileStat", "SourceChanged", "Transport", "Writer", "WriteTarget"]
+__all__ = ["EmptyConfig", "EventSource", "Fetcher", "FileStat", "SourceChanged", "Transport", "TreeSourceConfig",
+           "Writer", "WriteTarget"]
 
 
 class EmptyConfig(BaseModel):
     """Config of a driver that takes no options: any key is refused."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TreeSourceConfig(BaseModel):
+    """The options every source that watches a directory tree takes, with one meaning, so that switching such
+    sources (``inotify``, ``watchdog``, ``polling``) is changing ``type``; sources add their own fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str = Field("hidra-data/source", description="directory tree to watch (must exist at start-up)")
+    recursive: bool = Field(True, description="watch subdirectories, including ones created later")
+    scan_at_start: bool = Field(True, description="report files that already exist when the sender starts")
+    ignore: list[str] = Field(default_factory=list,
+                              description="shell patterns of file names never sent, e.g. ['*.tmp', '.*']")
+    follow_symlinks: bool = Field(False, description=(
+        "send a symlink's target under the link's name, but only a regular file inside the watched tree; "
+        "off: symlinks are skipped with a log line"))
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,7 @@ from collections import deque
 from typing import Iterator
 
 from inotify_simple import INotify, flags
-from pydantic import BaseModel, ConfigDict, Field
-
-from hidra_core import EventSource, FileEvent
+from hidra_core import EventSource, FileEvent, TreeSourceConfig
 
 __all__ = ["InotifyConfig", "InotifyEventSource"]
 
@@ -27,19 +25,9 @@ _DIR_MASK = flags.CLOSE_WRITE | flags.MOVED_TO | flags.CREATE | flags.DELETE_SEL
 _BATCH = 1000
 
 
-class InotifyConfig(BaseModel):
-    """Options of the ``inotify`` source (``source: {type: inotify, inotify: {...}}``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    path: str = Field("hidra-data/source", description="directory tree to watch (must exist)")
-    recursive: bool = Field(True, description="watch subdirectories, including ones created later")
-    scan_at_start: bool = Field(True, description="report files that already exist when the sender starts")
-    ignore: list[str] = Field(default_factory=list,
-                              description="shell patterns of file names never sent, e.g. ['*.tmp', '.*']")
-    follow_symlinks: bool = Field(False, description=(
-        "send a symlink's target under the link's name, but only a regular file inside the watched tree; "
-        "off: symlinks are skipped with a log line"))
+class InotifyConfig(TreeSourceConfig):
+    """Options of the ``inotify`` source (``source: {type: inotify, inotify: {...}}``): the kernel's options of a
+    watched tree, shared with the ``watchdog`` and ``polling`` sources."""
 
 
 class InotifyEventSource(EventSource):

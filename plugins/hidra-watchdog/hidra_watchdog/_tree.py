@@ -14,28 +14,15 @@ import time
 from collections import OrderedDict
 from typing import Iterator
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from hidra_core import FileEvent
+from hidra_core import FileEvent, TreeSourceConfig
 
 __all__ = ["Settler", "Tree", "TreeOptions", "signature"]
 
 log = logging.getLogger(__name__)
 
 
-class TreeOptions(BaseModel):
-    """The ``inotify`` source's options, with the same meaning: switching sources is changing ``type``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    path: str = Field("hidra-data/source", description="directory tree to watch (must exist at start-up)")
-    recursive: bool = Field(True, description="watch subdirectories, including ones created later")
-    scan_at_start: bool = Field(True, description="report files that already exist when the sender starts")
-    ignore: list[str] = Field(default_factory=list,
-                              description="shell patterns of file names never sent, e.g. ['*.tmp', '.*']")
-    follow_symlinks: bool = Field(False, description=(
-        "send a symlink's target under the link's name, but only a regular file inside the watched tree; "
-        "off: symlinks are skipped with a log line"))
+#: the inotify source's options, with the same meaning: switching sources is changing ``type``
+TreeOptions = TreeSourceConfig
 
 
 def signature(st: os.stat_result) -> tuple[int, int, int]:
