@@ -13,7 +13,7 @@ time beyond defining them. Use them directly in a test, or subclass a contract c
             ...
 
 Fixtures: ``plugin_host``, ``register_plugin``, ``zmq_context``, ``socket``, ``bound_pair``, ``ipc_dir``,
-``inproc_transport``.
+``inproc_transport``, ``source_opener``.
 Helpers: ``wait_until``, ``collect_events``, ``poll_until``. Contracts for in-memory data:
 ``StreamSourceContract`` (detector streams and other sources of frames and series) and ``SeriesWriterContract``.
 """
@@ -45,6 +45,7 @@ from hidra_core.testing.fixtures import (  # noqa: E402
     plugin_host,
     register_plugin,
     socket,
+    source_opener,
     wait_until,
     zmq_context,
 )
@@ -52,5 +53,5 @@ from hidra_core.testing.fixtures import (  # noqa: E402
 __all__ = [
     "EventSourceContract", "FetcherContract", "SeriesWriterContract", "StreamSourceContract", "TrackingContext",
     "TransportContract", "WriterContract", "bound_pair", "collect_events", "inproc_transport", "ipc_dir",
-    "plugin_host", "poll_until", "register_plugin", "socket", "wait_until", "zmq_context",
+    "plugin_host", "poll_until", "register_plugin", "socket", "source_opener", "wait_until", "zmq_context",
 ]

@@ -156,6 +156,26 @@ def inproc_transport() -> Transport:
 
 
 @pytest.fixture
+def source_opener() -> Iterator[Callable[..., EventSource]]:
+    """``source_opener(kind, path, **options)``: an opened event source of entry point ``kind`` watching ``path``
+    (built as the sender builds it, options checked by its model); every one is closed after the test."""
+    from hidra_core.host.kernel import create_driver
+
+    opened: list[EventSource] = []
+
+    def make(kind: str, path: Path | str, **options: Any) -> EventSource:
+        source = create_driver("event source", kind, {"path": str(path), **options}, "<test>",
+                               f"sender.source.{kind}")
+        source.open(None)  # NOTE: file sources need no ZeroMQ context
+        opened.append(source)
+        return source
+
+    yield make
+    for source in opened:
+        source.close()
+
+
+@pytest.fixture
 def plugin_host() -> PluginHost:
     """A fresh ``PluginHost`` with the hook specs and no entry points loaded (``load_entry_points()`` adds them)."""
     from hidra_core.host.plugins import PluginHost

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from inotify_simple import Event, flags
@@ -40,20 +40,9 @@ def src(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def open_source(src: Path) -> Iterator[Any]:
+def open_source(src: Path, source_opener: Any) -> Any:
     """``open_source(**options)``: an opened inotify source on ``src``; closed after the test."""
-    opened: list[Any] = []
-
-    def make(**options: Any) -> Any:
-        source = create_driver("event source", "inotify", {"path": str(src), **options}, "<test>",
-                               "sender.source.inotify")
-        source.open(None)
-        opened.append(source)
-        return source
-
-    yield make
-    for source in opened:
-        source.close()
+    return lambda **options: source_opener("inotify", src, **options)
 
 
 def _ids(events: list[Any]) -> set[str]:

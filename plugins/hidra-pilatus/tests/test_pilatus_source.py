@@ -10,7 +10,7 @@ import os
 import struct
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from pilatus_support import HEADER, assert_metadata
@@ -44,20 +44,9 @@ def src(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def open_source(src: Path) -> Iterator[Any]:
+def open_source(src: Path, source_opener: Any) -> Any:
     """``open_source(**options)``: an opened pilatus source on ``src``; closed after the test."""
-    opened: list[Any] = []
-
-    def make(**options: Any) -> Any:
-        source = create_driver("event source", "pilatus", {"path": str(src), **options}, "<test>",
-                               "sender.source.pilatus")
-        source.open(None)
-        opened.append(source)
-        return source
-
-    yield make
-    for source in opened:
-        source.close()
+    return lambda **options: source_opener("pilatus", src, **options)
 
 
 def _by_id(events: list[Any]) -> dict[str, Any]:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
-from watchdog_support import SlowWriter, ids, opener
+from watchdog_support import SlowWriter, ids
 
 from hidra_core.testing import EventSourceContract, collect_events
 
@@ -33,8 +33,8 @@ class TestPollingContract(EventSourceContract):
 
 
 @pytest.fixture
-def open_source(src: Path) -> Iterator[Callable[..., Any]]:
-    yield from opener("polling", src)
+def open_source(src: Path, source_opener: Any) -> Callable[..., Any]:
+    return lambda **options: source_opener("polling", src, **options)
 
 
 def test_files_present_at_start_are_reported_once_settled(src: Path, open_source: Any) -> None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
-from watchdog_support import SlowWriter, ids, opener
+from watchdog_support import SlowWriter, ids
 
 from hidra_core.testing import EventSourceContract, collect_events, wait_until
 
@@ -38,8 +38,8 @@ class TestWatchdogSettleContract(TestWatchdogContract):
 
 
 @pytest.fixture
-def open_source(src: Path) -> Iterator[Callable[..., Any]]:
-    yield from opener("watchdog", src)
+def open_source(src: Path, source_opener: Any) -> Callable[..., Any]:
+    return lambda **options: source_opener("watchdog", src, **options)
 
 
 def test_files_present_at_open_are_reported(src: Path, open_source: Any) -> None:

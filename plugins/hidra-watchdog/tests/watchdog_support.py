@@ -1,28 +1,9 @@
-"""Helpers of the ``watchdog`` and ``polling`` source tests: an opened source on a real directory, and a writer
-that makes a file grow slowly."""
+"""Helpers of the ``watchdog`` and ``polling`` source tests: a writer that makes a file grow slowly."""
 from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-from hidra_core import create_driver
-
-
-def opener(kind: str, src: Path) -> Iterator[Callable[..., Any]]:
-    """``make(**options)``: an opened ``kind`` source on ``src``; every one is closed after the test."""
-    opened: list[Any] = []
-
-    def make(**options: Any) -> Any:
-        source = create_driver("event source", kind, {"path": str(src), **options}, "<test>",
-                               f"sender.source.{kind}")
-        source.open(None)
-        opened.append(source)
-        return source
-
-    yield make
-    for source in opened:
-        source.close()
+from typing import Any
 
 
 def ids(events: list[Any]) -> set[str]:
