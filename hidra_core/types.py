@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping
 
 __all__ = ["FILE", "FRAME", "KINDS", "PULSE", "SERIES_END", "SERIES_START", "FileEvent", "PluginStatus",
@@ -54,8 +55,9 @@ class FileEvent:
     size: int | None = None
     version: str = ""
 
-    @property
+    @cached_property
     def file_id(self) -> str:
+        # NOTE: cached (the fields are frozen): the router asks for it dozens of times per file
         return file_id_of(self.relative_path, self.filename)
 
     @property

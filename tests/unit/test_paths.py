@@ -187,3 +187,22 @@ def test_a_known_directory_replaced_by_a_symlink_is_refused(root: Path, outside:
     (root / "a").symlink_to(outside)
     with pytest.raises(PathRefused):
         tree.directory(("a",))
+
+
+def test_a_known_directory_removed_meanwhile_is_created_again(root: Path) -> None:
+    tree = SafeTree(str(root))
+    tree.directory(("a", "b"))
+    os.rmdir(root / "a" / "b")
+    assert tree.directory(("a", "b")) == str(root / "a" / "b")
+    assert (root / "a" / "b").is_dir()
+
+
+def test_a_known_directory_below_a_component_replaced_by_a_symlink_is_refused(root: Path, outside: Path) -> None:
+    tree = SafeTree(str(root))
+    tree.directory(("a", "b"))
+    os.rmdir(root / "a" / "b")
+    os.rmdir(root / "a")
+    (outside / "b").mkdir()
+    (root / "a").symlink_to(outside)
+    with pytest.raises(PathRefused):
+        tree.directory(("a", "b"))

@@ -264,3 +264,14 @@ def test_malformed_confirmations(frames: list[bytes], why: str) -> None:
 def test_heartbeat() -> None:
     assert encode_heartbeat("recv01", {"started": 1.5}) == [HEARTBEAT_TOPIC, b"recv01", b'{"started": 1.5}']
     assert HEARTBEAT_TOPIC == b"hidra.receiver.alive"
+
+
+def test_file_id_of_an_event_is_worked_out_once_not_at_every_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hidra_core.types as types_module
+
+    calls: list[tuple[str, str]] = []
+    real = types_module.file_id_of
+    monkeypatch.setattr(types_module, "file_id_of", lambda rel, name: calls.append((rel, name)) or real(rel, name))
+    event = types_module.FileEvent("/src", "run/a", "f.dat")
+    assert [event.file_id for _ in range(3)] == ["run/a/f.dat"] * 3
+    assert calls == [("run/a", "f.dat")]
