@@ -14,7 +14,8 @@ time beyond defining them. Use them directly in a test, or subclass a contract c
 
 Fixtures: ``plugin_host``, ``register_plugin``, ``zmq_context``, ``socket``, ``bound_pair``, ``ipc_dir``,
 ``inproc_transport``, ``source_opener``.
-Helpers: ``wait_until``, ``collect_events``, ``poll_until``. Contracts for in-memory data:
+Helpers: ``wait_until``, ``collect_events``, ``poll_until``. ``TreeSourceContract``: ``EventSourceContract`` for
+sources that watch a directory tree. Contracts for in-memory data:
 ``StreamSourceContract`` (detector streams and other sources of frames and series) and ``SeriesWriterContract``.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from hidra_core.testing.contracts import (  # noqa: E402  (after the rewrite reg
     EventSourceContract,
     FetcherContract,
     TransportContract,
+    TreeSourceContract,
     WriterContract,
 )
 from hidra_core.testing.series_contracts import (  # noqa: E402
@@ -52,6 +54,6 @@ from hidra_core.testing.fixtures import (  # noqa: E402
 
 __all__ = [
     "EventSourceContract", "FetcherContract", "SeriesWriterContract", "StreamSourceContract", "TrackingContext",
-    "TransportContract", "WriterContract", "bound_pair", "collect_events", "inproc_transport", "ipc_dir",
-    "plugin_host", "poll_until", "register_plugin", "socket", "source_opener", "wait_until", "zmq_context",
+    "TransportContract", "TreeSourceContract", "WriterContract", "bound_pair", "collect_events", "inproc_transport",
+    "ipc_dir", "plugin_host", "poll_until", "register_plugin", "socket", "source_opener", "wait_until", "zmq_context",
 ]

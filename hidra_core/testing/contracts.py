@@ -21,7 +21,7 @@ from hidra_core.interfaces import Fetcher, FileStat, WriteTarget
 from hidra_core.testing.fixtures import collect_events
 from hidra_core.types import FileEvent
 
-__all__ = ["EventSourceContract", "FetcherContract", "TransportContract", "WriterContract"]
+__all__ = ["EventSourceContract", "FetcherContract", "TransportContract", "TreeSourceContract", "WriterContract"]
 
 _UNKNOWN_KEY = "hidra_contract_no_such_key"
 _SECTIONS = {"event source": "sender.source.{}", "fetcher": "sender.fetcher.{}", "writer": "receiver.{}",
@@ -170,6 +170,24 @@ class EventSourceContract(_DriverContract):
         source.poll(0)
         source.close()
         assert [s for s in zmq_context.open_sockets() if s not in before] == []
+
+
+class TreeSourceContract(EventSourceContract):
+    """``EventSourceContract`` for a source that watches a directory tree (options: ``TreeSourceConfig``): the tree
+    is ``tmp_path / "src"``, and a produced file is written there. Extend ``make_config`` for further options."""
+
+    def make_config(self, tmp_path: Path) -> Mapping[str, Any]:
+        (tmp_path / "src").mkdir(exist_ok=True)
+        return {"path": str(tmp_path / "src")}
+
+    def file_content(self, filename: str) -> bytes:
+        """What a produced file holds (override for sources that read it, e.g. an image header)."""
+        return b"contract"
+
+    def produce(self, tmp_path: Path, relative_path: str, filename: str) -> None:
+        directory = tmp_path / "src" / relative_path
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / filename).write_bytes(self.file_content(filename))
 
 
 class FetcherContract(_DriverContract):

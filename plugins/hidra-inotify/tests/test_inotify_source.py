@@ -16,20 +16,12 @@ from inotify_simple import Event, flags
 
 from hidra_core import DriverLoadFailure
 from hidra_core import create_driver
-from hidra_core.testing import EventSourceContract, collect_events
+from hidra_core.testing import TreeSourceContract, collect_events
 
 
-class TestInotifyContract(EventSourceContract):
+class TestInotifyContract(TreeSourceContract):
     driver_name = "inotify"
 
-    def make_config(self, tmp_path: Path) -> dict[str, Any]:
-        (tmp_path / "src").mkdir(exist_ok=True)
-        return {"path": str(tmp_path / "src")}
-
-    def produce(self, tmp_path: Path, relative_path: str, filename: str) -> None:
-        directory = tmp_path / "src" / relative_path
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / filename).write_bytes(b"contract")
 
 
 @pytest.fixture

@@ -16,24 +16,17 @@ import pytest
 from pilatus_support import HEADER, assert_metadata
 
 from hidra_core import DriverLoadFailure, create_driver
-from hidra_core.testing import EventSourceContract, collect_events
+from hidra_core.testing import TreeSourceContract, collect_events
 from hidra_pilatus.sim import camserver_header, image_bytes, write_image
 
 SHAPE = (195, 487)
 
 
-class TestPilatusContract(EventSourceContract):
+class TestPilatusContract(TreeSourceContract):
     driver_name = "pilatus"
 
-    def make_config(self, tmp_path: Path) -> dict[str, Any]:
-        (tmp_path / "src").mkdir(exist_ok=True)
-        return {"path": str(tmp_path / "src")}
-
-    def produce(self, tmp_path: Path, relative_path: str, filename: str) -> None:
-        directory = tmp_path / "src" / relative_path
-        directory.mkdir(parents=True, exist_ok=True)
-        data = image_bytes(HEADER, SHAPE) if filename.endswith(".cbf") else b"contract"
-        (directory / filename).write_bytes(data)
+    def file_content(self, filename: str) -> bytes:
+        return image_bytes(HEADER, SHAPE) if filename.endswith(".cbf") else b"contract"
 
 
 @pytest.fixture

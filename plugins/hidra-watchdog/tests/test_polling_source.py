@@ -13,23 +13,17 @@ from typing import Any, Callable
 import pytest
 from watchdog_support import SlowWriter, ids
 
-from hidra_core.testing import EventSourceContract, collect_events
+from hidra_core.testing import TreeSourceContract, collect_events
 
 FAST = {"settle_s": 0.3, "interval_s": 0.05}
 
 
-class TestPollingContract(EventSourceContract):
+class TestPollingContract(TreeSourceContract):
     driver_name = "polling"
     timeout_s = 20.0
 
     def make_config(self, tmp_path: Path) -> dict[str, Any]:
-        (tmp_path / "src").mkdir(exist_ok=True)
-        return {"path": str(tmp_path / "src"), **FAST}
-
-    def produce(self, tmp_path: Path, relative_path: str, filename: str) -> None:
-        directory = tmp_path / "src" / relative_path
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / filename).write_bytes(b"contract")
+        return {**super().make_config(tmp_path), **FAST}
 
 
 @pytest.fixture

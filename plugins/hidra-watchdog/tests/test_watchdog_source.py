@@ -14,20 +14,12 @@ from typing import Any, Callable
 import pytest
 from watchdog_support import SlowWriter, ids
 
-from hidra_core.testing import EventSourceContract, collect_events, wait_until
+from hidra_core.testing import TreeSourceContract, collect_events, wait_until
 
 
-class TestWatchdogContract(EventSourceContract):
+class TestWatchdogContract(TreeSourceContract):
     driver_name = "watchdog"
 
-    def make_config(self, tmp_path: Path) -> dict[str, Any]:
-        (tmp_path / "src").mkdir(exist_ok=True)
-        return {"path": str(tmp_path / "src")}
-
-    def produce(self, tmp_path: Path, relative_path: str, filename: str) -> None:
-        directory = tmp_path / "src" / relative_path
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / filename).write_bytes(b"contract")
 
 
 class TestWatchdogSettleContract(TestWatchdogContract):
