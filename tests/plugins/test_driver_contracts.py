@@ -14,8 +14,9 @@ from hidra_core.host.plugins import _dist_name, entry_points_of
 from hidra_core.cli.reference import FIRST_PARTY
 
 REPO = Path(__file__).resolve().parents[2]
-CONTRACTS = {"event source": ("EventSourceContract", "StreamSourceContract"), "fetcher": ("FetcherContract",),
-             "transport": ("TransportContract",), "writer": ("WriterContract", "SeriesWriterContract")}
+CONTRACTS = {"event source": ("EventSourceContract", "StreamSourceContract", "TreeSourceContract"),
+             "fetcher": ("FetcherContract",), "transport": ("TransportContract",),
+             "writer": ("WriterContract", "SeriesWriterContract")}
 
 
 def _installed() -> list[Any]:
