@@ -56,9 +56,13 @@ class DriverChoice(BaseModel):
 class StorageTarget(_Section):
     """The fixed, priority-0 storage receiver: gets every file, and only its confirmation allows removal."""
 
-    data: Endpoint = Field("tcp://127.0.0.1:50100", description="receiver's data endpoint (the sender connects)")
-    confirmations: Endpoint = Field("tcp://127.0.0.1:50053",
-                               description="receiver's confirmation PUB endpoint (the sender subscribes)")
+    data: Endpoint | list[Endpoint] = Field(
+        "tcp://127.0.0.1:50100", description="receiver's data endpoint (the sender connects); a list for a receiver"
+        " group: each file goes to one member (by hash of its path or series), and a member that stops sending"
+        " beacons has its unconfirmed files sent to the others")
+    confirmations: Endpoint | list[Endpoint] = Field(
+        "tcp://127.0.0.1:50053", description="receiver's confirmation PUB endpoint (the sender subscribes); for a"
+        " group, a list of the same length as data (the i-th member's)")
     remove_source: Literal["never", "after_confirmation"] = Field(
         "never", description="remove the source file once the receiver confirmed a durable, matching copy")
     confirmation_timeout_s: float = Field(
@@ -73,6 +77,25 @@ class StorageTarget(_Section):
     accept_legacy_confirmations: bool = Field(
         False, description="treat confirmations without a checksum (HiDRA 4.x receivers) as proof of storage")
     hwm: int = Field(4, ge=1, description="chunks queued towards the receiver before sends block (back-pressure)")
+
+    @model_validator(mode="after")
+    def _same_length(self) -> StorageTarget:
+        data, conf = _as_list(self.data), _as_list(self.confirmations)
+        if len(data) != len(conf) or not data:
+            raise ValueError(f"data lists {len(data)} receivers, confirmations {len(conf)}: give one confirmation"
+                             " endpoint per data endpoint, in the same order")
+        if len(set(data)) != len(data) or len(set(conf)) != len(conf):
+            raise ValueError("a receiver group lists an endpoint twice")
+        return self
+
+    @property
+    def members(self) -> list[tuple[str, str]]:
+        """``(data, confirmations)`` of each member of the storage receiver group (one for a single receiver)."""
+        return list(zip(_as_list(self.data), _as_list(self.confirmations)))
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
 
 
 class ClientsConfig(_Section):
@@ -137,6 +160,10 @@ class SenderConfig(_Section):
         None, description="fetcher driver (hidra.fetchers); default: the one the source names")
     storage: StorageTarget = Field(default_factory=StorageTarget)
     chunksize: int = Field(10 * MiB, gt=0, description="bytes per data message")
+    streams: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        "auto", description="data pipelines run in parallel (HiDRA 4.x number_of_streams): each reads, hashes and"
+        " sends its own files in a thread of its own over its own sockets; one ledger, one source. 'auto': one per"
+        " 4 cores, 1 to 8 (1 on a 2-core machine: there a second pipeline only competes with the receiver)")
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     hold: HoldConfig = Field(default_factory=HoldConfig)
     compat_version: str = Field("4.4.3", pattern=r"^4\.\d+\.\d+$",
@@ -152,6 +179,13 @@ class SenderConfig(_Section):
         None, description="keep a durable local copy of every file (required by the metadata modes)")
     transports: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="options per transport driver, keyed by URL scheme (tcp, ipc, ...)")
+
+    @property
+    def stream_count(self) -> int:
+        """``streams`` with 'auto' resolved for this machine."""
+        if self.streams != "auto":
+            return self.streams
+        return max(1, min(8, (os.cpu_count() or 1) // 4))
 
     @model_validator(mode="before")
     @classmethod
@@ -170,7 +204,12 @@ class ReceiverConfig(BaseModel):
     target: str = Field("hidra-data/target", description="root directory every file is written below (must exist)")
     data: Endpoint = Field("tcp://127.0.0.1:50100", description="data endpoint to bind (PULL)")
     confirmations: Endpoint = Field("tcp://127.0.0.1:50053", description="confirmation endpoint to bind (PUB)")
-    status: Endpoint = Field("tcp://127.0.0.1:50050", description="4.x STATUS_CHECK endpoint to bind (REP)")
+    status: Endpoint | None = Field("tcp://127.0.0.1:50050",
+                                    description="4.x STATUS_CHECK endpoint to bind (REP); null: none")
+    workers: int = Field(
+        1, ge=1, le=64, description="receiver processes of a one-host group (`hidra receiver --workers N`): worker i"
+        " binds the data and confirmation ports + i, worker 0 alone the status port; senders list the group's"
+        " endpoints in sender.storage.data and .confirmations")
     writers: list[str] = Field(default_factory=lambda: ["files"], min_length=1,
                                description="writer drivers (hidra.writers), in the order they are called")
     hwm: int = Field(8, ge=1, description="chunks buffered on the data socket (each up to chunksize bytes of memory)")

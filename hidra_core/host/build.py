@@ -85,8 +85,10 @@ def build_sender(config: InstanceConfig, origin: str, context: zmq.Context | Non
         lt = cfg.local_target
         check_separate((source_key(cfg.source), source.root), ("sender.local_target.path", lt.path), origin)
         local = create_driver("writer", lt.writer, lt.options, origin, "sender.local_target.options", target=lt.path)
-    keys = {cfg.storage.data: "sender.storage.data", cfg.storage.confirmations: "sender.storage.confirmations",
-            cfg.clients.com: "sender.clients.com", cfg.clients.request: "sender.clients.request"}
+    keys = {cfg.clients.com: "sender.clients.com", cfg.clients.request: "sender.clients.request"}
+    for i, (data, confirmations) in enumerate(cfg.storage.members):
+        index = f"[{i}]" if len(cfg.storage.members) > 1 else ""
+        keys.update({data: f"sender.storage.data{index}", confirmations: f"sender.storage.confirmations{index}"})
     if cfg.clients.control_shim:
         keys[cfg.clients.control_shim] = "sender.clients.control_shim"
     return SenderDrivers(source, fetcher, local, _endpoints(context, "sender", cfg.transports, keys, origin))
@@ -98,7 +100,9 @@ def build_receiver(config: InstanceConfig, origin: str, context: zmq.Context | N
         raise ConfigError(origin, [f"receiver.target: directory {cfg.target!r} does not exist"])
     writers = [create_driver("writer", name, cfg.writer_options(name), origin, f"receiver.{name}", target=cfg.target)
                for name in cfg.writers]
-    keys = {cfg.data: "receiver.data", cfg.confirmations: "receiver.confirmations", cfg.status: "receiver.status"}
+    keys = {cfg.data: "receiver.data", cfg.confirmations: "receiver.confirmations"}
+    if cfg.status is not None:
+        keys[cfg.status] = "receiver.status"
     return ReceiverDrivers(writers, _endpoints(context, "receiver", cfg.transports, keys, origin))
 
 

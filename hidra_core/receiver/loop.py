@@ -71,12 +71,14 @@ class Receiver:
         committer = CommitThread(self)
         try:
             self.data = open_input(self.endpoints, zmq.PULL, self.config.data, self.config.hwm)
-            self.status_socket = open_input(self.endpoints, zmq.REP, self.config.status, 100)
+            self.status_socket = (open_input(self.endpoints, zmq.REP, self.config.status, 100)
+                                  if self.config.status is not None else None)
             committer.start()
             confirmations = committer.wait_bound()
             self._start_cleanup()
             log.info("hidra receiver ready: data %s, confirmations %s, status %s, target %s",
-                     Endpoints.bound(self.data), confirmations, Endpoints.bound(self.status_socket),
+                     Endpoints.bound(self.data), confirmations,
+                     Endpoints.bound(self.status_socket) if self.status_socket is not None else "none",
                      os.path.abspath(self.config.target))
             return self._loop(committer)
         finally:
@@ -117,7 +119,8 @@ class Receiver:
     def _loop(self, committer: CommitThread) -> int:
         poller = zmq.Poller()
         poller.register(self.data, zmq.POLLIN)
-        poller.register(self.status_socket, zmq.POLLIN)
+        if self.status_socket is not None:
+            poller.register(self.status_socket, zmq.POLLIN)
         next_expiry = time.monotonic() + 1.0
         summary = Summary(self.config.summary_interval_s, self.stats)
         # NOTE: files wait for their commit with an open descriptor; while the commit thread is behind
@@ -131,7 +134,7 @@ class Receiver:
             ready = dict(poller.poll(100))
             if self.data in ready:
                 self._take_data()
-            if self.status_socket in ready:
+            if self.status_socket is not None and self.status_socket in ready:
                 self.status_socket.send_multipart(self.status.answer(self.status_socket.recv_multipart()))
             if time.monotonic() >= next_expiry:
                 self._partials.expire()
