@@ -24,7 +24,7 @@ import zmq
 from hidra_core.errors import HidraError
 from hidra_core.inline import InlineFetcher
 from hidra_core.interfaces import EmptyConfig, FileStat, SourceChanged
-from hidra_core.sender.outgoing import Outgoing
+from hidra_core.sender.outgoing import Checksums, Outgoing
 from hidra_core.types import FileEvent
 
 __all__ = ["FetchFailed", "FetchWorker", "Fetching", "Job", "remove_checked"]
@@ -92,6 +92,7 @@ class FetchWorker:
         self._jobs: deque[tuple[int, FileEvent, str | None]] = deque()
         self._removals: deque[tuple[FileEvent, FileStat]] = deque()
         self._reading: tuple[int, FileEvent, Iterator[Any]] | None = None
+        self._sums = Checksums(0)  # of the file being read
         self._left = 0  # chunks of the file being read still to come
         self._outstanding = 0
         self.requests: deque[tuple[Any, ...]] = deque()  # from the router
@@ -199,6 +200,7 @@ class FetchWorker:
         self._send(("stat", job, stat))
         self._reading = (job, event, chunks)
         self._left = max(1, math.ceil(stat.size / self.chunksize))
+        self._sums = Checksums(self._left)
 
     def _read_next(self) -> None:
         assert self._reading is not None
@@ -212,7 +214,7 @@ class FetchWorker:
             self._close_reading()
             return self._report(job, event, exc)
         self._outstanding += memoryview(payload).nbytes
-        self._send(("chunk", job, payload))
+        self._send(("chunk", job, self._sums.add(payload)))
         self._left -= 1
         if self._left == 0:  # NOTE: all the file's chunks: the router needs no "end" (one message less a file)
             self._close_reading()
@@ -260,6 +262,7 @@ class Fetching:
 
     def __init__(self, fetcher: Any, context: zmq.Context, chunksize: int) -> None:
         self.jobs: OrderedDict[int, Job] = OrderedDict()
+        self.files: dict[str, int] = {}  # file_id -> its jobs here (a scan and an event may ask for one file)
         self._next = 0
         self._credit = 0
         self.socket = context.socket(zmq.PAIR)
@@ -281,6 +284,7 @@ class Fetching:
         for event, force, skip in files:
             job, self._next = self._next, self._next + 1
             self.jobs[job] = Job(event, force)
+            self.files[event.file_id] = self.files.get(event.file_id, 0) + 1
             asked.append((job, event, skip))
         self._ask(("open", asked))
 
@@ -291,6 +295,11 @@ class Fetching:
         """Forget a job: its unsent chunks are credited, and the worker stops reading it."""
         dropped = self.jobs.pop(job, None)
         if dropped is not None:
+            fid = dropped.event.file_id
+            if self.files[fid] == 1:
+                del self.files[fid]
+            else:
+                self.files[fid] -= 1
             if dropped.out is not None:
                 self.credit(dropped.out.discard())
             if not dropped.ended:

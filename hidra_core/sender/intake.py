@@ -142,6 +142,7 @@ class Intake:
         """One file's failure: logged with the file, counted and recorded; the sender goes on. An event whose
         data was held in memory is let go: nothing could send it again."""
         self.stats["failed"] += 1
+        self.link.lanes.pop(event.file_id, None)
         kept = "its data is dropped" if event.inline else \
             "kept at the source; tried again when it changes or at the next start"
         log.error("%s: %s failed: %s (%s)", event.file_id, what, describe(exc), kept,

@@ -1,6 +1,7 @@
 """One file on its way out: metadata, chunking and checksums, driven chunk by chunk by the sender loop.
 
-Its chunks are handed in by the fetch worker (``pending``) and go out in order, never copied here."""
+Its chunks are handed in, with their checksums, by the fetch worker (``pending``) and go out in order, never
+copied here."""
 from __future__ import annotations
 
 import math
@@ -9,14 +10,35 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hidra_core.checksum import DEFAULT_ALGORITHM, new_hasher
+from hidra_core.errors import HidraError
 from hidra_core.interfaces import FileStat
 from hidra_core.protocol import HTYPES, encode_metadata
 from hidra_core.types import FileEvent
 
-__all__ = ["InFlight", "Outgoing", "ZERO_COPY_MIN"]
+__all__ = ["Checksums", "InFlight", "Outgoing", "ZERO_COPY_MIN"]
 
 # NOTE: below this size ZeroMQ copying the payload is cheaper than tracking a zero-copy frame.
 ZERO_COPY_MIN = 64 * 1024
+
+
+class Checksums:
+    """The checksums of one file's chunks, computed as they are read (in the fetch worker's thread: xxh3
+    releases the GIL, so the pipelines hash in parallel) and handed on with them."""
+
+    def __init__(self, chunk_count: int) -> None:
+        self._left = chunk_count
+        self._file = new_hasher(DEFAULT_ALGORITHM) if chunk_count > 1 else None
+
+    def add(self, payload: Any) -> tuple[Any, str, str | None]:
+        """``(payload, its checksum, the file's checksum if it is the last chunk, else None)``."""
+        digest = new_hasher(DEFAULT_ALGORITHM)
+        digest.update(payload)
+        chunk_sum = digest.hexdigest()
+        self._left -= 1
+        if self._file is None:
+            return payload, chunk_sum, chunk_sum if self._left == 0 else None
+        self._file.update(payload)
+        return payload, chunk_sum, self._file.hexdigest() if self._left == 0 else None
 
 
 @dataclass
@@ -28,6 +50,7 @@ class InFlight:
     checksum: str
     chunk_count: int
     sent_at: float
+    member: int = 0  # of the storage receiver group
     confirmed: set[int] = field(default_factory=set)
     proof: bool = False  # a confirmation carried a matching file checksum
 
@@ -39,9 +62,9 @@ class Outgoing:
         self.event = event
         self.stat = stat
         self.chunk_count = max(1, math.ceil(stat.size / chunksize))
-        self.pending: deque[Any] = deque()  # chunks read, not yet sent
+        # chunks read, not yet sent: (payload, its checksum, the file's checksum with the last chunk, else None)
+        self.pending: deque[tuple[Any, str, str | None]] = deque()
         self._number = 0
-        self._file_hash = new_hasher(DEFAULT_ALGORITHM) if self.chunk_count > 1 else None
         self.checksum = ""
         self.deliveries: list[Any] = []  # analysis clients admitted for this file (dispatch.Delivery)
         self.local: Any = None  # handle of the sender's local copy, if one is kept
@@ -68,27 +91,27 @@ class Outgoing:
         return self._number >= self.chunk_count
 
     @property
+    def sent_any(self) -> bool:
+        return self._number > 0
+
+    @property
     def ready(self) -> bool:
         """The next chunk is here."""
         return bool(self.pending)
 
     def next_message(self) -> tuple[bytes, Any]:
         """The next chunk's encoded metadata and its payload buffer (never copied here)."""
-        payload = self.pending.popleft()
+        payload, chunk_sum, file_sum = self.pending.popleft()
         number = self._number
         last = number == self.chunk_count - 1
-        digest = new_hasher(DEFAULT_ALGORITHM)
-        digest.update(payload)
-        chunk_sum = digest.hexdigest()
         meta = self._meta
         meta["chunk_number"] = number
         meta["last_chunk"] = last
         meta["chunk_checksum"] = chunk_sum
-        if self._file_hash is not None:
-            self._file_hash.update(payload)
         if last:
-            self.checksum = self._file_hash.hexdigest() if self._file_hash is not None else chunk_sum
-            meta["file_checksum"] = self.checksum
+            if file_sum is None:
+                raise HidraError(f"{self.event.file_id}: the fetch worker gave no file checksum with the last chunk")
+            self.checksum = meta["file_checksum"] = file_sum
         self._number += 1
         return encode_metadata(meta), payload
 
@@ -102,6 +125,6 @@ class Outgoing:
 
     def discard(self) -> int:
         """Drop the chunks not sent; returns their bytes (owed back to the fetch worker's budget)."""
-        size = sum(len(chunk) for chunk in self.pending)
+        size = sum(len(chunk[0]) for chunk in self.pending)
         self.pending.clear()
         return size

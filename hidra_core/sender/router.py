@@ -28,6 +28,7 @@ from hidra_core.sender.clients.dispatch import ClientDispatcher
 from hidra_core.sender.fetch import Fetching
 from hidra_core.sender.handoff import Handoff
 from hidra_core.sender.intake import MAX_QUEUED
+from hidra_core.sender.lane import Lane
 from hidra_core.sender.ledger import UNCONFIRMED, Ledger
 from hidra_core.sender.outgoing import Outgoing
 from hidra_core.sender.sending import Sending
@@ -49,7 +50,8 @@ class Sender(Sending):
         self.host = host
         self.stop = StopFlag()
         # Drivers are resolved before any socket exists, so a bad name or option fails start-up cleanly.
-        self.context = zmq.Context()
+        # NOTE: one I/O thread per pipeline: a single one tops out near 2-3 GB/s of TCP on loopback.
+        self.context = zmq.Context(io_threads=cfg.stream_count)
         built = build_sender(config, source_name, self.context)
         self.source, self.fetcher, self.local = built.source, built.fetcher, built.local
         self.endpoints = built.endpoints
@@ -66,10 +68,9 @@ class Sender(Sending):
         self._delayed: list[tuple[float, str]] = []  # heap of (due, file_id): files still being written
         self._delayed_events: dict[str, tuple[FileEvent, bool, float]] = {}  # file_id -> (event, force, delay)
         self.link = StorageLink(cfg.storage)
-        self._current: Outgoing | None = None  # the file being sent: the oldest job of the fetch worker
-        self._current_job: int | None = None
+        self._member_names = [data for data, _conf in cfg.storage.members]
+        self.lanes: list[Lane] = []
         self._retries: dict[str, int] = {}
-        self._stash: list[Any] | None = None
         self._waiting_since: float | None = None
         self._summary_at = time.monotonic()
         self._summarised = (0, 0, 0)  # stats sent, bytes and confirmed at the last summary
@@ -102,37 +103,58 @@ class Sender(Sending):
 
     def _open_sockets(self) -> None:
         storage = self.config.storage
-        monitors: list[zmq.Socket] = []
-        events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
-        self.data = self.endpoints.open(zmq.PUSH, storage.data, bind=False, hwm=storage.hwm,
-                                        prepare=lambda sock: monitors.append(sock.get_monitor_socket(events)))
-        self.data_monitor = monitors[0]
-        self.confirmations = self.endpoints.open(zmq.SUB, storage.confirmations, bind=False, hwm=1_000_000)
-        self.confirmations.subscribe(self.topic)
-        self.confirmations.subscribe(HEARTBEAT_TOPIC)
         self.poller = zmq.Poller()
         self.poller.register(self.handoff.socket, zmq.POLLIN)
-        self.poller.register(self.confirmations, zmq.POLLIN)
-        self.poller.register(self.data, 0)
-        self.poller.register(self.data_monitor, zmq.POLLIN)
-        self.fetching = Fetching(self.fetcher, self.context, self.config.chunksize)
-        self.poller.register(self.fetching.socket, zmq.POLLIN)
+        self._confirmation_sockets: dict[zmq.Socket, int] = {}
+        for member, (_data, endpoint) in enumerate(storage.members):
+            sub = self.endpoints.open(zmq.SUB, endpoint, bind=False, hwm=1_000_000)
+            self._confirmation_sockets[sub] = member
+            sub.subscribe(self.topic)
+            sub.subscribe(HEARTBEAT_TOPIC)
+            self.poller.register(sub, zmq.POLLIN)
+        self._monitors: dict[zmq.Socket, int] = {}
+        for index in range(self.config.stream_count):
+            fetching = Fetching(self.fetcher, self.context, self.config.chunksize)
+            self.lanes.append(Lane(index, fetching, []))
+            self.poller.register(fetching.socket, zmq.POLLIN)
+            for member, (data, _conf) in enumerate(storage.members):
+                self.lanes[-1].sockets.append(self._data_socket(data, member, monitor=index == 0))
         self.clients.open(self.poller)
 
+    def _data_socket(self, endpoint: str, member: int, monitor: bool) -> zmq.Socket:
+        """A pipeline's PUSH to one member; the first pipeline's sockets are watched for connects (a receiver
+        without a beacon, see StorageLink)."""
+        storage = self.config.storage
+        group = len(storage.members) > 1
+
+        def prepare(sock: zmq.Socket) -> None:
+            if group:  # NOTE: nothing queued towards a member that is not connected: its files go to the others
+                sock.immediate = True
+            if monitor:
+                events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+                watch = sock.get_monitor_socket(events)
+                self._monitors[watch] = member
+                self.poller.register(watch, zmq.POLLIN)
+
+        sock = self.endpoints.open(zmq.PUSH, endpoint, bind=False, hwm=storage.hwm, prepare=prepare)
+        self.poller.register(sock, 0)
+        return sock
+
     def _close(self) -> None:
-        if getattr(self, "fetching", None) is not None:
-            self.fetching.close()
-        if self._current is not None:
-            self._current.close()
-            if self._current.local is not None:
-                self.local.abort(self._current.local)
+        for lane in self.lanes:
+            lane.fetching.close()
+            if lane.current is not None:
+                lane.current.close()
+                if lane.current.local is not None:
+                    self.local.abort(lane.current.local)
         self.clients.close()
-        if getattr(self, "data_monitor", None) is not None:
-            self.data.disable_monitor()
-        for name in ("data_monitor", "data", "confirmations"):
-            sock = getattr(self, name, None)
-            if sock is not None:
+        for monitor in getattr(self, "_monitors", {}):
+            monitor.close(linger=0)
+        for lane in self.lanes:
+            for sock in lane.sockets:
                 sock.close(linger=0)
+        for sock in getattr(self, "_confirmation_sockets", {}):
+            sock.close(linger=0)
         self.handoff.close()
         self.ledger.commit()
         counts = self.ledger.counts()
@@ -164,46 +186,68 @@ class Sender(Sending):
         poller = self.poller
         drain_until = None
         next_housekeeping = 0.0
+        group = len(self._member_names) > 1
         while True:
             now = time.monotonic()
             if self.stop.is_set() and drain_until is None:
                 drain_until = now + self.config.drain_timeout_s
-            link = self.link.up(now)
+            live, resend = self.link.poll(now)
+            for event in resend:
+                self._enqueue(event, force=True)
+            if group:
+                self._reroute(live)
             self._release_delayed(now)
             self._ask_fetcher(draining=drain_until is not None)
-            want = link and self._sendable()
-            poller.modify(self.data, zmq.POLLOUT if want else 0)
+            self._want_room(live)
             taking = len(self._queue) < MAX_QUEUED
             poller.modify(self.handoff.socket, zmq.POLLIN if taking else 0)
             ready = dict(poller.poll(100))
             if taking and (self.handoff.socket in ready or len(self.handoff)):
                 self._take_events()
-            if self.confirmations in ready:
-                self._take_confirmations()
-            if self.data_monitor in ready:
-                self.link.on_monitor(self.data_monitor)
-            if self.fetching.socket in ready:
-                self._take_fetched()
-            if self.data in ready:
-                self._pump(draining=drain_until is not None)
+            for sock, member in self._confirmation_sockets.items():
+                if sock in ready:
+                    self._take_confirmations(sock, member)
+            for monitor, member in self._monitors.items():
+                if monitor in ready:
+                    self.link.on_monitor(member, monitor)
+            for lane in self.lanes:
+                if lane.fetching.socket in ready:
+                    self._take_fetched(lane)
+                if lane.polled is not None and lane.polled in ready:
+                    self._pump(lane)
             housekeeping = now >= next_housekeeping
             if housekeeping:
-                self._housekeeping(now, link)
+                self._housekeeping(now, bool(live))
                 next_housekeeping = now + 0.5
             self._serve_clients(ready, housekeeping)
             self.ledger.commit()
             if drain_until is not None and self._drained(drain_until):
                 return
 
+    def _want_room(self, live: list[int]) -> None:
+        """Poll for room on the socket of each pipeline that has something for a member that is up."""
+        for lane in self.lanes:
+            want = lane.sockets[lane.member] if lane.sendable and lane.member in live else None
+            if want is not lane.polled:
+                if lane.polled is not None:
+                    self.poller.modify(lane.polled, 0)
+                if want is not None:
+                    self.poller.modify(want, zmq.POLLOUT)
+                lane.polled = want
+
+    def _sending(self) -> list[Outgoing]:
+        return [lane.current for lane in self.lanes if lane.current is not None]
+
     def _drained(self, drain_until: float) -> bool:
         """Draining ends once nothing awaits the receiver, or at the deadline whatever the state (mid-file too)."""
-        if self._current is None and not self.link.in_flight:
+        sending = self._sending()
+        if not sending and not self.link.in_flight:
             return True
         if time.monotonic() < drain_until:
             return False
+        half = ", ".join(out.event.file_id for out in sending)
         log.warning("drain_timeout_s (%.3g s) is over: stopping with %s%d files awaiting confirmation",
-                    self.config.drain_timeout_s, f"{self._current.event.file_id} half sent and " if self._current
-                    else "", len(self.link.in_flight))
+                    self.config.drain_timeout_s, f"{half} half sent and " if half else "", len(self.link.in_flight))
         return True
 
     def _housekeeping(self, now: float, link: bool) -> None:
@@ -218,7 +262,7 @@ class Sender(Sending):
         totals = (self.stats["sent"], self.stats["bytes"], self.stats["confirmed"])
         queued, waiting, retrying = len(self._queue), len(self.link.in_flight), len(self.link.retrying)
         # NOTE: an idle sender logs one last summary, then stays quiet until something happens.
-        if totals != self._summarised or queued or waiting or retrying or self._current is not None:
+        if totals != self._summarised or queued or waiting or retrying or self._sending():
             span = now - self._summary_at
             held = f"; {self.handoff.held / 2**20:.1f} MiB held in memory" if self.handoff.held else ""
             lost = f", {self.stats['lost']} lost" if self.stats["lost"] else ""
@@ -260,13 +304,13 @@ class Sender(Sending):
 
     # -- confirmations ---------------------------------------------------------------------------------
 
-    def _take_confirmations(self) -> None:
+    def _take_confirmations(self, sock: zmq.Socket, member: int) -> None:
         while True:
             try:
-                frames = self.confirmations.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            resend, confirmed = self.link.on_message(frames)
+            resend, confirmed = self.link.on_message(frames, member)
             for event in resend:
                 self._enqueue(event, force=True)
             for flight in confirmed:

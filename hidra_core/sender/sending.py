@@ -16,9 +16,10 @@ from hidra_core.errors import HidraError
 from hidra_core.host.plugins import PluginHost
 from hidra_core.interfaces import FileStat, WriteTarget
 from hidra_core.sender.clients.dispatch import ClientDispatcher
-from hidra_core.sender.fetch import JOBS_AHEAD, FetchFailed, Fetching, Job, describe, retryable
+from hidra_core.sender.fetch import JOBS_AHEAD, FetchFailed, Job, describe, retryable
 from hidra_core.sender.intake import Intake
 from hidra_core.sender.ledger import CONFIRMED, REMOVED, LedgerRow
+from hidra_core.sender.lane import Lane, member_for, route_key, series_lane
 from hidra_core.sender.outgoing import ZERO_COPY_MIN, InFlight, Outgoing
 from hidra_core.types import FileEvent
 
@@ -28,37 +29,42 @@ log = logging.getLogger(__name__)
 
 _SLICE_S = 0.02  # longest the loop sends before it serves its other sockets again
 _READ_ATTEMPTS = 3  # of a file whose read failed with a retryable error, before it counts as failed
+_DEFERRED = 256  # queued files looked past in one turn while their own pipeline is full
 
 
 class Sending(Intake):
     config: SenderConfig
     host: PluginHost
     clients: ClientDispatcher
-    data: zmq.Socket
-    fetching: Fetching
+    lanes: list[Lane]
+    _member_names: list[str]  # the storage group's data endpoints
     local: Any
     local_root: str
     topic: bytes
-    _current: Outgoing | None  # the file being sent: the oldest job of the fetch worker
-    _current_job: int | None
-    _stash: list[Any] | None  # a message the data socket had no room for
     _retries: dict[str, int]
     _removing: bool
 
     def _ask_fetcher(self, draining: bool) -> None:
-        """Keep the fetch worker a few files ahead; when draining, only the file being sent goes on."""
-        if not self.fetching.alive:
-            raise HidraError("the fetch worker stopped; see the error above")
+        """Keep each fetch worker a few files ahead; when draining, only the files being sent go on."""
+        for lane in self.lanes:
+            if not lane.fetching.alive:
+                raise HidraError("a fetch worker stopped; see the error above")
+            if draining:
+                for job in [j for j in lane.fetching.jobs if j != lane.job]:
+                    lane.fetching.drop(job)
         if draining:
-            for job in [j for j in self.fetching.jobs if j != self._current_job]:
-                self.fetching.drop(job)
             return
-        files: list[tuple[FileEvent, bool, str | None]] = []
-        while len(self.fetching.jobs) + len(files) < JOBS_AHEAD and self._queue:
+        asked: list[list[tuple[FileEvent, bool, str | None]]] = [[] for _ in self.lanes]
+        deferred: list[FileEvent] = []
+        while self._queue and len(deferred) < _DEFERRED and self._room(asked):
             event = self._queue.popleft()
+            index = self._lane_for(event, asked)
+            if index is None:  # NOTE: its own pipeline is full; the files behind it may take another
+                deferred.append(event)
+                continue
             force = self._queued.pop(event.file_id, False)
             if event.inline:  # NOTE: never stored before (its row goes when storage confirms it): nothing to skip
-                files.append((event, force, None))
+                asked[index].append((event, force, None))
                 continue
             try:
                 row = self.ledger.get(event.file_id)
@@ -66,35 +72,60 @@ class Sending(Intake):
                 self._failed(event, "looking it up in the ledger", exc)
                 continue
             # NOTE: a version already stored is not read again; the worker only reports its stat.
-            files.append((event, force, row.identity if row is not None and row.state in (CONFIRMED, REMOVED)
-                          else None))
-        if files:
-            self.fetching.open(files)
+            asked[index].append((event, force, row.identity if row is not None and row.state in (CONFIRMED, REMOVED)
+                                 else None))
+        self._queue.extendleft(reversed(deferred))
+        for lane, files in zip(self.lanes, asked):
+            if files:
+                lane.fetching.open(files)
 
-    def _sendable(self) -> bool:
-        return self._stash is not None or (self._current is not None and self._current.ready)
+    def _room(self, asked: list[list[Any]]) -> bool:
+        return any(len(lane.fetching.jobs) + len(files) < JOBS_AHEAD for lane, files in zip(self.lanes, asked))
 
-    def _take_fetched(self) -> None:
-        for header in self.fetching.messages():
+    def _lane_for(self, event: FileEvent, asked: list[list[Any]]) -> int | None:
+        """The pipeline ``event`` takes (see lane.py), or None while that one has no room."""
+        lanes = self.lanes
+        if len(lanes) == 1:
+            index = 0
+        elif event.series:
+            index = series_lane(event.series, len(lanes))
+        else:
+            # NOTE: a file goes out again through the pipeline of its earlier send: that copy may still be queued
+            # in its socket, and two copies on two connections would reach the receiver interleaved.
+            fid = event.file_id
+            sticky = [lane.index for lane in lanes if fid in lane.fetching.files or
+                      any(e.file_id == fid for e, _f, _s in asked[lane.index])]
+            pinned = self.link.lanes.get(fid)
+            if sticky:
+                index = sticky[0]
+            elif pinned is not None:
+                index = pinned
+            else:
+                index = min(range(len(lanes)), key=lambda i: len(lanes[i].fetching.jobs) + len(asked[i]))
+        return index if len(lanes[index].fetching.jobs) + len(asked[index]) < JOBS_AHEAD else None
+
+    def _take_fetched(self, lane: Lane) -> None:
+        for header in lane.fetching.messages():
             try:
-                self._on_fetched(header)
+                self._on_fetched(lane, header)
             except Exception as exc:  # NOTE: one file's bookkeeping must never stop the storage path
-                if isinstance(header[1], int) and header[1] in self.fetching.jobs:
-                    self._job_failed(header[1], exc)  # and it must not hold up the files behind it
+                if isinstance(header[1], int) and header[1] in lane.fetching.jobs:
+                    self._job_failed(lane, header[1], exc)  # and it must not hold up the files behind it
                 else:
                     log.exception("handling %s from the fetch worker failed", header[:2])
-        self._advance()
-        self.fetching.flush()
+        self._advance(lane)
+        lane.fetching.flush()
 
-    def _on_fetched(self, header: tuple[Any, ...]) -> None:
+    def _on_fetched(self, lane: Lane, header: tuple[Any, ...]) -> None:
         kind, key = header[0], header[1]
         if kind in ("removed", "kept", "remove_failed"):
             return self._removal_done(kind, key, header[2])
-        job = self.fetching.jobs.get(key)
+        fetching = lane.fetching
+        job = fetching.jobs.get(key)
         if kind == "chunk":
             out = job.out if job is not None else None
             if job is None or out is None or job.received >= out.chunk_count:
-                self.fetching.credit(len(header[2]))  # dropped meanwhile: it only returns its budget
+                fetching.credit(len(header[2][0]))  # dropped meanwhile: it only returns its budget
             else:
                 job.received += 1
                 job.ended = job.received == out.chunk_count
@@ -104,14 +135,14 @@ class Sending(Intake):
             return None
         job.ended = kind != "stat"
         if kind in ("stat", "unchanged"):
-            self._on_stat(key, job, header[2], unchanged=kind == "unchanged")
+            self._on_stat(lane, key, job, header[2], unchanged=kind == "unchanged")
         elif kind == "end" and job.out is not None and job.received < job.out.chunk_count:
-            self._job_failed(key, FetchFailed(f"the fetcher gave {job.received} of {job.out.chunk_count} chunks",
-                                              False))
+            self._job_failed(lane, key, FetchFailed(f"the fetcher gave {job.received} of {job.out.chunk_count}"
+                                                    " chunks", False))
         elif kind == "error":
-            self._job_failed(key, FetchFailed(header[2], header[3]))
+            self._job_failed(lane, key, FetchFailed(header[2], header[3]))
         elif kind in ("busy", "vanished"):
-            self.fetching.drop(key)
+            fetching.drop(key)
             if kind == "busy":
                 log.log(logging.DEBUG if job.event.file_id in self._delayed_events else logging.INFO,
                         "%s is still open for writing; sent once it is closed", job.event.file_id)
@@ -120,7 +151,7 @@ class Sending(Intake):
                 self._vanished(job.event)
         return None
 
-    def _on_stat(self, key: int, job: Job, stat: FileStat, unchanged: bool) -> None:
+    def _on_stat(self, lane: Lane, key: int, job: Job, stat: FileStat, unchanged: bool) -> None:
         event, fid = job.event, job.event.file_id
         self._delayed_events.pop(fid, None)
         row = None if event.inline else self.ledger.get(fid)
@@ -128,10 +159,10 @@ class Sending(Intake):
             if row.state == CONFIRMED and self._removing:
                 self._remove(event, stat)
             if row.state in (CONFIRMED, REMOVED):
-                self.fetching.drop(key)
+                lane.fetching.drop(key)
                 return
-        if unchanged or (not job.force and self._going_out(job, stat)):
-            self.fetching.drop(key)
+        if unchanged or (not job.force and self._going_out(lane, job, stat)):
+            lane.fetching.drop(key)
             if unchanged:  # NOTE: the ledger moved on since the worker was asked: ask again
                 self._enqueue(event, job.force)
             return
@@ -140,34 +171,52 @@ class Sending(Intake):
             if self.host.has_enrichers:
                 base.update(self.host.enrich_metadata(event, dict(base)))
         except Exception as exc:
-            self.fetching.drop(key)
+            lane.fetching.drop(key)
             self._failed(event, "enriching its metadata", exc)
             return
         job.out = Outgoing(event, stat, self.config.chunksize, base)
 
-    def _going_out(self, job: Job, stat: FileStat) -> bool:
+    def _going_out(self, lane: Lane, job: Job, stat: FileStat) -> bool:
         """This version is awaiting its confirmation, or an earlier job sends it (a scan and an event for one
-        file both asked for it)."""
+        file both asked for it; both are in this pipeline)."""
         fid = job.event.file_id
         flight = self.link.in_flight.get(fid)
         if flight is not None and flight.stat == stat:
             return True
-        return any(other is not job and other.event.file_id == fid and other.out is not None and
-                   other.out.stat == stat for other in self.fetching.jobs.values())
+        return lane.fetching.files.get(fid, 0) > 1 and any(
+            other is not job and other.event.file_id == fid and other.out is not None and other.out.stat == stat
+            for other in lane.fetching.jobs.values())
 
-    def _advance(self) -> None:
+    def _advance(self, lane: Lane) -> None:
         """The oldest file the worker has stat'ed becomes the one being sent (files go out in order)."""
-        while self._current is None and self.fetching.jobs:
-            key, job = next(iter(self.fetching.jobs.items()))
+        while lane.current is None and lane.fetching.jobs:
+            key, job = next(iter(lane.fetching.jobs.items()))
             if job.out is None:
                 return
             try:
                 self._prepare(job.out)
             except Exception as exc:
-                self.fetching.drop(key)
+                lane.fetching.drop(key)
                 self._failed(job.event, "starting to send it", exc)
                 continue
-            self._current, self._current_job = job.out, key
+            lane.current, lane.job = job.out, key
+            lane.member = member_for(route_key(job.event), self._member_names, self.link.live)
+
+    def _reroute(self, live: list[int]) -> None:
+        """Files on their way to a member that went away: to another one (from their first chunk again)."""
+        for lane in self.lanes:
+            if lane.current is None or lane.member in live or not live:
+                continue
+            if not lane.started:
+                lane.member = member_for(route_key(lane.current.event), self._member_names, live)
+                continue
+            event = lane.current.event
+            log.info("%s: its receiver went away mid-file; sent to another member of the group", event.file_id)
+            if lane.current.local is not None:
+                self.local.abort(lane.current.local)
+            lane.stash = None
+            self._next_file(lane)
+            self._enqueue(event, force=True)
 
     def _prepare(self, out: Outgoing) -> None:
         """Analysis clients and the local copy, chosen once the file is next to go."""
@@ -182,40 +231,42 @@ class Sending(Intake):
             out.local = self.local.open(WriteTarget(self.local_root, parts, event.filename,
                                                     {"file_mod_time": stat.mtime_ns / 1e9}))
 
-    def _pump(self, draining: bool) -> None:
+    def _pump(self, lane: Lane) -> None:
         deadline = time.monotonic() + _SLICE_S
         try:
             while time.monotonic() < deadline:
-                if self._stash is None:
-                    if self._current is None or not self._current.ready:
+                if lane.stash is None:
+                    if lane.current is None or not lane.current.ready:
                         return
                     try:
-                        self._stash = list(self._current.next_message())
+                        lane.stash = list(lane.current.next_message())
                     except Exception as exc:
-                        self._abandon(exc)
+                        self._abandon(lane, exc)
                         continue
+                sock = lane.sockets[lane.member]  # NOTE: each file has its own member
+                if sock is not lane.polled:
+                    return  # polled for room next turn, if that member is up
                 try:
-                    self.data.send_multipart(self._stash, flags=zmq.NOBLOCK,
-                                             copy=len(self._stash[1]) < ZERO_COPY_MIN)
+                    sock.send_multipart(lane.stash, flags=zmq.NOBLOCK, copy=len(lane.stash[1]) < ZERO_COPY_MIN)
                 except zmq.Again:
                     return
-                size = len(self._stash[1])
+                size = len(lane.stash[1])
                 self.stats["bytes"] += size
-                self.fetching.credit(size)
-                if self._current is not None:
-                    self._side_copies(self._current, self._stash[1])
-                self._stash = None
-                if self._current is not None and self._current.done:
-                    self._finish(self._current)
-                    self._next_file()
+                lane.fetching.credit(size)
+                if lane.current is not None:
+                    self._side_copies(lane.current, lane.stash[1])
+                lane.stash = None
+                if lane.current is not None and lane.current.done:
+                    self._finish(lane, lane.current)
+                    self._next_file(lane)
         finally:
-            self.fetching.flush()
+            lane.fetching.flush()
 
-    def _next_file(self) -> None:
-        if self._current_job is not None:
-            self.fetching.drop(self._current_job)
-        self._current = self._current_job = None
-        self._advance()
+    def _next_file(self, lane: Lane) -> None:
+        if lane.job is not None:
+            lane.fetching.drop(lane.job)
+        lane.current = lane.job = None
+        self._advance(lane)
 
     def _side_copies(self, out: Outgoing, payload: Any) -> None:
         """After storage took a chunk: the same buffer to admitted clients and to the local copy."""
@@ -252,24 +303,24 @@ class Sending(Intake):
             except Exception:
                 log.exception("sending metadata of %s to analysis clients failed", out.event.file_id)
 
-    def _abandon(self, exc: BaseException) -> None:
-        current = self._current
+    def _abandon(self, lane: Lane, exc: BaseException) -> None:
+        current = lane.current
         assert current is not None
-        if self._stash is not None:  # NOTE: a message of this file the data socket has not taken yet
-            self.fetching.credit(len(self._stash[1]))
-            self._stash = None
+        if lane.stash is not None:  # NOTE: a message of this file the data socket has not taken yet
+            lane.fetching.credit(len(lane.stash[1]))
+            lane.stash = None
         try:
             if current.local is not None:
                 self.local.abort(current.local)
         finally:
-            self._next_file()
+            self._next_file(lane)
             self._failed_or_retry(current.event, "reading it", exc)
 
-    def _job_failed(self, key: int, exc: BaseException) -> None:
-        if key == self._current_job:
-            self._abandon(exc)
+    def _job_failed(self, lane: Lane, key: int, exc: BaseException) -> None:
+        if key == lane.job:
+            self._abandon(lane, exc)
             return
-        job = self.fetching.drop(key)
+        job = lane.fetching.drop(key)
         if job is not None:
             self._failed_or_retry(job.event, "reading it", exc)
 
@@ -287,7 +338,7 @@ class Sending(Intake):
         self._retries.pop(fid, None)
         self._failed(event, what, exc)
 
-    def _finish(self, out: Outgoing) -> None:
+    def _finish(self, lane: Lane, out: Outgoing) -> None:
         self._finish_local(out)
         self._retries.pop(out.event.file_id, None)
         try:
@@ -296,7 +347,7 @@ class Sending(Intake):
                 self.ledger.mark_sent(out.event, out.stat.size, out.stat.mtime_ns, out.checksum, out.stat.identity)
         except Exception as exc:  # the file went out; the ledger resumes it at the next start at worst
             self._failed(out.event, "recording its send in the ledger", exc)
-        attempts, confirmed = self.link.sent(out)
+        attempts, confirmed = self.link.sent(out, lane.member, lane.index if len(self.lanes) > 1 else None)
         if attempts > 1:
             self.stats["resent"] += 1
         self.stats["sent"] += 1
@@ -315,8 +366,9 @@ class Sending(Intake):
             self._remove(flight.event, flight.stat)
 
     def _remove(self, event: FileEvent, stat: FileStat) -> None:
-        """Ask the worker to remove the confirmed version; see ``_removal_done``."""
-        self.fetching.remove(event, stat)
+        """Ask a worker to remove the confirmed version; see ``_removal_done``."""
+        lanes = self.lanes
+        lanes[series_lane(event.file_id, len(lanes)) if len(lanes) > 1 else 0].fetching.remove(event, stat)
 
     def _removal_done(self, kind: str, event: FileEvent, detail: Any) -> None:
         """A source that changed or is still open is looked at again later (and sent again if it changed)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -35,10 +35,30 @@ _RETRY_REPORT_S = 10.0  # at most one retry WARNING this often
 _EARLY_FILES = 64  # files whose chunk confirmations came before their last chunk went out (see _early)
 
 
+class _Member:
+    """One storage receiver of the group: is it there (its beacon, or a connection to a receiver without one)."""
+
+    def __init__(self, index: int, data: str) -> None:
+        self.index, self.data = index, data
+        self.receiver: bytes | None = None  # the instance id its beacon carries
+        self.beacon_at = 0.0
+        self.connected_at: float | None = None
+        self.was_up = False
+
+    def up(self, now: float) -> bool:
+        """Send while its beacon is fresh, or (after a grace) to a connected receiver without a beacon."""
+        if self.receiver is not None:
+            return now - self.beacon_at < _BEACON_TIMEOUT_S
+        return self.connected_at is not None and now - self.connected_at > _BEACON_GRACE_S
+
+
 class StorageLink:
     def __init__(self, config: StorageTarget) -> None:
         self.config = config
+        self.members = [_Member(i, data) for i, (data, _conf) in enumerate(config.members)]
+        self.live: list[int] = []  # members up at the last poll()
         self.in_flight: dict[str, InFlight] = {}
+        self.lanes: dict[str, int] = {}  # file_id -> the pipeline it went out through, until it is confirmed
         self.attempts: dict[str, int] = {}
         self.retrying: set[str] = set()  # files that ran out of time at least once and are not confirmed yet
         self._due: list[tuple[float, str, float]] = []  # heap of (deadline, file_id, sent_at); stale entries skipped
@@ -50,38 +70,52 @@ class StorageLink:
         # left this sender (chunks come from the fetch worker over several loop turns): those confirmations are
         # kept here, for the few files still being sent, and count once the file is in flight.
         self._early: dict[str, set[int]] = {}
-        self._receiver: bytes | None = None
-        self._beacon_at = 0.0
-        self._connected_at: float | None = None
-        self._was_up = False
 
-    def up(self, now: float) -> bool:
-        """Send while our receiver's beacon is fresh, or (after a grace) to a connected one without a beacon."""
-        if self._receiver is not None:
-            up = now - self._beacon_at < _BEACON_TIMEOUT_S
-        else:
-            up = self._connected_at is not None and now - self._connected_at > _BEACON_GRACE_S
-        if self._was_up and not up:
-            log.warning("storage receiver at %s lost (no beacon for %.0f s, or disconnected); files wait for it",
-                        self.config.data, _BEACON_TIMEOUT_S)
-        self._was_up = up
-        return up
+    def poll(self, now: float) -> tuple[list[int], list[FileEvent]]:
+        """``(the members up, files to send again)``: a member that went down while another is up has its
+        unconfirmed files sent to the others; a lone receiver's wait for it (confirmations may still come)."""
+        live: list[int] = []
+        down: list[_Member] = []
+        for member in self.members:
+            up = member.up(now)
+            if member.was_up and not up:
+                down.append(member)
+                log.warning("storage receiver at %s lost (no beacon for %.0f s, or disconnected); %s", member.data,
+                            _BEACON_TIMEOUT_S, "its files go to the others of the group" if len(self.members) > 1
+                            else "files wait for it")
+            member.was_up = up
+            if up:
+                live.append(member.index)
+        self.live = live
+        if not (down and live):
+            return live, []
+        gone = {member.index for member in down}
+        return live, self._take_back(lambda flight: flight.member in gone)
 
-    def on_monitor(self, monitor: zmq.Socket) -> None:
+    def _take_back(self, which: Callable[[InFlight], bool]) -> list[FileEvent]:
+        """Files in flight that go out again now: out of the books until they are sent again."""
+        flights = [flight for flight in self.in_flight.values() if which(flight)]
+        for flight in flights:
+            del self.in_flight[flight.event.file_id]
+        return [flight.event for flight in flights]
+
+    def on_monitor(self, member: int, monitor: zmq.Socket) -> None:
         while monitor.poll(0):
             event = recv_monitor_message(monitor)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._connected_at = time.monotonic()
+                self.members[member].connected_at = time.monotonic()
             elif event == zmq.EVENT_DISCONNECTED:
-                self._connected_at = None
+                self.members[member].connected_at = None
 
-    def sent(self, out: Outgoing) -> tuple[int, InFlight | None]:
-        """Record a file completely handed to the transport: ``(how often it has been sent, the flight if the
-        confirmations that came while it was being sent already complete it)``."""
+    def sent(self, out: Outgoing, member: int = 0, lane: int | None = None) -> tuple[int, InFlight | None]:
+        """Record a file completely handed to the transport for ``member``: ``(how often it has been sent, the
+        flight if the confirmations that came while it was being sent already complete it)``."""
         fid = out.event.file_id
         self.attempts[fid] = attempts = self.attempts.get(fid, 0) + 1
         now = time.monotonic()
-        flight = InFlight(out.event, out.stat, out.checksum, out.chunk_count, now)
+        flight = InFlight(out.event, out.stat, out.checksum, out.chunk_count, now, member)
+        if lane is not None:
+            self.lanes[fid] = lane
         earlier = self.in_flight.get(fid)
         if earlier is not None and earlier.checksum == out.checksum:  # the same content: its confirmations count
             flight.confirmed |= earlier.confirmed
@@ -96,10 +130,10 @@ class StorageLink:
             heapq.heapify(self._due)
         return attempts, None
 
-    def on_message(self, frames: list[bytes]) -> tuple[list[FileEvent], list[InFlight]]:
-        """A message from the confirmation socket: ``(files to send again, files now confirmed)``."""
+    def on_message(self, frames: list[bytes], member: int = 0) -> tuple[list[FileEvent], list[InFlight]]:
+        """A message from ``member``'s confirmation socket: ``(files to send again, files now confirmed)``."""
         if frames[0] == HEARTBEAT_TOPIC:
-            return self._beacon(frames), []
+            return self._beacon(self.members[member], frames), []
         try:
             conf = decode_confirmation(frames)
         except ProtocolError as exc:
@@ -129,24 +163,27 @@ class StorageLink:
         fid = flight.event.file_id
         del self.in_flight[fid]
         self.attempts.pop(fid, None)
+        self.lanes.pop(fid, None)
         if self.retrying:
             self.retrying.discard(fid)
             if not self.retrying:
                 log.info("every file sent again has been confirmed")
         return True
 
-    def _beacon(self, frames: list[bytes]) -> list[FileEvent]:
-        self._beacon_at = time.monotonic()
+    def _beacon(self, member: _Member, frames: list[bytes]) -> list[FileEvent]:
+        member.beacon_at = time.monotonic()
         instance = frames[1] if len(frames) > 1 else b""
-        if instance == self._receiver:
+        if instance == member.receiver:
             return []
-        if self._receiver is not None:
-            log.warning("storage receiver restarted: sending %d unconfirmed files again", len(self.in_flight))
+        mine = [flight for flight in self.in_flight.values() if flight.member == member.index]
+        at = f" at {member.data}" if len(self.members) > 1 else ""
+        if member.receiver is not None:
+            log.warning("storage receiver%s restarted: sending %d unconfirmed files again", at, len(mine))
         else:
-            log.info("storage receiver is up")
-        self._receiver = instance
+            log.info("storage receiver%s is up", at)
+        member.receiver = instance
         # Whatever went out before this receiver's beacon may have met a predecessor or a late subscription.
-        return [flight.event for flight in self.in_flight.values()]
+        return [flight.event for flight in mine]
 
     def backoff(self, attempts: int) -> float:
         """How long the ``attempts``-th send of a file waits for its confirmation: doubling, capped."""
@@ -192,7 +229,7 @@ class StorageLink:
             past = (f"; {len(self._overdue)} of them after {self.config.max_attempts} or more attempts, reported"
                     f" unconfirmed (`hidra ledger`) and still retried, e.g. {names}")
         log.warning("%d files not confirmed by the storage receiver in time: sent again %s, next check %.3g s after"
-                    " that%s", len(self._retried), "now" if self.up(now) else "once it is reachable", self._next_wait,
+                    " that%s", len(self._retried), "now" if self.live else "once it is reachable", self._next_wait,
                     past)
         self._retried, self._overdue, self._next_wait = set(), set(), None
         self._next_report = now + _RETRY_REPORT_S

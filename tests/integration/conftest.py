@@ -9,9 +9,10 @@ from hidra_proc import Hidra, receiver_overrides, sender_overrides
 
 
 class StoragePath:
-    """A real receiver and sender process pair on loopback, in their own directories under tmp_path."""
+    """Real receiver and sender processes on loopback, in their own directories under tmp_path: one receiver, or
+    a storage receiver group of ``members`` processes on one target (and a sender with ``streams`` pipelines)."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, members: int = 1, streams: int = 1) -> None:
         self.base = tmp_path
         self.source = tmp_path / "source"
         self.target = tmp_path / "target"
@@ -19,22 +20,43 @@ class StoragePath:
         for d in (self.source, self.target, self.state):
             d.mkdir()
         self.procs: list[Hidra] = []
-        self.receiver: Hidra | None = None
+        self.streams = streams
+        self.receivers: list[Hidra | None] = [None] * members
         self.sender: Hidra | None = None
-        self.data = self.confirmations = self.status = "tcp://127.0.0.1:0"
+        self.endpoints = [("tcp://127.0.0.1:0",) * 3 for _ in range(members)]
+
+    @property
+    def receiver(self) -> Hidra | None:
+        return self.receivers[0]
+
+    @property
+    def data(self) -> str:
+        return _listed([data for data, _conf, _status in self.endpoints])
+
+    @property
+    def confirmations(self) -> str:
+        return _listed([conf for _data, conf, _status in self.endpoints])
 
     def start_receiver(self, *extra: str) -> Hidra:
-        self.receiver = Hidra("receiver", self.base / "receiver.log",
-                              [*receiver_overrides(self.target, self.data, self.confirmations, self.status), *extra])
-        self.procs.append(self.receiver)
-        self.receiver.wait_ready()
-        # Restarts reuse the ports the first run got, as a restarted receiver on a real host would.
-        self.data, self.confirmations, self.status = self.receiver.endpoints()
+        """Start every receiver that is not running (all of the group)."""
+        for i, running in enumerate(self.receivers):
+            if running is not None and running.proc.poll() is None:
+                continue
+            data, confirmations, status = self.endpoints[i]
+            receiver = Hidra("receiver", self.base / f"receiver{i or ''}.log",
+                             [*receiver_overrides(self.target, data, confirmations, status), *extra])
+            self.procs.append(receiver)
+            receiver.wait_ready()
+            # Restarts reuse the ports the first run got, as a restarted receiver on a real host would.
+            self.endpoints[i] = receiver.endpoints()
+            self.receivers[i] = receiver
+        assert self.receiver is not None
         return self.receiver
 
     def start_sender(self, *extra: str, wait: bool = True) -> Hidra:
         self.sender = Hidra("sender", self.base / "sender.log",
-                            [*sender_overrides(self.source, self.state, self.data, self.confirmations), *extra])
+                            [*sender_overrides(self.source, self.state, self.data, self.confirmations),
+                             f"sender.streams={self.streams}", *extra])
         self.procs.append(self.sender)
         if wait:
             self.sender.wait_ready()
@@ -45,9 +67,18 @@ class StoragePath:
             p.kill()
 
 
+def _listed(endpoints: list[str]) -> str:
+    return endpoints[0] if len(endpoints) == 1 else f"[{', '.join(endpoints)}]"
+
+
+#: the storage path as one pipeline and one receiver, and as the issue-11 layout: 4 pipelines, a group of 3
+LAYOUTS = {"single": (1, 1), "group": (3, 4)}
+
+
 @pytest.fixture
-def storage_path(tmp_path: Path) -> Iterator[StoragePath]:
-    pair = StoragePath(tmp_path)
+def storage_path(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StoragePath]:
+    members, streams = LAYOUTS[getattr(request, "param", "single")]
+    pair = StoragePath(tmp_path, members, streams)
     try:
         yield pair
     finally:

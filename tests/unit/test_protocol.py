@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from hidra_core import FileEvent, FileStat, ProtocolError
-from hidra_core.sender.outgoing import Outgoing
+from hidra_core.sender.outgoing import Checksums, Outgoing
 from hidra_core.protocol import ALIVE_TEST, HTYPE, HTYPES, UnknownType, decode_data, encode_metadata, is_alive_test
 from hidra_core.protocol.confirmation import (
     HEARTBEAT_TOPIC,
@@ -120,7 +120,8 @@ def test_sender_output_decodes_with_the_right_end_of_file(chunks: list[int]) -> 
     data = [b"y" * n for n in chunks]
     out = Outgoing(FileEvent("/src", "scan1", "f.raw"), FileStat(size, 10**9, 10**9), 10,
                    {"confirmation_required": "t", "version": "4.4.3"})
-    out.pending.extend(data)  # as the fetch worker hands them in
+    sums = Checksums(len(chunks))
+    out.pending.extend(sums.add(chunk) for chunk in data)  # as the fetch worker hands them in
     decoded = []
     while not out.done:
         meta, payload = out.next_message()

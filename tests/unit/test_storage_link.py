@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from hidra_core import FileEvent, FileStat
 from hidra_core.config import StorageTarget
-from hidra_core.sender.outgoing import Outgoing
+from hidra_core.sender.outgoing import Checksums, Outgoing
 from hidra_core.sender.storage_link import StorageLink
 
 TOPIC = b"sender_1"
@@ -11,7 +11,8 @@ TOPIC = b"sender_1"
 
 def _outgoing(name: str, chunks: int) -> Outgoing:
     out = Outgoing(FileEvent("/src", "", name), FileStat(chunks * 10, 1, 1), 10, {})
-    out.pending.extend([b"x" * 10] * chunks)
+    sums = Checksums(chunks)
+    out.pending.extend(sums.add(b"x" * 10) for _ in range(chunks))
     while not out.done:
         out.next_message()
     return out
