@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+from conftest import LAYOUTS
 from hidra_proc import content, intact, tree, wait_until, write_file
 
 pytestmark = pytest.mark.integration
@@ -165,6 +166,7 @@ def test_killed_stream_worker_expires_and_its_share_goes_to_the_others(clients_p
     assert "expired client registrations" in pair.sender.text()
 
 
+@pytest.mark.parametrize("storage_path", LAYOUTS, indirect=True)
 def test_three_query_next_workers_share_300_files_each_exactly_once(clients_path):
     pair = clients_path
     # Files are never kept for later NEXTs (§5.3): each worker keeps 10 requests open, as a 4.x client's
@@ -192,3 +194,21 @@ def test_three_query_next_workers_share_300_files_each_exactly_once(clients_path
             delivered[rel] = size
     assert delivered == expected
     assert all(t["skipped"] == 0 for t in pair.com.status()["targets"])
+
+
+@pytest.mark.parametrize("storage_path", ["group"], indirect=True)
+@pytest.mark.parametrize("clients_path", [["sender.chunksize=65536"]], indirect=True)
+def test_with_4_pipelines_a_stream_client_gets_every_file_whole(clients_path):
+    """Chunks of files sent by different pipelines interleave on the client's connection: each file still
+    arrives whole."""
+    pair = clients_path
+    worker = _worker(pair, "all")
+    wait_until(lambda: _connected(pair, worker), 20, "the client's connection")
+    expected = {f"p/{i:03d}.dat": 1_000 + (i * 40_009) % 400_000 for i in range(200)}  # up to 7 chunks each
+    for rel, size in expected.items():
+        write_file(pair.source / rel, size)
+    wait_until(lambda: worker.files() == expected, 60, "every file at the stream client")
+    for rel, size in expected.items():
+        assert (worker.out / rel).read_bytes() == content(Path(rel).name, size), rel
+    assert all(intact(pair.target, r, s) for r, s in expected.items())
+    assert pair.com.target(worker.socket_id)["skipped"] == 0

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from conftest import LAYOUTS
+from hidra_core.sender.lane import member_for
 from hidra_proc import intact, no_part_files, tree, wait_until, write_file
 
 pytestmark = pytest.mark.integration
@@ -166,3 +167,25 @@ def test_group_member_sigkilled_mid_run_its_files_go_to_the_others(storage_path)
     assert "its files go to the others of the group" in pair.sender.text()
     stored = [len(re.findall(r"stored ", r.text())) for r in pair.receivers]
     assert stored[0] and stored[2], stored  # both others took files
+
+
+@pytest.mark.parametrize("storage_path", ["group"], indirect=True)
+def test_a_new_version_sent_to_another_member_is_not_undone_when_its_member_returns(storage_path):
+    pair = storage_path
+    pair.start_receiver()
+    pair.start_sender(f"sender.chunksize={CHUNK}")
+    members = [data for data, _conf, _status in pair.endpoints]
+    write_file(pair.source / "f.dat", 3 * CHUNK + 1)
+    wait_until(lambda: intact(pair.target, "f.dat", 3 * CHUNK + 1), 30, "version 1 of f.dat")
+    home = member_for("f.dat", members, [0, 1, 2])
+    pair.receivers[home].proc.send_signal(signal.SIGKILL)
+    pair.receivers[home].proc.wait(10)
+    write_file(pair.source / "f.dat", 2 * CHUNK + 7)  # version 2, while its member is gone
+    wait_until(lambda: intact(pair.target, "f.dat", 2 * CHUNK + 7), 30, "version 2 of f.dat from another member")
+    pair.start_receiver()
+    back = next(f"g{i}.dat" for i in range(1000) if member_for(f"g{i}.dat", members, [0, 1, 2]) == home)
+    write_file(pair.source / back, 5000)
+    wait_until(lambda: intact(pair.target, back, 5000), 30, f"{back} stored by the member that came back")
+    assert intact(pair.target, "f.dat", 2 * CHUNK + 7)
+    # the files writer keeps the version it replaced under a backup name (receiver.files.existing)
+    assert tree(pair.target) == {"f.dat": 2 * CHUNK + 7, "f.dat.~1~": 3 * CHUNK + 1, back: 5000}

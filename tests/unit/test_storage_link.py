@@ -1,8 +1,13 @@
 """The sender's storage-link bookkeeping: which confirmations complete which file."""
 from __future__ import annotations
 
+import collections
+import time
+
 from hidra_core import FileEvent, FileStat
 from hidra_core.config import StorageTarget
+from hidra_core.protocol.confirmation import HEARTBEAT_TOPIC
+from hidra_core.sender.lane import member_for
 from hidra_core.sender.outgoing import Checksums, Outgoing
 from hidra_core.sender.storage_link import StorageLink
 
@@ -57,3 +62,61 @@ def test_early_legacy_confirmations_never_complete_a_file_without_accept_legacy(
         link.on_message(_legacy("d.dat", chunk))
     assert link.sent(_outgoing("d.dat", 2)) == (1, None)
     assert "d.dat" in link.in_flight
+
+
+def _group(members: int = 3) -> StorageLink:
+    return StorageLink(StorageTarget(data=[f"tcp://h{i}:1" for i in range(members)],
+                                     confirmations=[f"tcp://h{i}:2" for i in range(members)]))
+
+
+def _beacon(link: StorageLink, member: int, instance: bytes = b"one") -> list:
+    return link.on_message([HEARTBEAT_TOPIC, instance], member)[0]
+
+
+def test_a_group_member_that_goes_quiet_has_its_unconfirmed_files_sent_to_the_others(monkeypatch) -> None:
+    link = _group()
+    for member in range(3):
+        _beacon(link, member)
+    assert link.poll(time.monotonic())[0] == [0, 1, 2]
+    link.sent(_outgoing("to1.dat", 1), member=1)
+    link.sent(_outgoing("to2.dat", 1), member=2)
+    later = time.monotonic() + 4  # member 1 sends no beacon for longer than the timeout, the others do
+    for member in (0, 2):
+        monkeypatch.setattr(time, "monotonic", lambda: later)
+        _beacon(link, member)
+    live, resend = link.poll(later)
+    assert live == [0, 2]
+    assert [e.filename for e in resend] == ["to1.dat"]
+    assert list(link.in_flight) == ["to2.dat"]
+
+
+def test_a_lone_receiver_that_goes_quiet_keeps_its_files_in_flight() -> None:
+    """Its confirmations may still come; the files wait for it (or their timeout), as before groups."""
+    link = _group(1)
+    _beacon(link, 0)
+    link.poll(time.monotonic())
+    link.sent(_outgoing("a.dat", 1))
+    live, resend = link.poll(time.monotonic() + 4)
+    assert (live, resend) == ([], [])
+    assert list(link.in_flight) == ["a.dat"]
+
+
+def test_a_restarted_member_gets_only_its_own_files_again() -> None:
+    link = _group(2)
+    _beacon(link, 0)
+    _beacon(link, 1)
+    link.sent(_outgoing("to0.dat", 1), member=0)
+    link.sent(_outgoing("to1.dat", 1), member=1)
+    assert [e.filename for e in _beacon(link, 1, b"two")] == ["to1.dat"]
+
+
+def test_rendezvous_hashing_moves_only_the_lost_members_files() -> None:
+    members = [f"tcp://h{i}:1" for i in range(3)]
+    keys = [f"d/{i}.dat" for i in range(3000)]
+    before = {key: member_for(key, members, [0, 1, 2]) for key in keys}
+    assert min(collections.Counter(before.values()).values()) > 800  # spread over all three
+    after = {key: member_for(key, members, [0, 2]) for key in keys}
+    moved = {key for key in keys if before[key] != after[key]}
+    assert moved == {key for key in keys if before[key] == 1}
+    assert all(after[key] in (0, 2) for key in keys)
+    assert member_for("x", members, []) == member_for("x", members, [0, 1, 2])  # none up: its usual member
