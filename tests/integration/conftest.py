@@ -5,7 +5,7 @@ from typing import Iterator
 
 import pytest
 
-from hidra_proc import Hidra, receiver_overrides, sender_overrides
+from hidra_proc import Hidra, receiver_overrides, sender_overrides, wait_until
 
 
 class StoragePath:
@@ -60,6 +60,10 @@ class StoragePath:
         self.procs.append(self.sender)
         if wait:
             self.sender.wait_ready()
+            if len(self.endpoints) > 1:  # NOTE: files go only to members it knows are up; tests want all three
+                sender = self.sender
+                wait_until(lambda: all(f"storage receiver at {data} is up" in sender.text()
+                                       for data, _conf, _status in self.endpoints), 20, "every member up")
         return self.sender
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import LAYOUTS
 from hidra_core.sender.lane import member_for
+from hidra_core.sender.ledger import Ledger
 from hidra_proc import intact, no_part_files, tree, wait_until, write_file
 
 pytestmark = pytest.mark.integration
@@ -106,6 +107,16 @@ def test_receiver_sigkill_mid_run_with_removal_loses_nothing(storage_path):
     assert removed_too_early == set()
     assert tree(pair.target) == expected
     assert re.search(r"storage receiver( at \S+)? restarted", pair.sender.text())
+    assert _ledger_after_stop(pair) == {"removed": len(expected)}
+
+
+def _ledger_after_stop(pair) -> dict[str, int]:
+    assert pair.sender.stop() == 0
+    book = Ledger(str(pair.state / "ledger.sqlite"), None, exclusive=False)
+    try:
+        return book.counts()
+    finally:
+        book.close()
 
 
 def _removed_without_copy(pair, written: dict[str, int]) -> set[str]:
@@ -165,6 +176,7 @@ def test_group_member_sigkilled_mid_run_its_files_go_to_the_others(storage_path)
     assert removed_too_early == set()
     assert tree(pair.target) == expected
     assert "its files go to the others of the group" in pair.sender.text()
+    assert _ledger_after_stop(pair) == {"removed": len(expected)}  # one row per file, whatever the pipeline
     stored = [len(re.findall(r"stored ", r.text())) for r in pair.receivers]
     assert stored[0] and stored[2], stored  # both others took files
 
