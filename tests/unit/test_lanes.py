@@ -1,0 +1,55 @@
+"""Which pipeline (``sender.streams``) a file takes: the rules that keep one file's copies, and one series, in order."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from hidra_core import FileEvent, FileStat
+from hidra_core.config import StorageTarget
+from hidra_core.sender.lane import series_lane
+from hidra_core.sender.outgoing import Checksums, Outgoing
+from hidra_core.sender.sending import Sending
+from hidra_core.sender.storage_link import StorageLink
+
+
+def _sender(jobs: list[int], files: list[dict[str, int]]) -> Sending:
+    sending = object.__new__(Sending)
+    sending.lanes = [SimpleNamespace(index=i, fetching=SimpleNamespace(jobs=dict.fromkeys(range(n)), files=f))
+                     for i, (n, f) in enumerate(zip(jobs, files))]
+    sending.link = StorageLink(StorageTarget())
+    return sending
+
+
+def test_a_new_file_takes_the_least_busy_pipeline() -> None:
+    sending = _sender([5, 1, 3], [{}, {}, {}])
+    assert sending._lane_for(FileEvent("/s", "", "new.dat"), [[], [], []]) == 1
+    other = (FileEvent("/s", "", "other.dat"), False, None)
+    assert sending._lane_for(FileEvent("/s", "", "new.dat"), [[], [other] * 9, []]) == 2  # asked this turn
+
+
+def test_a_file_sent_again_takes_the_pipeline_of_its_earlier_copy() -> None:
+    """That copy may still sit in its socket's queue: through another socket the two would interleave."""
+    sending = _sender([5, 0], [{}, {}])
+    out = Outgoing(FileEvent("/s", "", "again.dat"), FileStat(10, 1, 1), 10, {})
+    out.pending.append(Checksums(1).add(b"x" * 10))
+    out.next_message()
+    sending.link.sent(out, 0, lane=0)
+    assert sending._lane_for(FileEvent("/s", "", "again.dat"), [[], []]) == 0  # busier, but its earlier one
+    assert sending.link.on_message([b"", b"again.dat", b"0", b"xxh3_64", out.checksum.encode()])
+    sending.link.lanes.clear()
+    assert sending._lane_for(FileEvent("/s", "", "again.dat"), [[], []]) == 1
+
+
+def test_a_file_with_a_job_in_a_pipeline_stays_there() -> None:
+    sending = _sender([1, 9], [{}, {"busy.dat": 1}])
+    assert sending._lane_for(FileEvent("/s", "", "busy.dat"), [[], []]) == 1
+
+
+def test_every_event_of_a_series_takes_one_pipeline() -> None:
+    sending = _sender([0, 0, 0, 0], [{}, {}, {}, {}])
+    lanes = {sending._lane_for(FileEvent("/s", "", f"{i}.frame", series="run7"), [[]] * 4) for i in range(50)}
+    assert lanes == {series_lane("run7", 4)}
+
+
+def test_a_full_pipeline_defers_its_files() -> None:
+    sending = _sender([0, 32], [{}, {"full.dat": 1}])
+    assert sending._lane_for(FileEvent("/s", "", "full.dat"), [[], []]) is None
