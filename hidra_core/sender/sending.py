@@ -43,6 +43,7 @@ class Sending(Intake):
     topic: bytes
     _retries: dict[str, int]
     _removing: bool
+    _limits: list[int]  # this turn: files each fetch worker may have (0: it is not asked)
 
     def _ask_fetcher(self, draining: bool) -> None:
         """Keep each fetch worker a few files ahead; when draining, only the files being sent go on."""
@@ -55,6 +56,9 @@ class Sending(Intake):
         if draining:
             return
         asked: list[list[tuple[FileEvent, bool, str | None]]] = [[] for _ in self.lanes]
+        # NOTE: a worker is topped up once it is down to half its files, so that each request (and doorbell)
+        # carries a batch of small files rather than one
+        self._limits = [JOBS_AHEAD if len(lane.fetching.jobs) <= JOBS_AHEAD // 2 else 0 for lane in self.lanes]
         deferred: list[FileEvent] = []
         while self._queue and len(deferred) < _DEFERRED and self._room(asked):
             event = self._queue.popleft()
@@ -80,7 +84,8 @@ class Sending(Intake):
                 lane.fetching.open(files)
 
     def _room(self, asked: list[list[Any]]) -> bool:
-        return any(len(lane.fetching.jobs) + len(files) < JOBS_AHEAD for lane, files in zip(self.lanes, asked))
+        return any(len(lane.fetching.jobs) + len(files) < limit
+                   for lane, files, limit in zip(self.lanes, asked, self._limits))
 
     def _lane_for(self, event: FileEvent, asked: list[list[Any]]) -> int | None:
         """The pipeline ``event`` takes (see lane.py), or None while that one has no room."""
@@ -101,8 +106,9 @@ class Sending(Intake):
             elif pinned is not None:
                 index = pinned
             else:
-                index = min(range(len(lanes)), key=lambda i: len(lanes[i].fetching.jobs) + len(asked[i]))
-        return index if len(lanes[index].fetching.jobs) + len(asked[index]) < JOBS_AHEAD else None
+                index = min(range(len(lanes)), key=lambda i: (len(lanes[i].fetching.jobs) + len(asked[i])
+                                                              - self._limits[i]))
+        return index if len(lanes[index].fetching.jobs) + len(asked[index]) < self._limits[index] else None
 
     def _take_fetched(self, lane: Lane) -> None:
         for header in lane.fetching.messages():

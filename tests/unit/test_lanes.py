@@ -16,6 +16,7 @@ def _sender(jobs: list[int], files: list[dict[str, int]]) -> Sending:
     sending.lanes = [SimpleNamespace(index=i, fetching=SimpleNamespace(jobs=dict.fromkeys(range(n)), files=f))
                      for i, (n, f) in enumerate(zip(jobs, files))]
     sending.link = StorageLink(StorageTarget())
+    sending._limits = [32] * len(jobs)
     return sending
 
 
