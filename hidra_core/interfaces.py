@@ -100,7 +100,11 @@ class EventSource(ABC):
 
 
 class Fetcher(ABC):
-    """Produces the bytes of an event in chunks, and removes the source when the kernel says it is safe."""
+    """Produces the bytes of an event in chunks, and removes the source when the kernel says it is safe.
+
+    A sender with several pipelines (``sender.streams``) makes one instance per pipeline, each called from its
+    own thread only; ``remove`` may come to any instance, also for data another one read.
+    """
 
     config_class: ClassVar[type[BaseModel]] = EmptyConfig
 

@@ -31,9 +31,13 @@ _OLD_DEFAULT_LEDGER = os.path.join(LEDGER_DIR, "sender-ledger.sqlite")  # the si
 @dataclass(frozen=True)
 class SenderDrivers:
     source: Any
-    fetcher: Any
+    fetchers: list[Any]  # one per pipeline (sender.streams): each is only ever called from its worker's thread
     local: Any  # the local-target writer, or None
     endpoints: Endpoints
+
+    @property
+    def fetcher(self) -> Any:
+        return self.fetchers[0]
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,8 @@ def build_sender(config: InstanceConfig, origin: str, context: zmq.Context | Non
     cfg = config.sender
     source = source_driver(config, origin)
     fetch = cfg.fetcher or DriverChoice(type=source.default_fetcher)
-    fetcher = create_driver("fetcher", fetch.type, fetch.options, origin, f"sender.fetcher.{fetch.type}")
+    fetchers = [create_driver("fetcher", fetch.type, fetch.options, origin, f"sender.fetcher.{fetch.type}")
+                for _ in range(cfg.stream_count if context is not None else 1)]
     local = None
     if cfg.local_target is not None:
         lt = cfg.local_target
@@ -91,7 +96,7 @@ def build_sender(config: InstanceConfig, origin: str, context: zmq.Context | Non
         keys.update({data: f"sender.storage.data{index}", confirmations: f"sender.storage.confirmations{index}"})
     if cfg.clients.control_shim:
         keys[cfg.clients.control_shim] = "sender.clients.control_shim"
-    return SenderDrivers(source, fetcher, local, _endpoints(context, "sender", cfg.transports, keys, origin))
+    return SenderDrivers(source, fetchers, local, _endpoints(context, "sender", cfg.transports, keys, origin))
 
 
 def build_receiver(config: InstanceConfig, origin: str, context: zmq.Context | None = None) -> ReceiverDrivers:

@@ -53,7 +53,7 @@ class Sender(Sending):
         # NOTE: one I/O thread per pipeline: a single one tops out near 2-3 GB/s of TCP on loopback.
         self.context = zmq.Context(io_threads=cfg.stream_count)
         built = build_sender(config, source_name, self.context)
-        self.source, self.fetcher, self.local = built.source, built.fetcher, built.local
+        self.source, self.fetchers, self.local = built.source, built.fetchers, built.local
         self.endpoints = built.endpoints
         self.local_root = os.path.abspath(cfg.local_target.path) if cfg.local_target is not None else ""
         self.clients = ClientDispatcher(cfg.clients, self.endpoints, cfg.compat_version, storing=self.local is not None,
@@ -114,7 +114,7 @@ class Sender(Sending):
             self.poller.register(sub, zmq.POLLIN)
         self._monitors: dict[zmq.Socket, int] = {}
         for index in range(self.config.stream_count):
-            fetching = Fetching(self.fetcher, self.context, self.config.chunksize)
+            fetching = Fetching(self.fetchers[index], self.context, self.config.chunksize)
             self.lanes.append(Lane(index, fetching, []))
             self.poller.register(fetching.socket, zmq.POLLIN)
             for member, (data, _conf) in enumerate(storage.members):

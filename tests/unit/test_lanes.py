@@ -3,8 +3,11 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import zmq
+
 from hidra_core import FileEvent, FileStat
-from hidra_core.config import StorageTarget
+from hidra_core.config import StorageTarget, load_config
+from hidra_core.host.build import build_sender
 from hidra_core.sender.lane import series_lane
 from hidra_core.sender.outgoing import Checksums, Outgoing
 from hidra_core.sender.sending import Sending
@@ -54,3 +57,15 @@ def test_every_event_of_a_series_takes_one_pipeline() -> None:
 def test_a_full_pipeline_defers_its_files() -> None:
     sending = _sender([0, 32], [{}, {"full.dat": 1}])
     assert sending._lane_for(FileEvent("/s", "", "full.dat"), [[], []]) is None
+
+
+def test_each_pipeline_gets_a_fetcher_of_its_own(tmp_path) -> None:
+    """Fetchers keep state between calls (a buffer pool, a spooled download): one per worker thread."""
+    config = load_config(None, [f"sender.source.inotify.path={tmp_path}", "sender.streams=3"])
+    context = zmq.Context()
+    try:
+        built = build_sender(config, "<test>", context)
+        assert len({id(fetcher) for fetcher in built.fetchers}) == 3
+        assert built.fetcher is built.fetchers[0]
+    finally:
+        context.term()
