@@ -85,22 +85,22 @@ class Child:
                                    f"{self.output()[-800:]}")
             time.sleep(0.02)
 
-    def descendants(self) -> list[int]:
-        """The pids of the child's live descendants (a receiver group's workers), counted as this benchmark's
-        from now on (see OtherLoad)."""
+    def descendants(self) -> list[psutil.Process]:
+        """The child's live descendants (a receiver group's workers), counted as this benchmark's from now on
+        (see OtherLoad)."""
         try:
-            pids = [p.pid for p in self.ps.children(recursive=True)]
+            procs = self.ps.children(recursive=True)
         except psutil.Error:
             return []
-        _our_pids.update(pids)
-        return pids
+        _our_pids.update(p.pid for p in procs)
+        return procs
 
     def cpu_seconds(self) -> float:
         """User + system time of the child, of its live descendants and of those it has reaped."""
         total = 0.0
-        for pid in [self.popen.pid, *self.descendants()]:
+        for proc in [self.ps, *self.descendants()]:
             try:
-                times = self.ps.cpu_times() if pid == self.popen.pid else psutil.Process(pid).cpu_times()
+                times = proc.cpu_times()
             except psutil.Error:  # a worker that just exited: its parent's children_* has it once reaped
                 continue
             total += times.user + times.system + times.children_user + times.children_system
@@ -115,7 +115,7 @@ class Child:
         (pyzmq's garbage collector) with its own, nearly idle, "ZMQbg/IO/0" thread.
         """
         out: dict[str, float] = {}
-        for pid in [self.popen.pid, *self.descendants()]:
+        for pid in [self.popen.pid, *(p.pid for p in self.descendants())]:
             prefix = "" if pid == self.popen.pid else "workers "
             for tid, name, seconds in _threads(pid):
                 label = "main" if tid == pid else name if name.startswith("ZMQ") else "py" if prefix else f"py-{tid}"
@@ -125,17 +125,24 @@ class Child:
     def peak_rss(self) -> int | None:
         """VmHWM: the true peak resident set size since the process started; with descendants, the sum of
         theirs and its own (what the group needed at most)."""
-        peaks = [p for p in (_peak_rss(pid) for pid in [self.popen.pid, *self.descendants()]) if p is not None]
+        pids = [self.popen.pid, *(p.pid for p in self.descendants())]
+        peaks = [peak for peak in map(_peak_rss, pids) if peak is not None]
         return sum(peaks) if peaks else None
 
     def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, SIGKILL after ``timeout``; descendants (a receiver group's workers) that outlive the child
+        are killed."""
+        left: list[psutil.Process] = []
         if self.popen.poll() is None:
+            left = self.descendants()
             self.popen.send_signal(signal.SIGTERM)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(5)
+        for orphan in psutil.wait_procs(left, timeout=5)[1]:  # NOTE: psutil checks the pid was not reused
+            orphan.kill()
         self._log.close()
         if self in _children:
             _children.remove(self)

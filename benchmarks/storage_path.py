@@ -2,13 +2,16 @@
 
     .venv/bin/python benchmarks/storage_path.py [--quick] [--workdir DIR] [--fsync-only | --no-fsync-only]
                                                 [--repeat N] [--sets 1MiB,4KiB] [--markdown] [--keep]
+                                                [--streams N,... --receivers N,... | --scale N,...]
 
 For each data set (1000 x 1 MiB, 200 x 8 MiB, 20 x 100 MiB, 5000 x 4 KiB; --quick: a tenth) the files are
 generated once in a staging directory. Each mode then runs --repeat times (order rotated) and the median run
 is reported: for HiDRA a receiver and a sender are started on free loopback ports, every staged file is renamed
 into the watched source directory at once, and the run lasts until the last file appears at its final name in
 the target (IN_MOVED_TO). Latency: 200 x 1 MiB written and renamed in at 50 files/s, each file timed from its
-rename to its arrival. See benchmarks/README.md for what is measured and why.
+rename to its arrival. --scale 1,2,4,8: for each N, HiDRA with N streams and a receiver group of N workers
+against N raw zmq pairs and N parallel cp + one sync, in one table. See benchmarks/README.md for what is measured
+and why.
 """
 from __future__ import annotations
 
@@ -359,12 +362,15 @@ def setups(args: argparse.Namespace) -> list[Setup]:
     return [Setup.chosen(s, r) for s in args.streams or [None] for r in args.receivers or [1]]
 
 
-def attempt(label: str, run: Callable[[], list[Result]], n: int = 1) -> list[Result]:
+def attempt(label: str, mode: str, run: Callable[[], list[Result]], n: int = 1) -> list[Result]:
     """Run one measurement; a failure is recorded as a result and the benchmark goes on."""
     try:
         new = run()
     except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
-        new = [Result(label, "?", status=f"FAILED: {exc}", n=n)]
+        print(f"# {label} {mode} failed: {exc}", file=sys.stderr)
+        lines = [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        # NOTE: one line in the table: the first line of the error and its last (a child's own error message)
+        new = [Result(label, mode, status="FAILED: " + " ... ".join(dict.fromkeys([lines[0], lines[-1]])), n=n)]
         stop_all()
     for r in new:
         print(f"# {r.set}{f' N={r.n}' if r.n > 1 else ''} {r.mode}: {num(r.files_s)} files/s, {num(r.mib_s)} MiB/s"
@@ -382,7 +388,7 @@ def measure(plan: dict[str, Callable[[], list[Result]]], label: str, args: argpa
     for rep in range(args.repeat):
         for name in names[rep % len(names):] + names[:rep % len(names)]:
             for retry in range(args.retries + 1):
-                new = attempt(label, plan[name], n)
+                new = attempt(label, name, plan[name], n)
                 runs += new
                 busy = max((r.other_cpu or 0 for r in new), default=0)
                 if busy <= args.max_other or retry == args.retries:
