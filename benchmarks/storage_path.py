@@ -151,7 +151,7 @@ class Bench:
                         "--set", f"sender.ledger.path={run}/state/ledger.sqlite"], f"{run}/sender.log")
         sender.wait_for(r"hidra sender ready", 60)
         # NOTE: the link is live (to every member of a group): the first file goes out at once
-        sender.wait_for(r"storage receiver is up", 60, count=setup.receivers)
+        sender.wait_for(r"storage receiver (?:at \S+ )?is up", 60, count=setup.receivers)  # a group: "at <data>"
         return sender, receiver
 
     def stop_pair(self, result: Result, sender: Child, receiver: Child) -> None:
