@@ -51,6 +51,7 @@ class Result:
     other_cpu: float | None = None  # CPU % of other users' processes during the run (a shared machine)
     status: str = "ok"
     notes: list[str] = field(default_factory=list)
+    n: int = 1  # --scale: HiDRA streams and receivers, raw zmq pairs or cp processes in parallel
 
 
 class Child:
@@ -69,13 +70,13 @@ class Child:
         with open(self.log_path, errors="replace") as log:
             return log.read()
 
-    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
-        """The first match of ``pattern`` in the output; raises if the child exits or the time runs out."""
+    def wait_for(self, pattern: str, timeout: float, count: int = 1) -> re.Match[str]:
+        """The ``count``-th match of ``pattern`` in the output; raises if the child exits or the time runs out."""
         deadline = time.monotonic() + timeout
         while True:
-            match = re.search(pattern, self.output())
-            if match:
-                return match
+            matches = list(re.finditer(pattern, self.output()))
+            if len(matches) >= count:
+                return matches[count - 1]
             if self.popen.poll() is not None:
                 raise RuntimeError(f"{os.path.basename(self.log_path)}: exited with {self.popen.returncode}: "
                                    f"{self.output()[-800:]}")
@@ -84,53 +85,107 @@ class Child:
                                    f"{self.output()[-800:]}")
             time.sleep(0.02)
 
+    def descendants(self) -> list[psutil.Process]:
+        """The child's live descendants (a receiver group's workers), counted as this benchmark's from now on
+        (see OtherLoad)."""
+        try:
+            procs = self.ps.children(recursive=True)
+        except psutil.Error:
+            return []
+        _our_pids.update(p.pid for p in procs)
+        return procs
+
     def cpu_seconds(self) -> float:
-        times = self.ps.cpu_times()
-        return times.user + times.system
+        """User + system time of the child, of its live descendants and of those it has reaped."""
+        total = 0.0
+        for proc in [self.ps, *self.descendants()]:
+            try:
+                times = proc.cpu_times()
+            except psutil.Error:  # a worker that just exited: its parent's children_* has it once reaped
+                continue
+            total += times.user + times.system + times.children_user + times.children_system
+        return total
 
     def thread_cpu(self) -> dict[str, float]:
-        """CPU seconds per thread: "main" (tid = pid), libzmq's "ZMQbg/..." threads, other threads "py-<tid>".
+        """CPU seconds per thread: "main" (tid = pid), libzmq's "ZMQbg/..." threads, other threads "py-<tid>";
+        the threads of the child's descendants are summed over all of them under "workers <label>", "py" for
+        every other thread.
 
         Threads of the same name are summed: a process that sent with copy=False has a second ZMQ context
         (pyzmq's garbage collector) with its own, nearly idle, "ZMQbg/IO/0" thread.
         """
-        ticks, out = os.sysconf("SC_CLK_TCK"), {}
-        pid = self.popen.pid
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{tid}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-                with open(f"/proc/{pid}/task/{tid}/comm") as comm:
-                    name = comm.read().strip()
-            except OSError:
-                continue
-            label = "main" if int(tid) == pid else name if name.startswith("ZMQ") else f"py-{tid}"
-            out[label] = out.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+        out: dict[str, float] = {}
+        for pid in [self.popen.pid, *(p.pid for p in self.descendants())]:
+            prefix = "" if pid == self.popen.pid else "workers "
+            for tid, name, seconds in _threads(pid):
+                label = "main" if tid == pid else name if name.startswith("ZMQ") else "py" if prefix else f"py-{tid}"
+                out[prefix + label] = out.get(prefix + label, 0.0) + seconds
         return out
 
     def peak_rss(self) -> int | None:
-        """VmHWM: the true peak resident set size since the process started."""
-        try:
-            with open(f"/proc/{self.popen.pid}/status") as status:
-                for line in status:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return None
+        """VmHWM: the true peak resident set size since the process started; with descendants, the sum of
+        theirs and its own (what the group needed at most)."""
+        pids = [self.popen.pid, *(p.pid for p in self.descendants())]
+        peaks = [peak for peak in map(_peak_rss, pids) if peak is not None]
+        return sum(peaks) if peaks else None
 
     def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, SIGKILL after ``timeout``; descendants (a receiver group's workers) that outlive the child
+        are killed."""
+        left: list[psutil.Process] = []
         if self.popen.poll() is None:
+            left = self.descendants()
             self.popen.send_signal(signal.SIGTERM)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(5)
+        for orphan in psutil.wait_procs(left, timeout=5)[1]:  # NOTE: psutil checks the pid was not reused
+            orphan.kill()
         self._log.close()
         if self in _children:
             _children.remove(self)
         return self.popen.returncode
+
+
+def _threads(pid: int) -> list[tuple[int, str, float]]:
+    """(tid, name, CPU seconds) of each thread of ``pid``."""
+    ticks, out = os.sysconf("SC_CLK_TCK"), []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/task/{tid}/comm") as comm:
+                name = comm.read().strip()
+        except OSError:
+            continue
+        out.append((int(tid), name, (int(fields[11]) + int(fields[12])) / ticks))
+    return out
+
+
+def _peak_rss(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def machine() -> str:
+    """"N cores, <CPU model>, M GiB RAM": what a benchmark's figures were measured on."""
+    with open("/proc/cpuinfo") as cpuinfo:
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
+    with open("/proc/meminfo") as meminfo:
+        total = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemTotal:"))
+    return f"{os.cpu_count()} cores, {model}, {total / (1 << 30):.0f} GiB RAM"
 
 
 def thread_share(before: dict[str, float], after: dict[str, float], wall: float) -> str:

@@ -2,9 +2,11 @@
 
     python _rawzmq.py pull SIZE COUNT      binds a PULL socket to a free port, prints "ready ENDPOINT",
                                            receives COUNT messages, prints "result {json}" and exits
-    python _rawzmq.py push ENDPOINT SIZE COUNT
+    python _rawzmq.py push ENDPOINT SIZE COUNT [--on-signal]
                                            sends COUNT messages of SIZE bytes (zero-copy from 64 KiB up,
-                                           like the HiDRA sender), prints "result {json}" and exits
+                                           like the HiDRA sender), prints "result {json}" and exits;
+                                           --on-signal: connects, prints "ready" and waits for SIGUSR1 before
+                                           it sends (so that several pairs start together)
 
 High-water marks are HiDRA's defaults (sender.storage.hwm=4, receiver.hwm=16), so the figure is what the
 same sockets can do without any HiDRA work (file reads, checksums, metadata, writes, ledger).
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -50,7 +53,9 @@ def pull(size: int, count: int) -> None:
     ctx.term()
 
 
-def push(endpoint: str, size: int, count: int) -> None:
+def push(endpoint: str, size: int, count: int, on_signal: bool = False) -> None:
+    if on_signal:  # NOTE: blocked before "ready" is printed, so a SIGUSR1 sent after it is never lost
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.sndhwm = SEND_HWM
@@ -58,6 +63,9 @@ def push(endpoint: str, size: int, count: int) -> None:
     sock.connect(endpoint)
     payload = os.urandom(size)
     copy = size < ZERO_COPY_MIN
+    if on_signal:
+        print("ready", flush=True)
+        signal.sigwait({signal.SIGUSR1})
     start = time.monotonic()
     for _ in range(count):
         sock.send(payload, copy=copy)
@@ -69,7 +77,7 @@ def push(endpoint: str, size: int, count: int) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["pull"] and len(sys.argv) == 4:
         pull(int(sys.argv[2]), int(sys.argv[3]))
-    elif sys.argv[1:2] == ["push"] and len(sys.argv) == 5:
-        push(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif sys.argv[1:2] == ["push"] and len(sys.argv) in (5, 6) and sys.argv[5:] in ([], ["--on-signal"]):
+        push(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), on_signal=len(sys.argv) == 6)
     else:
         sys.exit(__doc__)

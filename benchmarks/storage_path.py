@@ -2,13 +2,16 @@
 
     .venv/bin/python benchmarks/storage_path.py [--quick] [--workdir DIR] [--fsync-only | --no-fsync-only]
                                                 [--repeat N] [--sets 1MiB,4KiB] [--markdown] [--keep]
+                                                [--streams N,... --receivers N,... | --scale N,...]
 
 For each data set (1000 x 1 MiB, 200 x 8 MiB, 20 x 100 MiB, 5000 x 4 KiB; --quick: a tenth) the files are
 generated once in a staging directory. Each mode then runs --repeat times (order rotated) and the median run
 is reported: for HiDRA a receiver and a sender are started on free loopback ports, every staged file is renamed
 into the watched source directory at once, and the run lasts until the last file appears at its final name in
 the target (IN_MOVED_TO). Latency: 200 x 1 MiB written and renamed in at 50 files/s, each file timed from its
-rename to its arrival. See benchmarks/README.md for what is measured and why.
+rename to its arrival. --scale 1,2,4,8: for each N, HiDRA with N streams and a receiver group of N workers
+against N raw zmq pairs and N parallel cp + one sync, in one table. See benchmarks/README.md for what is measured
+and why.
 """
 from __future__ import annotations
 
@@ -28,8 +31,9 @@ from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import (MiB, ArrivalWatcher, Child, DataSet, Result, generate, move_all,  # noqa: E402
-                      Ballast, OtherLoad, percentile, read_all, set_topdir, stop_all,
+                      Ballast, OtherLoad, machine, percentile, read_all, set_topdir, stop_all,
                       thread_share, verify)
+from _report import medians, num, print_table  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HIDRA = [sys.executable, "-m", "hidra_core"]
@@ -39,6 +43,39 @@ SETS = [DataSet("1MiB", 1000, MiB), DataSet("8MiB", 200, 8 * MiB), DataSet("100M
 LATENCY_FILES, LATENCY_RATE = 200, 50.0
 EXT4_RECENT_S, EXT4_RECENT_MIN = 65.0, 100  # ext4 without a journal avoids inodes deleted < 60 s ago
 BALLAST_FREE = 256 * MiB  # free memory left beside the ballast: a little above the kernel's high watermark
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """How HiDRA runs: the sender's data streams and the receiver processes that take them."""
+    streams: int | None = None  # sender.streams; None: the sender's default
+    receivers: int = 1  # `hidra receiver --workers`: more than 1 is a receiver group
+    n: int = 1  # --scale: the N of the table row (then streams = receivers = N)
+    tag: str = ""  # added to the mode ("hidra fsync s2 r1") when --streams / --receivers chose it
+
+    @classmethod
+    def scaled(cls, n: int) -> Setup:
+        return cls(n, n, n)
+
+    @classmethod
+    def chosen(cls, streams: int | None, receivers: int) -> Setup:
+        return cls(streams, receivers, tag=f" s{streams or 'default'} r{receivers}")
+
+    def mode(self, fsync: bool) -> str:
+        return f"hidra {'fsync' if fsync else 'no-fsync'}{self.tag}"
+
+
+def storage_endpoints(receiver: Child, workers: int) -> tuple[str, str]:
+    """``sender.storage.data`` and ``.confirmations`` from the receiver's ready line: an endpoint each, or, for a
+    receiver group (whose workers log their own, plain ready lines too), the lists of the group's line."""
+    if workers == 1:
+        ready = receiver.wait_for(r"hidra receiver ready: data (\S+), confirmations (\S+),", 60)
+        return ready[1], ready[2]
+    ready = receiver.wait_for(r"hidra receiver group ready: (\d+) workers; data (\[[^\]]*\]), confirmations "
+                              r"(\[[^\]]*\])", 60)
+    if int(ready[1]) != workers:
+        raise RuntimeError(f"asked for {workers} receiver workers, the group has {ready[1]}: {ready[0]}")
+    return ready[2], ready[3]  # YAML flow lists, as `--set` takes them
 
 
 def cpu_sample(*children: Child) -> list[tuple[float, dict[str, float]]]:
@@ -96,22 +133,25 @@ class Bench:
 
     # -- a real receiver and sender ----------------------------------------------------------------------
 
-    def start_pair(self, run: str, fsync: bool) -> tuple[Child, Child]:
+    def start_pair(self, run: str, fsync: bool, setup: Setup) -> tuple[Child, Child]:
         for sub in ("source", "target", "state"):
             os.makedirs(os.path.join(run, sub))
-        receiver = Child([*HIDRA, "receiver", "--set", f"receiver.target={run}/target",
+        workers = ["--workers", str(setup.receivers)] if setup.receivers > 1 else []
+        receiver = Child([*HIDRA, "receiver", *workers, "--set", f"receiver.target={run}/target",
                           "--set", "receiver.data=tcp://127.0.0.1:0",
                           "--set", "receiver.confirmations=tcp://127.0.0.1:0",
                           "--set", "receiver.status=tcp://127.0.0.1:0",
                           *([] if fsync else ["--set", "receiver.files.fsync=false"])], f"{run}/receiver.log")
-        ready = receiver.wait_for(r"hidra receiver ready: data (\S+), confirmations (\S+),", 60)
-        sender = Child([*HIDRA, "sender", "--set", f"sender.source.inotify.path={run}/source",
-                        "--set", f"sender.storage.data={ready[1]}", "--set", f"sender.storage.confirmations={ready[2]}",
+        data, confirm = storage_endpoints(receiver, setup.receivers)
+        streams = [] if setup.streams is None else ["--set", f"sender.streams={setup.streams}"]
+        sender = Child([*HIDRA, "sender", "--set", f"sender.source.inotify.path={run}/source", *streams,
+                        "--set", f"sender.storage.data={data}", "--set", f"sender.storage.confirmations={confirm}",
                         "--set", "sender.clients.com=tcp://127.0.0.1:0",  # no fixed ports; no client registers
                         "--set", "sender.clients.request=tcp://127.0.0.1:0",
                         "--set", f"sender.ledger.path={run}/state/ledger.sqlite"], f"{run}/sender.log")
         sender.wait_for(r"hidra sender ready", 60)
-        sender.wait_for(r"storage receiver is up", 60)  # the link is live: the first file goes out at once
+        # NOTE: the link is live (to every member of a group): the first file goes out at once
+        sender.wait_for(r"storage receiver (?:at \S+ )?is up", 60, count=setup.receivers)  # a group: "at <data>"
         return sender, receiver
 
     def stop_pair(self, result: Result, sender: Child, receiver: Child) -> None:
@@ -120,12 +160,12 @@ class Bench:
             if child.stop() != 0:
                 result.notes.append(f"{who} exited with {child.popen.returncode}")
 
-    def hidra_throughput(self, ds: DataSet, fsync: bool) -> Result:
-        result = Result(ds.name, f"hidra {'fsync' if fsync else 'no-fsync'}")
-        run = self.rundir(f"{ds.name}-{'fsync' if fsync else 'nofsync'}")
+    def hidra_throughput(self, ds: DataSet, fsync: bool, setup: Setup) -> Result:
+        result = Result(ds.name, setup.mode(fsync), n=setup.n)
+        run = self.rundir(f"{ds.name}-{'fsync' if fsync else 'nofsync'}-s{setup.streams or 0}r{setup.receivers}")
         staged, names = os.path.join(self.staging, ds.name), ds.names()
         self.settle(staged)
-        sender, receiver = self.start_pair(run, fsync)
+        sender, receiver = self.start_pair(run, fsync, setup)
         watcher = ArrivalWatcher(f"{run}/target", names)
         watcher.start()
         moved = False
@@ -150,14 +190,13 @@ class Bench:
             self.done(run, ds.count)
         return result
 
-    def hidra_latency(self, fsync: bool) -> Result:
-        result = Result(f"latency {LATENCY_FILES}x1MiB@{LATENCY_RATE:.0f}/s",
-                        f"hidra {'fsync' if fsync else 'no-fsync'}")
-        run = self.rundir(f"latency-{'fsync' if fsync else 'nofsync'}")
+    def hidra_latency(self, fsync: bool, setup: Setup) -> Result:
+        result = Result(f"latency {LATENCY_FILES}x1MiB@{LATENCY_RATE:.0f}/s", setup.mode(fsync))
+        run = self.rundir(f"latency-{'fsync' if fsync else 'nofsync'}-s{setup.streams or 0}r{setup.receivers}")
         names = DataSet("lat", LATENCY_FILES, MiB).names()
         os.makedirs(f"{run}/write")
         self.settle()
-        sender, receiver = self.start_pair(run, fsync)
+        sender, receiver = self.start_pair(run, fsync, setup)
         watcher = ArrivalWatcher(f"{run}/target", names)
         watcher.start()
         try:
@@ -189,42 +228,53 @@ class Bench:
 
     # -- baselines -----------------------------------------------------------------------------------------
 
-    def copy(self, ds: DataSet) -> list[Result]:
-        """``cp -r`` of the staged set, then ``sync``: one run gives both the cp and the cp+sync figure."""
-        run = self.rundir(f"{ds.name}-cp")
-        dest = os.path.join(run, "dest")
-        self.settle(os.path.join(self.staging, ds.name))
+    def copy(self, ds: DataSet, n: int = 1) -> list[Result]:
+        """``cp`` of the staged set by ``n`` processes (each a disjoint part of the files), then one ``sync``: one
+        run gives both the cp and the cp+sync figure."""
+        run = self.rundir(f"{ds.name}-cp{n}")
+        staged, dest = os.path.join(self.staging, ds.name), os.path.join(run, "dest")
+        os.makedirs(dest)
+        self.settle(staged)
+        names = ds.names()
         others, start = OtherLoad(), time.monotonic()
-        subprocess.run(["cp", "-r", os.path.join(self.staging, ds.name), dest], check=True, timeout=self.timeout)
+        run_all([["cp", "-t", dest, *names[i::n]] for i in range(n)], staged, self.timeout)
         copied = time.monotonic()
         subprocess.run(["sync"], check=True, timeout=self.timeout)
         synced = time.monotonic()
         other_cpu = others.percent()
-        problem = verify(ds.names(), os.path.join(self.staging, ds.name), dest, ds.size) or "ok"
+        problem = verify(names, staged, dest, ds.size) or "ok"
         self.done(run, ds.count)
-        return [Result(ds.name, mode, ds.count / wall, ds.total / MiB / wall, status=problem, other_cpu=other_cpu)
+        return [Result(ds.name, mode, ds.count / wall, ds.total / MiB / wall, status=problem, other_cpu=other_cpu, n=n)
                 for mode, wall in (("cp+sync", synced - start), ("cp", copied - start))]
 
-    def raw_zmq(self, ds: DataSet) -> Result:
-        """The same bytes as the sender's wire messages (files cut in chunks of CHUNKSIZE) over PUSH/PULL."""
-        size = min(ds.size, CHUNKSIZE)
-        count = ds.count * max(1, math.ceil(ds.size / CHUNKSIZE))
-        result = Result(ds.name, "raw zmq")
+    def raw_zmq(self, ds: DataSet, n: int = 1) -> Result:
+        """The same bytes as the sender's wire messages (files cut in chunks of CHUNKSIZE) over ``n`` PUSH/PULL
+        pairs of processes at once, each a share of the messages (at least two), started together."""
+        size, per_file = min(ds.size, CHUNKSIZE), max(1, math.ceil(ds.size / CHUNKSIZE))
+        counts = [max(2, len(range(i, ds.count * per_file, n))) for i in range(n)]
+        count = sum(counts)
+        result = Result(ds.name, "raw zmq", n=n)
         if size != ds.size:
             result.notes.append(f"{count} messages of {size // MiB} MiB")
-        run = self.rundir(f"{ds.name}-zmq")
+        run = self.rundir(f"{ds.name}-zmq{n}")
         self.settle()
         worker = [sys.executable, os.path.join(HERE, "_rawzmq.py")]
-        pull, others = Child([*worker, "pull", str(size), str(count)], f"{run}/pull.log"), OtherLoad()
+        others = OtherLoad()
         try:
-            endpoint = pull.wait_for(r"ready (\S+)", 60)[1]
-            push = Child([*worker, "push", endpoint, str(size), str(count)], f"{run}/push.log")
-            got = json.loads(pull.wait_for(r"result (\{.*\})", self.timeout)[1])
-            sent = json.loads(push.wait_for(r"result (\{.*\})", 60)[1])
-            wall = got["last"] - got["first"]  # first to last message at the receiver: count - 1 intervals
-            result.files_s = (count - 1) / wall / (count / ds.count)
-            result.mib_s = (count - 1) * size / MiB / wall
-            result.rss = (sent["peak_rss"], got["peak_rss"])
+            pulls = [Child([*worker, "pull", str(size), str(c)], f"{run}/pull{i}.log") for i, c in enumerate(counts)]
+            pushes = [Child([*worker, "push", pull.wait_for(r"ready (\S+)", 60)[1], str(size), str(c), "--on-signal"],
+                            f"{run}/push{i}.log") for i, (pull, c) in enumerate(zip(pulls, counts))]
+            for push in pushes:
+                push.wait_for(r"ready", 60)
+            for push in pushes:
+                push.popen.send_signal(signal.SIGUSR1)
+            got = [json.loads(pull.wait_for(r"result (\{.*\})", self.timeout)[1]) for pull in pulls]
+            sent = [json.loads(push.wait_for(r"result (\{.*\})", 60)[1]) for push in pushes]
+            # NOTE: first to last message at the receivers: each pair's first message starts its clock
+            wall = max(g["last"] for g in got) - min(g["first"] for g in got)
+            result.files_s = (count - n) / wall / per_file
+            result.mib_s = (count - n) * size / MiB / wall
+            result.rss = (sum(x["peak_rss"] for x in sent), sum(x["peak_rss"] for x in got))
             result.other_cpu = others.percent()
         except (RuntimeError, TimeoutError) as exc:
             result.status = f"FAILED: {exc}"
@@ -234,70 +284,19 @@ class Bench:
         return result
 
 
-# -- report ------------------------------------------------------------------------------------------------
-
-def median_run(runs: list[Result], max_other: float) -> Result:
-    """The run with the median MiB/s (latency: median p50) among the undisturbed ones; the highest RSS of all."""
-    ok = [r for r in runs if r.status == "ok"]
-    if not ok:
-        return runs[-1]
-    quiet = [r for r in ok if r.other_cpu is None or r.other_cpu <= max_other] or ok
-    latency = ok[0].p50_ms is not None
-    quiet.sort(key=lambda r: r.p50_ms if latency else -(r.mib_s or 0))
-    out = dataclasses.replace(quiet[(len(quiet) - 1) // 2], notes=list(quiet[(len(quiet) - 1) // 2].notes))
-    out.rss = tuple(max((x for x in col if x is not None), default=None) for col in zip(*(r.rss for r in ok)))
-    if len(quiet) > 1 and not latency:
-        out.spread = (min(r.mib_s or 0 for r in quiet), max(r.mib_s or 0 for r in quiet))
-    elif len(quiet) > 1:
-        out.notes.append("p50 over runs " + "/".join(f"{r.p50_ms:.1f}" for r in quiet))
-    if len(quiet) < len(ok):
-        out.notes.append(f"{len(ok) - len(quiet)} disturbed run{'s' if len(ok) - len(quiet) > 1 else ''} left out")
-    elif out.other_cpu is not None and out.other_cpu > max_other:
-        out.notes.append("every run disturbed")
-    failed = [r for r in runs if r.status != "ok"]
-    if failed:
-        out.notes.append(f"{len(failed)} of {len(runs)} runs {failed[0].status}")
-    return out
-
-
-COLUMNS = ["set", "mode", "files/s", "MiB/s", "MiB/s min-max", "p50/p99 ms", "peak RSS snd/rcv MiB",
-           "CPU% snd/rcv", "other CPU%", "x cp+sync", "x raw zmq", "status"]
-
-
-def _num(value: float | None, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
-def rows(results: list[Result]) -> list[list[str]]:
-    table = []
-    for r in results:
-        ref = {x.mode: x.mib_s for x in results if x.set == r.set and x.status == "ok"}
-        ratio = [(_num(r.mib_s / ref[m], 2) if r.mib_s and ref.get(m) and r.mode != m else "-")
-                 for m in ("cp+sync", "raw zmq")]
-        spread = "-" if r.spread is None else f"{r.spread[0]:,.0f}-{r.spread[1]:,.0f}"
-        lat = "-" if r.p50_ms is None else f"{r.p50_ms:.1f} / {r.p99_ms:.1f}"
-        rss = "-" if r.rss == (None, None) else " / ".join(_num(x and x / MiB) for x in r.rss)
-        cpu = "-" if r.cpu == (None, None) else " / ".join(_num(x) for x in r.cpu)
-        table.append([r.set, r.mode, _num(r.files_s), _num(r.mib_s), spread, lat, rss, cpu, _num(r.other_cpu), *ratio,
-                      "; ".join([r.status, *r.notes])])
-    return table
-
-
-def print_table(results: list[Result], markdown: bool) -> None:
-    table = rows(results)
-    widths = [max(len(x) for x in col) for col in zip(COLUMNS, *table)]
-    for row in [COLUMNS, ["-" * w for w in widths], *table]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    threads = [f"{r.set} {r.mode}: {r.threads}" for r in results if r.threads]
-    if threads:
-        print("\nCPU per thread of the median run (% of one core; main = router loop / receive loop, py-N = source "
-              "or commit thread):")
-        print("\n".join(f"  {line}" for line in threads))
-    if markdown:
-        print("\n| " + " | ".join(COLUMNS) + " |")
-        print("|" + "|".join("---" for _ in COLUMNS) + "|")
-        for row in table:
-            print("| " + " | ".join(row) + " |")
+def run_all(commands: list[list[str]], cwd: str, timeout: float) -> None:
+    """Run ``commands`` in parallel; raises if one fails or they take longer than ``timeout`` together."""
+    procs = [subprocess.Popen(argv, cwd=cwd) for argv in commands]
+    deadline = time.monotonic() + timeout
+    try:
+        for argv, proc in zip(commands, procs):
+            if proc.wait(max(0.0, deadline - time.monotonic())) != 0:
+                raise subprocess.CalledProcessError(proc.returncode, argv[:3])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 # -- main --------------------------------------------------------------------------------------------------
@@ -310,7 +309,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--fsync-only", action="store_true", help="only run HiDRA with receiver.files.fsync=true")
     mode.add_argument("--no-fsync-only", action="store_true", help="only run HiDRA with receiver.files.fsync=false")
     p.add_argument("--repeat", type=int, metavar="N", help="runs per mode, median reported (default 3; --quick 1)")
-    p.add_argument("--sets", default=",".join(s.name for s in SETS), help="comma-separated subset of the data sets")
+    p.add_argument("--sets", help="comma-separated subset of the data sets (default: all; --scale: 4KiB,100MiB)")
+    p.add_argument("--streams", type=counts, metavar="N[,N...]",
+                   help="HiDRA runs with sender.streams=N, one run each (default: the sender's default)")
+    p.add_argument("--receivers", type=counts, metavar="N[,N...]",
+                   help="HiDRA runs with a receiver group of N workers (`hidra receiver --workers N`; default 1)")
+    p.add_argument("--scale", type=counts, metavar="N[,N...]",
+                   help="scaling table: for each N, HiDRA with N streams and N receivers against N raw zmq pairs "
+                        "and N parallel cp + one sync (no latency runs)")
     p.add_argument("--no-latency", action="store_true", help="skip the latency runs")
     p.add_argument("--no-ballast", action="store_true", help="leave free memory free (see Ballast in _harness.py)")
     p.add_argument("--max-other", type=float, default=25.0, metavar="PCT",
@@ -319,18 +325,55 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before a run counts as failed")
     p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.scale and (args.streams or args.receivers):
+        p.error("--scale sets streams and receivers to each N: give it without --streams and --receivers")
+    return args
 
 
-def attempt(label: str, run: Callable[[], list[Result]]) -> list[Result]:
+def counts(text: str) -> list[int]:
+    """``"1,2,4"`` -> ``[1, 2, 4]``: the values of --streams, --receivers and --scale."""
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if min(values) < 1 or max(values) > 64:
+        raise argparse.ArgumentTypeError(f"{text!r}: each number must be between 1 and 64")
+    return values
+
+
+def data_sets(args: argparse.Namespace) -> list[DataSet]:
+    """The sets chosen; --quick: a tenth of the files (with --scale, at least one file per stream)."""
+    names = (args.sets or ("4KiB,100MiB" if args.scale else ",".join(s.name for s in SETS))).split(",")
+    unknown = set(names).difference(s.name for s in SETS)
+    if unknown:
+        sys.exit(f"storage_path.py: unknown data set {', '.join(sorted(unknown))}; "
+                 f"there are {', '.join(s.name for s in SETS)}")
+    sets = [s for s in SETS if s.name in names]
+    if args.quick:
+        sets = [DataSet(s.name, max(1, s.count // 10, *(args.scale or [])), s.size) for s in sets]
+    return sets
+
+
+def setups(args: argparse.Namespace) -> list[Setup]:
+    """The HiDRA setups of a run without --scale: the default, or each of --streams x --receivers."""
+    if args.streams is None and args.receivers is None:
+        return [Setup()]
+    return [Setup.chosen(s, r) for s in args.streams or [None] for r in args.receivers or [1]]
+
+
+def attempt(label: str, mode: str, run: Callable[[], list[Result]], n: int = 1) -> list[Result]:
     """Run one measurement; a failure is recorded as a result and the benchmark goes on."""
     try:
         new = run()
     except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
-        new = [Result(label, "?", status=f"FAILED: {exc}")]
+        print(f"# {label} {mode} failed: {exc}", file=sys.stderr)
+        lines = [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        # NOTE: one line in the table: the first line of the error and its last (a child's own error message)
+        new = [Result(label, mode, status="FAILED: " + " ... ".join(dict.fromkeys([lines[0], lines[-1]])), n=n)]
         stop_all()
     for r in new:
-        print(f"# {r.set} {r.mode}: {_num(r.files_s)} files/s, {_num(r.mib_s)} MiB/s"
+        print(f"# {r.set}{f' N={r.n}' if r.n > 1 else ''} {r.mode}: {num(r.files_s)} files/s, {num(r.mib_s)} MiB/s"
               + ("" if r.p50_ms is None else f", p50 {r.p50_ms:.1f} ms p99 {r.p99_ms:.1f} ms")
               + f", {r.status}" + (f" [CPU {r.threads}]" if r.threads else "")
               + ("" if r.other_cpu is None else f" [other processes {r.other_cpu:.0f}%]"), file=sys.stderr)
@@ -338,14 +381,14 @@ def attempt(label: str, run: Callable[[], list[Result]]) -> list[Result]:
 
 
 def measure(plan: dict[str, Callable[[], list[Result]]], label: str, args: argparse.Namespace,
-            runs: list[Result]) -> None:
+            runs: list[Result], n: int = 1) -> None:
     """Every entry of ``plan`` ``args.repeat`` times, in rotated order, each run appended to ``runs``; a run
     during which other processes used more than ``args.max_other`` % CPU is tried again (``args.retries``)."""
     names = list(plan)
     for rep in range(args.repeat):
         for name in names[rep % len(names):] + names[:rep % len(names)]:
             for retry in range(args.retries + 1):
-                new = attempt(label, plan[name])
+                new = attempt(label, name, plan[name], n)
                 runs += new
                 busy = max((r.other_cpu or 0 for r in new), default=0)
                 if busy <= args.max_other or retry == args.retries:
@@ -354,10 +397,29 @@ def measure(plan: dict[str, Callable[[], list[Result]]], label: str, args: argpa
                 time.sleep(5)
 
 
-def medians(runs: list[Result], max_other: float) -> list[Result]:
-    """The median run of each set and mode, in the order they first ran."""
-    keys = list(dict.fromkeys((r.set, r.mode) for r in runs))
-    return [median_run([r for r in runs if (r.set, r.mode) == key], max_other) for key in keys]
+def throughput_plan(bench: Bench, ds: DataSet, modes: list[bool], hidra: list[Setup],
+                    n: int) -> dict[str, Callable[[], list[Result]]]:
+    """The runs of one data set: HiDRA in each of ``hidra`` and ``modes``, ``n`` cp and ``n`` raw zmq pairs."""
+    plan = {setup.mode(m): (lambda m=m, setup=setup: [bench.hidra_throughput(ds, m, setup)])
+            for setup in hidra for m in modes}
+    plan["cp"] = lambda: bench.copy(ds, n)
+    plan["raw zmq"] = lambda: [bench.raw_zmq(ds, n)]
+    return plan
+
+
+def run_plans(bench: Bench, args: argparse.Namespace, modes: list[bool], runs: list[Result]) -> None:
+    """Latency (not with --scale), then each data set: at each N of --scale, or once for the chosen setups."""
+    if not args.no_latency and not args.scale:
+        plan = {setup.mode(m): (lambda m=m, setup=setup: [bench.hidra_latency(m, setup)])
+                for setup in setups(args) for m in modes}
+        measure(plan, "latency", args, runs)
+    for ds in data_sets(args):
+        print(f"# generating {ds.count} x {ds.size} B ...", file=sys.stderr)
+        generate(os.path.join(bench.staging, ds.name), ds)
+        for n in args.scale or [1]:
+            hidra = [Setup.scaled(n)] if args.scale else setups(args)
+            measure(throughput_plan(bench, ds, modes, hidra, n), ds.name, args, runs, n)
+        bench.done(os.path.join(bench.staging, ds.name), ds.count)
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -366,9 +428,8 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sets = [s for s in SETS if s.name in args.sets.split(",")]
-    if args.quick:
-        sets = [DataSet(s.name, max(1, s.count // 10), s.size) for s in sets]
+    data_sets(args)  # an unknown set name stops here, before anything runs
+    labelled = bool(args.scale or args.streams or args.receivers)  # NOTE: say which machine: figures scale with it
     args.repeat = args.repeat or (1 if args.quick else 3)
     modes = [m for m in (True, False) if not (args.fsync_only and not m) and not (args.no_fsync_only and m)]
     if args.workdir:
@@ -381,30 +442,23 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
         raise
     print(f"# {datetime.now().isoformat(timespec='seconds')}  work dir {work}"
-          + ("" if bench.topdir else " (not a top directory: waits after deleting files)"), file=sys.stderr)
+          + ("" if bench.topdir else " (not a top directory: waits after deleting files)")
+          + (f"\n# machine: {machine()}" if labelled else ""), file=sys.stderr)
     try:
         if bench.ballast is not None:
             print("# filling free memory with the ballast ...", file=sys.stderr)
             bench.ballast.top_up()
-        if not args.no_latency:
-            plan = {f"hidra {m}": (lambda m=m: [bench.hidra_latency(m)]) for m in modes}
-            measure(plan, "latency", args, runs)
-        for ds in sets:
-            print(f"# generating {ds.count} x {ds.size} B ...", file=sys.stderr)
-            generate(os.path.join(bench.staging, ds.name), ds)
-            plan = {f"hidra {m}": (lambda m=m: [bench.hidra_throughput(ds, m)]) for m in modes}
-            plan["cp"] = lambda: bench.copy(ds)
-            plan["raw zmq"] = lambda: [bench.raw_zmq(ds)]
-            measure(plan, ds.name, args, runs)
-            bench.done(os.path.join(bench.staging, ds.name), ds.count)
+        run_plans(bench, args, modes, runs)
     except KeyboardInterrupt:
         print("# interrupted: the table shows the runs that finished", file=sys.stderr)
         return 130
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not stop the clean-up half-way
             signal.signal(sig, signal.SIG_IGN)
+        if runs and labelled:
+            print(f"machine: {machine()}\n")
         if runs:
-            print_table(medians(runs, args.max_other), args.markdown)
+            print_table(medians(runs, args.max_other), args.markdown, bool(args.scale))
         stop_all()
         if bench.ballast is not None:
             bench.ballast.close()
