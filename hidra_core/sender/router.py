@@ -93,8 +93,9 @@ class Sender(Sending):
             if not source.wait_ready():
                 return 1
             self._resume()
-            log.info("hidra sender ready: source %s %s, storage %s, %s, ledger %s", self.config.source.type,
-                     self.source.root or "", self.config.storage.data, self.clients.bound(), self.ledger.path)
+            log.info("hidra sender ready: source %s %s, storage %s, %d pipeline%s, %s, ledger %s",
+                     self.config.source.type, self.source.root or "", self.config.storage.data, len(self.lanes),
+                     "s" if len(self.lanes) > 1 else "", self.clients.bound(), self.ledger.path)
             self._loop(source)
             return 0
         finally:
