@@ -173,9 +173,12 @@ class _Worker:
         """Copy the worker's log lines to ours with its number; note its ready line's endpoints."""
         for raw in stream:
             line = raw.decode(errors="replace").rstrip("\n")
-            with _PRINT_LOCK:
-                sys.stderr.write(f"[worker {self.index}] {line}\n")
-                sys.stderr.flush()
+            try:
+                with _PRINT_LOCK:
+                    sys.stderr.write(f"[worker {self.index}] {line}\n")
+                    sys.stderr.flush()
+            except (OSError, ValueError):
+                pass  # NOTE: our stderr is gone; keep draining the pipe, or the worker blocks on its next line
             m = _READY.search(line)
             if m and not ready.is_set():
                 status = None if m.group(3) == "none" else m.group(3)

@@ -153,6 +153,18 @@ def test_signal_on_the_parent_stops_every_worker_and_leaves_no_orphan(group: Gro
     assert group.parent.text().count("hidra receiver stopped") == 2
 
 
+def test_second_signal_kills_every_worker_at_once(group: Group) -> None:
+    data, _ = group.wait_ready()
+    group.worker_on(data[1]).suspend()  # a worker hung on its file system ignores the first SIGTERM
+    group.parent.signal(signal.SIGTERM)
+    wait_until(lambda: "hidra receiver stopped" in group.parent.text(), 30, "worker 0 stopped")
+    workers = group.workers()
+    group.parent.signal(signal.SIGTERM)
+    assert group.parent.proc.wait(30) == 128 + signal.SIGTERM  # long before STOP_MARGIN_S would have passed
+    assert "second signal: killing every worker at once" in group.parent.text()
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
 def test_parent_killed_with_sigkill_takes_its_workers_along(group: Group) -> None:
     group.wait_ready()
     workers = group.workers()

@@ -2,9 +2,12 @@
 sender: one function for both (``hidra_core.receiver.group``)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hidra_core import ConfigError
+from hidra_core.cli.main import main
 from hidra_core.config import ReceiverConfig
 from hidra_core.receiver.group import WorkerEndpoints, sender_overrides, worker_endpoints
 
@@ -81,3 +84,13 @@ def test_sender_of_hidra_up_gets_every_workers_endpoints_on_loopback() -> None:
 def test_hidra_up_with_workers_refuses_an_ephemeral_port_it_cannot_tell_the_sender() -> None:
     with pytest.raises(ConfigError, match="receiver.data: tcp://127.0.0.1:0: an ephemeral port cannot be told"):
         sender_overrides(ReceiverConfig(workers=2, data="tcp://127.0.0.1:0"), "<defaults>")
+
+
+def test_config_check_refuses_a_group_whose_ports_overlap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "t").mkdir()
+    path = tmp_path / "receiver.yaml"
+    path.write_text(f"receiver: {{target: {tmp_path / 't'}, workers: 2, data: 'tcp://127.0.0.1:7000',"
+                    " confirmations: 'tcp://127.0.0.1:7001'}\n")
+    assert main(["config", "check", str(path)]) == 2
+    assert "receiver.data: worker 1 would bind tcp://127.0.0.1:7001, which worker 0 binds as receiver.confirmations" \
+        in capsys.readouterr().err
