@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -193,6 +194,23 @@ def test_overlapping_port_ranges_are_refused_naming_the_key(tmp_path: Path) -> N
 def test_inproc_endpoint_with_workers_is_refused_naming_the_key(tmp_path: Path) -> None:
     err = _refused(tmp_path, "receiver.data=inproc://data")
     assert "receiver.data: inproc://data: an inproc endpoint is reachable only inside one process" in err, err
+
+
+def test_worker_that_cannot_bind_its_port_stops_the_group_at_start_naming_the_key(tmp_path: Path) -> None:
+    data = consecutive_free_ports(2)[0]
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", data + 1))  # worker 1's data port, held by "another program"
+    holder.listen()
+    g = Group(tmp_path, 2, f"receiver.data=tcp://127.0.0.1:{data}")
+    try:
+        assert g.parent.proc.wait(60) == 2
+        text = g.parent.text()
+        assert f"[worker 1] hidra: error: receiver.data tcp://127.0.0.1:{data + 1}: address already in use" in text
+        assert "worker 1 exited with status 2 before it was ready; stopping the others" in text
+        assert "group ready" not in text
+    finally:
+        holder.close()
+        g.close()
 
 
 def test_workers_1_runs_the_plain_receiver_in_process(tmp_path: Path) -> None:
