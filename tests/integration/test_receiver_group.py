@@ -122,6 +122,18 @@ def test_worker_i_binds_the_configured_ports_plus_i_and_only_worker_0_the_status
         g.close()
 
 
+def test_ipc_group_gives_worker_i_the_paths_with_dot_i_and_stores_through_them(tmp_path: Path) -> None:
+    g = Group(tmp_path, 2, f"receiver.data=ipc://{tmp_path}/data", f"receiver.confirmations=ipc://{tmp_path}/conf",
+              "receiver.status=null")
+    try:
+        data, confirmations = g.wait_ready()
+        assert data == [f"ipc://{tmp_path}/data", f"ipc://{tmp_path}/data.1"]
+        assert confirmations == [f"ipc://{tmp_path}/conf", f"ipc://{tmp_path}/conf.1"]
+        store_one(g, data[1], confirmations[1], "over-ipc.dat")
+    finally:
+        g.close()
+
+
 def test_file_pushed_to_worker_1_is_stored_in_the_shared_target_and_confirmed(group: Group) -> None:
     data, confirmations = group.wait_ready()
     store_one(group, data[1], confirmations[1], "via-worker-1.dat")
