@@ -42,11 +42,12 @@ def receiver(args: argparse.Namespace) -> int:
 
     prepare_worker()
     origin = args.config or "<defaults>"
-    config = _load(args, _flag_overrides(args))
+    args.overrides = [*args.overrides, *_flag_overrides(args)]  # NOTE: so that an error names them too
+    config = _load(args)
     if config.receiver.workers == 1:
         return Receiver(config, args.host, source_name=origin).run()
     check_config(config, origin, ("receiver",))  # NOTE: once here rather than in each worker
-    return run_group(config.receiver, _child_argv(args, "receiver", _flag_overrides(args)), origin)
+    return run_group(config.receiver, _child_argv(args, "receiver"), origin)
 
 
 def _flag_overrides(args: argparse.Namespace) -> list[str]:
@@ -55,11 +56,11 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
     return [f"{key}={getattr(args, flag)}" for flag, key in flags if getattr(args, flag, None) is not None]
 
 
-def _child_argv(args: argparse.Namespace, role: str, extra: list[str]) -> list[str]:
+def _child_argv(args: argparse.Namespace, role: str, extra: list[str] | None = None) -> list[str]:
     """The command line of a child ``hidra <role>`` with this command's config, overrides and log level."""
     top = ["--log-level", args.log_level] if getattr(args, "log_level", None) else []
     rest = ["--config", args.config] if args.config else []
-    for assignment in [*args.overrides, *extra]:
+    for assignment in [*args.overrides, *(extra or [])]:
         rest += ["--set", assignment]
     return [sys.executable, "-m", "hidra_core", *top, role, *rest]
 
@@ -67,8 +68,8 @@ def _child_argv(args: argparse.Namespace, role: str, extra: list[str]) -> list[s
 def up(args: argparse.Namespace) -> int:
     """Start a receiver and a sender as child processes and supervise them."""
     origin = args.config or "<defaults>"
-    extra, source_dir = _up_overrides(args, _load(args, _flag_overrides(args)))
-    extra = [*_flag_overrides(args), *extra]
+    args.overrides = [*args.overrides, *_flag_overrides(args)]
+    extra, source_dir = _up_overrides(args, _load(args))
     config = load_config(args.config, [*args.overrides, *extra])
     if config.receiver.workers > 1:
         from hidra_core.receiver.group import sender_overrides
