@@ -37,16 +37,45 @@ def sender(args: argparse.Namespace) -> int:
 
 
 def receiver(args: argparse.Namespace) -> int:
+    from hidra_core.receiver.group import prepare_worker, run_group
     from hidra_core.receiver.loop import Receiver
 
-    return Receiver(_load(args), args.host, source_name=args.config or "<defaults>").run()
+    prepare_worker()
+    origin = args.config or "<defaults>"
+    args.overrides = [*args.overrides, *_flag_overrides(args)]  # NOTE: so that an error names them too
+    config = _load(args)
+    if config.receiver.workers == 1:
+        return Receiver(config, args.host, source_name=origin).run()
+    check_config(config, origin, ("receiver",))  # NOTE: once here rather than in each worker
+    return run_group(config.receiver, _child_argv(args, "receiver"), origin)
+
+
+def _flag_overrides(args: argparse.Namespace) -> list[str]:
+    """``--workers N`` and ``--streams N`` as the ``--set`` assignments they stand for."""
+    flags = (("workers", "receiver.workers"), ("streams", "sender.streams"))
+    return [f"{key}={getattr(args, flag)}" for flag, key in flags if getattr(args, flag, None) is not None]
+
+
+def _child_argv(args: argparse.Namespace, role: str, extra: list[str] | None = None) -> list[str]:
+    """The command line of a child ``hidra <role>`` with this command's config, overrides and log level."""
+    top = ["--log-level", args.log_level] if getattr(args, "log_level", None) else []
+    rest = ["--config", args.config] if args.config else []
+    for assignment in [*args.overrides, *(extra or [])]:
+        rest += ["--set", assignment]
+    return [sys.executable, "-m", "hidra_core", *top, role, *rest]
 
 
 def up(args: argparse.Namespace) -> int:
     """Start a receiver and a sender as child processes and supervise them."""
     origin = args.config or "<defaults>"
+    args.overrides = [*args.overrides, *_flag_overrides(args)]
     extra, source_dir = _up_overrides(args, _load(args))
     config = load_config(args.config, [*args.overrides, *extra])
+    if config.receiver.workers > 1:
+        from hidra_core.receiver.group import sender_overrides
+
+        extra += sender_overrides(config.receiver, origin)
+        config = load_config(args.config, [*args.overrides, *extra])
     root = source_dir or source_driver(config, origin).root
     # NOTE: before any directory is made, so a refused pair leaves nothing behind.
     check_separate((source_key(config.sender.source), root), ("receiver.target", config.receiver.target), origin)
@@ -54,20 +83,17 @@ def up(args: argparse.Namespace) -> int:
         if directory:
             os.makedirs(directory, exist_ok=True)
     check_config(config, origin)  # fail here, not in a child, if the result cannot run
-    top = ["--log-level", args.log_level] if args.log_level else []
-    rest = ["--config", args.config] if args.config else []
-    for assignment in [*args.overrides, *extra]:
-        rest += ["--set", assignment]
     # NOTE: the children inherit an ignored SIGINT (and keep it, see StopFlag): Ctrl-C reaches only this
     # process, which stops the sender before the receiver.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    children = {role: subprocess.Popen([sys.executable, "-m", "hidra_core", *top, role, *rest])
-                for role in ("receiver", "sender")}
+    children = {role: subprocess.Popen(_child_argv(args, role, extra)) for role in ("receiver", "sender")}
     shown = root if root and "://" in root else os.path.abspath(root or "")  # NOTE: a stream source's address
     log.info("hidra up: %s -> %s (Ctrl-C stops)", shown, os.path.abspath(config.receiver.target))
     # NOTE: the sender first (it finishes the file in flight, within its drain_timeout_s), then the receiver
+    # NOTE: a receiver group's parent itself gives its workers up to STOP_MARGIN_S
     return supervise({"sender": children["sender"], "receiver": children["receiver"]},
-                     {"sender": config.sender.drain_timeout_s + STOP_MARGIN_S})
+                     {"sender": config.sender.drain_timeout_s + STOP_MARGIN_S,
+                      "receiver": STOP_MARGIN_S * (2 if config.receiver.workers > 1 else 1)})
 
 
 def _up_overrides(args: argparse.Namespace, config: InstanceConfig) -> tuple[list[str], str | None]:
@@ -163,6 +189,10 @@ def config_check(args: argparse.Namespace) -> int:
     given = config.model_fields_set & {"sender", "receiver"}
     role = args.role or (given.pop() if len(given) == 1 else "both")
     check_config(config, args.file, ("sender", "receiver") if role == "both" else (role,))
+    if role != "sender" and config.receiver.workers > 1:
+        from hidra_core.receiver.group import worker_endpoints
+
+        worker_endpoints(config.receiver, args.file)
     print(f"{args.file}: OK ({'sender and receiver' if role == 'both' else role})")
     return 0
 

@@ -22,6 +22,7 @@ _EPILOGS = {
         example:
           hidra up                                  # ./hidra-data/source -> ./hidra-data/target
           hidra up --source /ramdisk/det1 --target /gpfs/beamtime/raw --set receiver.files.fsync=false
+          hidra up --workers 4 --streams 4          # 4 receiver processes, a sender with 4 data pipelines
         Every file closed or moved into the source tree (any depth) appears byte-identical and atomically
         in the target tree. Ctrl-C (or SIGTERM) drains in-flight files and stops both processes.""",
     "sender": """
@@ -34,7 +35,11 @@ _EPILOGS = {
         example:
           hidra receiver --config receiver.yaml
           hidra receiver --set receiver.target=/gpfs/raw --set receiver.data=tcp://0.0.0.0:50100 \\
-                         --set receiver.confirmations=tcp://0.0.0.0:50053""",
+                         --set receiver.confirmations=tcp://0.0.0.0:50053
+          hidra receiver --workers 3 --config receiver.yaml   # a group: data 50100-50102, confirmations 50053-50055
+          # its senders (the group logs these --set options with its real endpoints once every worker is ready):
+          hidra sender --set 'sender.storage.data=[tcp://st01:50100, tcp://st01:50101, tcp://st01:50102]' \\
+                       --set 'sender.storage.confirmations=[tcp://st01:50053, tcp://st01:50054, tcp://st01:50055]'""",
     "plugins": """
         example:
           hidra plugins          # every installed plugin, its distribution and version, and load errors""",
@@ -62,6 +67,12 @@ def _log_level(parser: argparse.ArgumentParser, default: Any = None) -> None:
 def _set(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", "-s", dest="overrides", metavar="SECTION.KEY=VALUE", action="append", default=[],
                         help="override one config key (value parsed as YAML); repeatable")
+
+
+def _workers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="run a group of N receiver processes on this host (receiver.workers=N), e.g. --workers 3:"
+                        " worker i binds the data and confirmation ports + i, worker 0 alone the status port")
 
 
 def _common(parser: argparse.ArgumentParser, config_required: bool = False) -> None:
@@ -100,12 +111,17 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     up = _command(subs, "up", "run a sender and a storage receiver on loopback (the embedded default)")
     up.add_argument("--source", metavar="DIR", help="directory tree to watch (default ./hidra-data/source)")
     up.add_argument("--target", metavar="DIR", help="directory to store into (default ./hidra-data/target)")
+    _workers(up)
+    up.add_argument("--streams", type=int, metavar="N",
+                    help="data pipelines of the sender (sender.streams=N), e.g. --streams 4 with --workers 4")
     _common(up)
     up.set_defaults(func=commands.up)
 
     for name, func, text in (("sender", commands.sender, "run a sender: event source -> storage target"),
                              ("receiver", commands.receiver, "run a storage receiver")):
         p = _command(subs, name, text)
+        if name == "receiver":
+            _workers(p)
         _common(p)
         p.set_defaults(func=func)
 

@@ -1,5 +1,5 @@
-"""Supervising child processes: ``hidra up`` (sender and receiver) and plugins' own compound commands (a broker,
-writers, a buffer), with one stopping rule for all."""
+"""Supervising child processes: ``hidra up`` (sender and receiver), a receiver group's workers and plugins' own
+compound commands (a broker, writers, a buffer), with one stopping rule for all."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +8,7 @@ import subprocess
 import time
 from typing import Mapping
 
-__all__ = ["STOP_MARGIN_S", "supervise"]
+__all__ = ["STOP_MARGIN_S", "catch_signals", "exit_status", "kill", "stop_together", "supervise"]
 
 log = logging.getLogger(__name__)
 
@@ -24,48 +24,66 @@ def supervise(children: Mapping[str, subprocess.Popen], limits: Mapping[str, flo
     signal kills every child at once. Returns the first failing child's status (128 + N for signal N), else 0.
     """
     limits = limits or {}
-    signals: list[int] = []
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda signum, _frame: signals.append(signum))
+    signals = catch_signals()
     order = [(name, child, limits.get(name, STOP_MARGIN_S)) for name, child in children.items()]
     code = 0
     while not signals and all(c.poll() is None for c in children.values()):
         time.sleep(0.1)
     for name, child in children.items():
         if child.poll() is not None and not signals:
-            log.error("the %s exited with status %s; stopping", name, _status(child))
-            code = _status(child) or 1
+            log.error("the %s exited with status %s; stopping", name, exit_status(child))
+            code = exit_status(child) or 1
     for name, child, limit in order:
-        if not _stop_child(name, child, limit, signals):
+        if not stop_together({name: child}, limit, signals):
             log.warning("second signal: killing %s at once", " and ".join(n for n, c, _ in order if c.poll() is None))
             for _, other, _ in order:
-                _kill(other)
+                kill(other)
             return 128 + signals[-1]
-    return code or next((_status(c) for c in children.values() if c.returncode), 0)
+    return code or next((exit_status(c) for c in children.values() if c.returncode), 0)
 
 
-def _status(child: subprocess.Popen) -> int:
+def catch_signals(*, keep_ignored_sigint: bool = False) -> list[int]:
+    """Record SIGTERM, SIGINT and SIGHUP in the returned list instead of dying of them.
+
+    ``keep_ignored_sigint``: an ignored SIGINT stays ignored (a child of ``hidra up``, which keeps Ctrl-C to
+    itself so that it can stop the sender before the receiver)."""
+    signals: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        if keep_ignored_sigint and sig == signal.SIGINT and signal.getsignal(sig) is signal.SIG_IGN:
+            continue
+        signal.signal(sig, lambda signum, _frame: signals.append(signum))
+    return signals
+
+
+def exit_status(child: subprocess.Popen) -> int:
     """A child's exit status as a shell reports it (128 + N when signal N ended it)."""
     return child.returncode if child.returncode >= 0 else 128 - child.returncode
 
 
-def _stop_child(name: str, child: subprocess.Popen, limit: float, signals: list[int]) -> bool:
-    """SIGTERM ``child`` and wait up to ``limit`` s (then SIGKILL); False when a second signal came meanwhile."""
-    if child.poll() is None:
-        child.send_signal(signal.SIGTERM)
+def stop_together(children: Mapping[str, subprocess.Popen], limit: float, signals: list[int]) -> bool:
+    """SIGTERM every child at once and wait up to ``limit`` s for them all (then SIGKILL those left); False when
+    a second signal came meanwhile (the caller kills them at once)."""
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + limit
-    while child.poll() is None:
+    waiting = dict(children)
+    while waiting:
         if len(signals) > 1:
             return False
-        if time.monotonic() > deadline:
-            log.error("the %s did not stop within %.0f s: killing it", name, limit)
-            _kill(child)
-        time.sleep(0.05)
-    log.info("the %s stopped with status %s", name, _status(child))
+        for name, child in list(waiting.items()):
+            if child.poll() is not None:
+                log.info("the %s stopped with status %s", name, exit_status(child))
+                del waiting[name]
+            elif time.monotonic() > deadline:
+                log.error("the %s did not stop within %.0f s: killing it", name, limit)
+                kill(child)
+        if waiting:
+            time.sleep(0.05)
     return True
 
 
-def _kill(child: subprocess.Popen) -> None:
+def kill(child: subprocess.Popen) -> None:
     if child.poll() is None:
         child.kill()
         child.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -60,10 +61,11 @@ def intact(root: Path, rel: str, size: int) -> bool:
 class Hidra:
     """One ``hidra`` subprocess whose stderr goes to a log file that tests can read while it runs."""
 
-    def __init__(self, role: str, log: Path, overrides: list[str], config: Path | None = None) -> None:
+    def __init__(self, role: str, log: Path, overrides: list[str], config: Path | None = None,
+                 flags: list[str] | None = None) -> None:
         self.role = role
         self.log = log
-        args = [sys.executable, "-m", "hidra_core", role]
+        args = [sys.executable, "-m", "hidra_core", role, *(flags or [])]
         if config is not None:
             args += ["--config", str(config)]
         for o in overrides:
@@ -126,3 +128,26 @@ def no_part_files(root: Path) -> bool:
     return not any((root / ".hidra-partial").glob("*"))
 
 
+def consecutive_free_ports(n: int, ranges: int = 1) -> list[int]:
+    """The first ports of ``ranges`` disjoint runs of ``n`` consecutive ports that are free now (released at
+    once: `hidra` binds them itself, as a receiver group binds port + i)."""
+    held: list[socket.socket] = []
+    bases: list[int] = []
+    try:
+        while len(bases) < ranges:
+            run = [socket.socket()]
+            held.append(run[0])
+            run[0].bind(("127.0.0.1", 0))
+            base = run[0].getsockname()[1]
+            try:
+                for port in range(base + 1, base + n):
+                    run.append(socket.socket())
+                    held.append(run[-1])
+                    run[-1].bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            bases.append(base)
+        return bases
+    finally:
+        for s in held:
+            s.close()
