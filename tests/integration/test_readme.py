@@ -434,7 +434,6 @@ def test_receiver_group_example_runs_as_typed_and_logs_the_senders_options(tmp_p
         group.stop()
 
 
-@pytest.mark.skip(reason="needs sender groups")  # NOTE: the sender takes sender.storage.data lists later on main
 def test_receiver_group_example_sender_stores_its_files_through_the_group(tmp_path: Path) -> None:
     group = GroupExample(tmp_path)
     group.wait_ready()
@@ -443,7 +442,9 @@ def test_receiver_group_example_sender_stores_its_files_through_the_group(tmp_pa
     sender = subprocess.Popen([*_hidra_argv(group.sender_line), *sender_args], cwd=tmp_path, stdout=log,
                               stderr=subprocess.STDOUT)
     try:
-        names = [f"img_{n:04d}.raw" for n in range(6)]
+        # NOTE: files go to the members the sender knows are up; only with all three up may they spread
+        wait_until(lambda: (tmp_path / "sender.log").read_text().count(" is up") == 3, 30, "every member up")
+        names = [f"img_{n:04d}.raw" for n in range(12)]  # all on one of 3 members: p = 3 ** -11
         for name in names:
             write_file(group.source / name, 10_000)
 

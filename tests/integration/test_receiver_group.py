@@ -244,7 +244,6 @@ def test_workers_1_runs_the_plain_receiver_in_process(tmp_path: Path) -> None:
         receiver.kill()
 
 
-@pytest.mark.skip(reason="needs sender groups")  # NOTE: the sender takes sender.storage.data lists later on main
 def test_up_with_workers_and_streams_moves_files_through_the_group(tmp_path: Path) -> None:
     data, conf, status = consecutive_free_ports(2, 3)
     args = [sys.executable, "-m", "hidra_core", "up", "--workers", "2", "--streams", "2", "--source", "in",
