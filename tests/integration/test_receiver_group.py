@@ -14,7 +14,8 @@ import psutil
 import pytest
 import yaml
 
-from hidra_proc import Hidra, consecutive_free_ports, intact, receiver_overrides, tree, wait_until, write_file
+from hidra_proc import (Hidra, consecutive_free_ports, intact, receiver_overrides, sender_overrides, tree, wait_until,
+                        write_file)
 from test_receiver_hardening import RawSender
 
 pytestmark = pytest.mark.integration
@@ -273,3 +274,40 @@ def test_up_with_workers_and_streams_moves_files_through_the_group(tmp_path: Pat
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.mark.slow
+def test_a_worker_sigkilled_mid_run_loses_nothing_with_4_pipelines_and_removal(tmp_path: Path) -> None:
+    """`hidra receiver --workers 3` and a sender with 4 pipelines removing its sources: one worker dies among 600
+    files and is restarted by the group; every file arrives once and whole, no source goes before its copy."""
+    group = Group(tmp_path, 3)
+    source, state = tmp_path / "source", tmp_path / "state"
+    source.mkdir()
+    state.mkdir()
+    try:
+        data, confirmations = group.wait_ready()
+        sender = Hidra("sender", tmp_path / "sender.log", [
+            *sender_overrides(source, state, f"[{', '.join(data)}]", f"[{', '.join(confirmations)}]"),
+            "sender.streams=4", "sender.chunksize=65536", "sender.storage.remove_source=after_confirmation"])
+        sender.wait_ready()
+        wait_until(lambda: sender.text().count(" is up") == 3, 30, "every worker up at the sender")
+        expected = {f"d{i % 10}/f{i:04d}.dat": 2000 + (i * 131) % 300_000 for i in range(600)}
+        early: set[str] = set()
+        for n, (rel, size) in enumerate(expected.items()):
+            write_file(source / rel, size)
+            if n == 200:
+                wait_until(lambda: len(tree(group.target)) >= 50, 60, "the first files at the target")
+                group.worker_on(data[1]).kill()
+
+        def done() -> bool:
+            early.update(rel for rel in expected if not (source / rel).exists()
+                         and not intact(group.target, rel, expected[rel]))
+            return not tree(source) and all(intact(group.target, r, s) for r, s in expected.items())
+
+        wait_until(done, 120, "every file stored by the group and removed from the source")
+        assert early == set()
+        assert tree(group.target) == expected
+        assert re.search(r"worker 1 exited with status 137; restarting it", group.parent.text())
+        assert sender.stop() == 0
+    finally:
+        group.close()
