@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from hidra_core import PathRefused, WriteTarget
+from hidra_core import PathRefused, SafeTree, WriteTarget
 from hidra_core.testing import WriterContract
 
 import hidra_files.writer as writer_module
@@ -174,6 +174,23 @@ def test_final_name_that_is_a_symlink_is_replaced_not_followed(make_writer: Any,
     writer.commit([write_all(writer, item(root, "f.dat", b"new"), b"new")])
     assert victim.read_bytes() == b"precious"
     assert not (root / "f.dat").is_symlink() and (root / "f.dat").read_bytes() == b"new"
+
+
+def test_files_of_one_directory_do_not_resolve_its_path_each(make_writer: Any, root: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = make_writer()
+    resolved: list[tuple[str, ...]] = []
+    real = SafeTree.directory
+
+    def spy(tree: SafeTree, parts: tuple[str, ...]) -> str:
+        resolved.append(parts)
+        return real(tree, parts)
+
+    monkeypatch.setattr(SafeTree, "directory", spy)
+    for _ in range(2):
+        writer.commit([write_all(writer, item(root, f"run/f{n}.dat", b"x"), b"x") for n in range(20)])
+    assert resolved == [("run",)] * 3  # opened once, then checked once per batch
+    assert len(list((root / "run").iterdir())) == 20
 
 
 def test_directory_moved_out_of_the_target_after_use_gets_no_more_files(make_writer: Any, root: Path,
