@@ -183,6 +183,12 @@ class Ledger:
         self._db.execute("UPDATE files SET state=?, reason=?, updated=? WHERE file_id=?",
                          (state, reason, time.time(), file_id))
 
+    def set_states(self, file_ids: Iterable[str], state: int) -> None:
+        """``set_state`` of many files in one statement (a burst of confirmations); clears their reasons."""
+        now = time.time()
+        self._db.executemany("UPDATE files SET state=?, reason=NULL, updated=? WHERE file_id=?",
+                             [(state, now, fid) for fid in file_ids])
+
     def record_problem(self, event: FileEvent, state: int, reason: str) -> bool:
         """Put a file (recorded or not) into a problem state with its reason; False if it already was so."""
         row = self.get(event.file_id)

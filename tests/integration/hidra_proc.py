@@ -124,8 +124,9 @@ def sender_overrides(source: Path, state: Path, data: str, confirmations: str) -
 
 
 def no_part_files(root: Path) -> bool:
-    """No unfinished file of the receiver is left: its reserved directory is empty (or absent)."""
-    return not any((root / ".hidra-partial").glob("*"))
+    """No unfinished file of the receiver is left: its reserved directory holds no file (a running receiver's
+    own partial directory is there, empty)."""
+    return not any(not p.is_dir() for p in (root / ".hidra-partial").rglob("*"))
 
 
 def consecutive_free_ports(n: int, ranges: int = 1) -> list[int]:

@@ -72,6 +72,20 @@ def test_set_state_and_counts(ledger: Ledger) -> None:
     assert ledger.get("scan1/absent") is None
 
 
+def test_a_burst_of_confirmations_is_recorded_with_set_states(ledger: Ledger) -> None:
+    ledger.record_seen([_ev(n) for n in "abcd"])
+    for name in "abc":
+        ledger.mark_sent(_ev(name), 1, 1, "x")
+    ledger.set_state("scan1/c", UNCONFIRMED, "used up its attempts")
+    ledger.set_states((f"scan1/{n}" for n in ("a", "c", "absent")), CONFIRMED)
+    assert ledger.counts() == {"seen": 1, "sent": 1, "confirmed": 2}
+    assert ledger.files([CONFIRMED], 10) == [("scan1/a", "confirmed", 1, None), ("scan1/c", "confirmed", 1, None)]
+    assert ledger.get("scan1/absent") is None
+    ledger.set_states([], REMOVED)  # nothing to do
+    ledger.commit()
+    assert ledger.get("scan1/a").state == CONFIRMED
+
+
 def test_pending_selects_unfinished_work_in_order(ledger: Ledger) -> None:
     ledger.record_seen([_ev(n) for n in "abcde"])
     for name in "bcde":

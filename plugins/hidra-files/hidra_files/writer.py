@@ -1,13 +1,15 @@
 """The ``files`` writer: plain files below the receiver's root, made durable in groups before confirmation.
 
 An unfinished file has no name: it is created with ``O_TMPFILE`` in its target directory, so a crash while it
-is written leaves nothing behind. Once durable it is linked into the one reserved directory
-``<root>/.hidra-partial/`` (incoming names may not use it) and renamed to its final name from there, so that
-watchers of the target see ``IN_MOVED_TO`` as before (a bare link shows only ``IN_CREATE``, which inotify
-watchers such as a chained HiDRA sender ignore). Clean-up looks only in the reserved directory, so no name a
-user could create is ever taken for a leftover. Where the file system has no ``O_TMPFILE``, unfinished files
-are written in the reserved directory itself; where a subdirectory is another mount than the root, the unnamed
-file is linked to its final name directly.
+is written leaves nothing behind. Once durable it is linked into the writer's own partial directory
+``<root>/.hidra-partial/files-<pid>-<random>/`` (incoming names may not use ``.hidra-partial``) and renamed to its
+final name from there, so that watchers of the target see ``IN_MOVED_TO`` as before (a bare link shows only
+``IN_CREATE``, which inotify watchers such as a chained HiDRA sender ignore). Clean-up looks only in the reserved
+directory, and there only in partial directories whose writer is gone (see ``hidra_files.dirs``), so neither a
+user's file nor another running receiver's is ever taken for a leftover. Where the file system has no
+``O_TMPFILE``, unfinished files are written in the partial directory itself; where a subdirectory is another mount
+than the root, the unnamed file is linked to its final name directly. All of it works on open directory
+descriptors (``hidra_files.dirs.DirCache``): no path below the root is resolved again for each file.
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import errno
 import itertools
 import logging
 import os
-import secrets
 import stat
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
@@ -24,6 +25,8 @@ from typing import Any, Literal, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from hidra_core import PathRefused, SafeTree, Writer, WriteTarget
+
+from hidra_files.dirs import Dir, DirCache, PartialArea, clean_dead_areas
 
 __all__ = ["FilesWriter", "FilesWriterConfig"]
 
@@ -38,6 +41,7 @@ _COMPARE_CHUNK = 1 << 20
 _LINK_ATTEMPTS = 5
 _AT_FDCWD = -100
 _AT_SYMLINK_FOLLOW = 0x400
+_AT_EMPTY_PATH = 0x1000
 _RENAME_NOREPLACE = 1
 
 
@@ -49,8 +53,9 @@ class FilesWriterConfig(BaseModel):
     fsync: bool = Field(True, description="make each file durable (data and directory entry) before confirming")
     preserve_mtime: bool = Field(True, description="give the stored file the source's modification time")
     clean_stale_parts: bool = Field(
-        True, description="at start-up, delete unfinished files older than the start in <target>/.hidra-partial/"
-        " (used only where the file system has no O_TMPFILE). Turn off when several receivers share a target")
+        True, description="at start-up, delete the unfinished files of receivers that are no longer running from"
+        " <target>/.hidra-partial/ (each running receiver keeps its own locked subdirectory there, so receivers"
+        " sharing a target never delete each other's files)")
     group_sync_min: int = Field(
         4, ge=2, description="commit batches of at least this many files with one syncfs() instead of fsyncs")
     existing: Literal["backup", "overwrite"] = Field(
@@ -62,10 +67,14 @@ class FilesWriterConfig(BaseModel):
 @dataclass
 class _Open:
     fd: int
-    directory: str
-    final: str
+    directory: Dir | None  # None once committed or aborted
+    filename: str
     mtime: float | None
-    temp: str | None  # None: an unnamed O_TMPFILE file
+    temp: str | None  # its name in the writer's partial directory; None: an unnamed O_TMPFILE file
+
+    @property
+    def final(self) -> str:
+        return os.path.join(self.directory.path if self.directory is not None else "?", self.filename)
 
 
 def _syncfs(fd: int) -> None:
@@ -74,36 +83,39 @@ def _syncfs(fd: int) -> None:
         raise OSError(err, f"syncfs failed: {os.strerror(err)}")
 
 
-def _open_unnamed(directory: str) -> int:
-    return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644)
+def _open_unnamed(dir_fd: int) -> int:
+    return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
 
 
-def _link_unnamed(fd: int, path: str) -> None:
-    """Give the unnamed file ``fd`` the name ``path``; EEXIST rather than replace anything."""
-    # NOTE: os.link() calls link(2), which would link the /proc symlink itself (EXDEV); linkat(2) with
-    # AT_SYMLINK_FOLLOW links the unnamed file it points to, and needs no capability (unlike AT_EMPTY_PATH).
-    source = f"/proc/self/fd/{fd}".encode()
-    if _libc.linkat(_AT_FDCWD, source, _AT_FDCWD, os.fsencode(path), _AT_SYMLINK_FOLLOW) != 0:
+_empty_path_links = [True]  # NOTE: cleared once the kernel says this process may not link by descriptor
+
+
+def _link_unnamed(fd: int, dir_fd: int, name: str) -> None:
+    """Give the unnamed file ``fd`` the name ``name`` in ``dir_fd``; EEXIST rather than replace anything."""
+    # NOTE: AT_EMPTY_PATH links the descriptor itself (needs CAP_DAC_READ_SEARCH, or Linux >= 6.10 for the
+    # file's opener; ENOENT otherwise). The fallback: os.link() calls link(2), which would link the /proc
+    # symlink itself (EXDEV); linkat(2) with AT_SYMLINK_FOLLOW links the unnamed file it points to.
+    target = os.fsencode(name)
+    if _empty_path_links[0]:
+        if _libc.linkat(fd, b"", dir_fd, target, _AT_EMPTY_PATH) == 0:
+            return
         err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
+        if err not in (errno.ENOENT, errno.EPERM):
+            raise OSError(err, os.strerror(err), name)
+        _empty_path_links[0] = False
+    if _libc.linkat(_AT_FDCWD, f"/proc/self/fd/{fd}".encode(), dir_fd, target, _AT_SYMLINK_FOLLOW) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), name)
 
 
-def _rename_noreplace(source: str, path: str) -> bool:
-    """rename(2) that fails with EEXIST instead of replacing ``path``; False where the file system cannot."""
-    if _libc.renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(path), _RENAME_NOREPLACE) == 0:
+def _rename_noreplace(source_dir: int, source: str, dir_fd: int, name: str) -> bool:
+    """renameat2(2) that fails with EEXIST instead of replacing ``name``; False where the file system cannot."""
+    if _libc.renameat2(source_dir, os.fsencode(source), dir_fd, os.fsencode(name), _RENAME_NOREPLACE) == 0:
         return True
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOSYS):
         return False
-    raise OSError(err, os.strerror(err), path)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    raise OSError(err, os.strerror(err), name)
 
 
 def _mtime_of(item: WriteTarget) -> float | None:
@@ -117,11 +129,11 @@ def _mtime_of(item: WriteTarget) -> float | None:
     return float(value)
 
 
-def _starts_with(fd: int, path: str, size: int) -> bool:
-    """Does the file ``fd`` begin with all ``size`` bytes of the regular file at ``path`` (sizes first)?"""
+def _starts_with(fd: int, dir_fd: int, name: str, size: int) -> bool:
+    """Does the file ``fd`` begin with all ``size`` bytes of the regular file ``name`` (sizes first)?"""
     if os.fstat(fd).st_size < size:
         return False
-    other = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    other = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         for offset in range(0, size, _COMPARE_CHUNK):
             length = min(_COMPARE_CHUNK, size - offset)
@@ -138,29 +150,48 @@ class FilesWriter(Writer):
     def __init__(self, config: FilesWriterConfig, *, target: str) -> None:
         super().__init__(config, target=target)
         self._tree = SafeTree(target)
+        self._root_bytes = len(os.fsencode(self._tree.root))
+        self._dirs = DirCache(self._tree)
+        self._area = PartialArea(self._tree)
         self._warned_no_tmpfile = False
 
+    @property
+    def partial_path(self) -> str:
+        """This writer's own directory for unfinished files ("" until it needed one)."""
+        return self._area.path
+
     def open(self, item: WriteTarget) -> _Open:
-        if len(os.fsencode(os.path.join(self._tree.root, item.relative_name))) >= _PATH_MAX:
+        if self._root_bytes + 1 + len(os.fsencode(item.relative_name)) >= _PATH_MAX:
             raise PathRefused(f"{item.relative_name!r}: the path below {self._tree.root!r} is longer than the"
                               f" file system allows ({_PATH_MAX - 1} bytes)")
-        directory = self._tree.directory(item.relative_parts)
-        final = os.path.join(directory, item.filename)
-        fd, temp = self._create(directory)
-        return _Open(fd, directory, final, _mtime_of(item), temp)
-
-    def _create(self, directory: str) -> tuple[int, str | None]:
+        directory = self._dirs.acquire(item.relative_parts)
         try:
-            return _open_unnamed(directory), None
+            try:
+                fd, temp = self._create(directory)
+            except OSError:
+                if os.fstat(directory.fd).st_nlink:
+                    raise
+                # NOTE: the cached directory was removed meanwhile (ext4 says EPERM): make it again
+                directory = self._dirs.reopen(directory)
+                fd, temp = self._create(directory)
+        except BaseException:
+            self._dirs.release(directory)
+            raise
+        return _Open(fd, directory, item.filename, _mtime_of(item), temp)
+
+    def _create(self, directory: Dir) -> tuple[int, str | None]:
+        try:
+            return _open_unnamed(directory.fd), None
         except OSError as exc:
             if exc.errno not in _NO_TMPFILE:
                 raise
             if not self._warned_no_tmpfile:
                 self._warned_no_tmpfile = True
-                log.warning("%s: no O_TMPFILE (%s); unfinished files go to %s", directory, exc.strerror,
-                            self._tree.partial_directory())
-        temp = os.path.join(self._tree.partial_directory(), secrets.token_hex(8))
-        return os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644), temp
+                log.warning("%s: no O_TMPFILE (%s); unfinished files go to %s", directory.path, exc.strerror,
+                            os.path.join(self._tree.root, self._tree.PARTIAL_DIR))
+        temp = self._area.new_name()
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        return os.open(temp, flags, 0o644, dir_fd=self._area.fd), temp
 
     def write(self, handle: _Open, data: Any) -> None:
         view = memoryview(data)
@@ -190,12 +221,15 @@ class FilesWriter(Writer):
                 self._sync_data(handles, grouped, errors)
         except OSError as exc:  # syncfs failed: nothing of the batch is known to be durable
             errors = [exc] * len(handles)
+        self._renew_directories(handles, errors)
         for n, h in enumerate(handles):
             if errors[n] is None:
                 errors[n] = self._publish(h)
             self._close_fd(h)
         if sync:
             self._sync_directories([h for h, e in zip(handles, errors) if e is None], grouped, errors, handles)
+        for h in handles:
+            self._release(h)
         return errors
 
     @staticmethod
@@ -209,9 +243,25 @@ class FilesWriter(Writer):
             except OSError as exc:
                 errors[n] = exc
 
+    def _renew_directories(self, handles: Sequence[_Open], errors: list[BaseException | None]) -> None:
+        """Once per batch and directory: does its path still lead to the directory its files will be named in?"""
+        holders: dict[Dir, list[int]] = {}
+        for n, h in enumerate(handles):
+            if errors[n] is None and h.directory is not None:
+                holders.setdefault(h.directory, []).append(n)
+        for held, indices in holders.items():
+            try:
+                fresh = self._dirs.renew(held, len(indices))
+            except (PathRefused, OSError) as exc:
+                for n in indices:
+                    errors[n] = exc
+                continue
+            for n in indices:
+                handles[n].directory = fresh
+
     def _sync_directories(self, stored: list[_Open], grouped: bool, errors: list[BaseException | None],
                           handles: Sequence[_Open]) -> None:
-        directories = {h.directory for h in stored}
+        directories = {h.directory for h in stored if h.directory is not None}
         if grouped and len(directories) >= self.config.group_sync_min:
             root_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
@@ -225,12 +275,12 @@ class FilesWriter(Writer):
             failed = {}
             for directory in directories:
                 try:
-                    _fsync_dir(directory)
+                    os.fsync(directory.fd)
                 except OSError as exc:
                     failed[directory] = exc
         for n, h in enumerate(handles):
             if errors[n] is None and h.directory in failed:
-                errors[n] = failed[h.directory]
+                errors[n] = failed[h.directory]  # type: ignore[index]
 
     def _publish(self, handle: _Open) -> OSError | None:
         """Give a durable file its final name; the error instead of raising, so the batch goes on."""
@@ -247,65 +297,66 @@ class FilesWriter(Writer):
             else:
                 raise FileExistsError(errno.EEXIST, "re-created while being replaced", handle.final)
             if handle.temp is not None:
-                os.unlink(handle.temp)
+                os.unlink(handle.temp, dir_fd=self._area.fd)
                 handle.temp = None
         except OSError as exc:
             return exc
         return None
 
     def _name_unnamed(self, fd: int) -> str | None:
-        """A name in the reserved directory for an unnamed file, or None if that is another file system."""
-        temp = os.path.join(self._tree.partial_directory(), secrets.token_hex(8))
+        """A name in the partial directory for an unnamed file, or None if that is another file system."""
+        temp = self._area.new_name()
         try:
-            _link_unnamed(fd, temp)
+            _link_unnamed(fd, self._area.fd, temp)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
             return None
         return temp
 
-    @staticmethod
-    def _place(handle: _Open) -> None:
+    def _place(self, handle: _Open) -> None:
         """Move the file to its final name, never replacing one: FileExistsError if it is taken."""
+        assert handle.directory is not None
+        dir_fd = handle.directory.fd
         if handle.temp is None:
-            _link_unnamed(handle.fd, handle.final)
-        elif _rename_noreplace(handle.temp, handle.final):
+            _link_unnamed(handle.fd, dir_fd, handle.filename)
+        elif _rename_noreplace(self._area.fd, handle.temp, dir_fd, handle.filename):
             handle.temp = None
         else:
-            os.link(handle.temp, handle.final)
+            os.link(handle.temp, handle.filename, src_dir_fd=self._area.fd, dst_dir_fd=dir_fd)
 
     def _make_room(self, handle: _Open) -> bool:
         """The final name exists: move it aside (or remove it) and say True, or False if it is this very file."""
-        final = handle.final
+        assert handle.directory is not None
+        dir_fd, name, final = handle.directory.fd, handle.filename, handle.final
         try:
-            st = os.lstat(final)
+            st = os.lstat(name, dir_fd=dir_fd)
         except FileNotFoundError:
             return True
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "a directory stands where the file should go", final)
         if self.config.existing == "overwrite":
-            os.unlink(final)
+            os.unlink(name, dir_fd=dir_fd)
             return True
         # NOTE: a new version that begins with all of the earlier one (a re-sent file, or one that was sent
         # while still being written and then grew) replaces it without a backup: nothing of it is lost.
-        if stat.S_ISREG(st.st_mode) and _starts_with(handle.fd, final, st.st_size):
+        if stat.S_ISREG(st.st_mode) and _starts_with(handle.fd, dir_fd, name, st.st_size):
             if os.fstat(handle.fd).st_size == st.st_size:
                 log.debug("%s is already stored with the same content", final)
                 return False
-            os.unlink(final)
+            os.unlink(name, dir_fd=dir_fd)
             return True
-        backup = self._backup(final)
-        log.info("%s existed with other content: the earlier version is kept as %s", final,
-                 os.path.basename(backup))
-        os.unlink(final)
+        backup = self._backup(dir_fd, name)
+        log.info("%s existed with other content: the earlier version is kept as %s", final, backup)
+        os.unlink(name, dir_fd=dir_fd)
         return True
 
     @staticmethod
-    def _backup(final: str) -> str:
+    def _backup(dir_fd: int, name: str) -> str:
         for n in itertools.count(1):
-            backup = f"{final}.~{n}~"
+            backup = f"{name}.~{n}~"
             try:
-                os.link(final, backup, follow_symlinks=False)
+                os.link(name, backup, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
                 return backup
             except FileExistsError:
                 continue
@@ -315,16 +366,19 @@ class FilesWriter(Writer):
         self._close_fd(handle)
         if handle.temp is not None:
             try:
-                os.unlink(handle.temp)
+                os.unlink(handle.temp, dir_fd=self._area.fd)
             except FileNotFoundError:
                 pass
             handle.temp = None
+        self._release(handle)
 
     def cleanup(self, before: float) -> int:
+        """Unfinished files of receivers no longer running: their partial directories (whose lock is free),
+        and files directly in the reserved directory (earlier versions) older than ``before``."""
         directory = os.path.join(self._tree.root, self._tree.PARTIAL_DIR)
         if not self.config.clean_stale_parts or not os.path.isdir(directory):
             return 0
-        removed = 0
+        removed = clean_dead_areas(directory, self._area.name)
         for entry in os.scandir(directory):
             try:
                 # NOTE: ctime, not mtime: close() may set mtime to the source's, far in the past.
@@ -336,6 +390,15 @@ class FilesWriter(Writer):
         if removed:
             log.info("removed %d unfinished files left by an earlier receiver in %s", removed, directory)
         return removed
+
+    def shutdown(self) -> None:
+        self._dirs.close()
+        self._area.close()
+
+    def _release(self, handle: _Open) -> None:
+        if handle.directory is not None:
+            self._dirs.release(handle.directory)
+            handle.directory = None
 
     @staticmethod
     def _close_fd(handle: _Open) -> None:

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
-from hidra_core import PathRefused, WriteTarget
+from hidra_core import PathRefused, SafeTree, WriteTarget
 from hidra_core.testing import WriterContract
 
 import hidra_files.writer as writer_module
@@ -173,6 +176,50 @@ def test_final_name_that_is_a_symlink_is_replaced_not_followed(make_writer: Any,
     assert not (root / "f.dat").is_symlink() and (root / "f.dat").read_bytes() == b"new"
 
 
+def test_files_of_one_directory_do_not_resolve_its_path_each(make_writer: Any, root: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = make_writer()
+    resolved: list[tuple[str, ...]] = []
+    real = SafeTree.directory
+
+    def spy(tree: SafeTree, parts: tuple[str, ...]) -> str:
+        resolved.append(parts)
+        return real(tree, parts)
+
+    monkeypatch.setattr(SafeTree, "directory", spy)
+    for _ in range(2):
+        writer.commit([write_all(writer, item(root, f"run/f{n}.dat", b"x"), b"x") for n in range(20)])
+    assert resolved == [("run",)] * 3  # opened once, then checked once per batch
+    assert len(list((root / "run").iterdir())) == 20
+
+
+def test_directory_moved_out_of_the_target_after_use_gets_no_more_files(make_writer: Any, root: Path,
+                                                                          tmp_path: Path) -> None:
+    writer = make_writer()
+    writer.commit([write_all(writer, item(root, "a/f.dat", b"1"), b"1")])
+    (root / "a").rename(tmp_path / "moved")
+    (root / "a").symlink_to(tmp_path / "moved")
+    with pytest.raises(PathRefused):
+        writer.commit([write_all(writer, item(root, "a/g.dat", b"2"), b"2")])
+    assert [p.name for p in (tmp_path / "moved").iterdir()] == ["f.dat"]
+
+
+def test_directory_renamed_or_removed_after_use_is_not_written_to_again(make_writer: Any, root: Path) -> None:
+    writer = make_writer()
+    writer.commit([write_all(writer, item(root, f"a/f{n}.dat", b"1"), b"1") for n in range(5)])
+    (root / "a").rename(root / "renamed")
+    early = write_all(writer, item(root, "a/early.dat", b"2"), b"2")  # opened before a new a/ appeared
+    (root / "a").mkdir()
+    writer.commit([early, *(write_all(writer, item(root, f"a/g{n}.dat", b"3"), b"3") for n in range(4))])
+    assert sorted(p.name for p in (root / "a").iterdir()) == ["early.dat", "g0.dat", "g1.dat", "g2.dat", "g3.dat"]
+    assert len(list((root / "renamed").iterdir())) == 5
+    for p in (root / "a").iterdir():
+        p.unlink()
+    (root / "a").rmdir()
+    writer.commit([write_all(writer, item(root, "a/h.dat", b"4"), b"4")])
+    assert (root / "a" / "h.dat").read_bytes() == b"4"
+
+
 @pytest.fixture
 def no_tmpfile(monkeypatch: pytest.MonkeyPatch) -> None:
     """A file system without O_TMPFILE (as some network and FUSE file systems are)."""
@@ -195,37 +242,103 @@ def test_without_o_tmpfile_unfinished_files_live_only_in_the_reserved_directory(
                                                                                   root: Path) -> None:
     writer = make_writer()
     handle = write_all(writer, item(root, "run/scan.0123456789ab.part", b"data"), b"data")
-    assert [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()] == [
-        f".hidra-partial/{os.path.basename(handle.temp)}"]
+    area = Path(writer.partial_path)
+    assert area.parent == root / ".hidra-partial"
+    assert [p for p in root.rglob("*") if p.is_file()] == [area / handle.temp]
     writer.commit([handle])
     assert (root / "run" / "scan.0123456789ab.part").read_bytes() == b"data"
-    assert list((root / ".hidra-partial").iterdir()) == []
+    assert list(area.iterdir()) == []
+    writer.shutdown()
+    assert list((root / ".hidra-partial").iterdir()) == []  # its own directory goes with it
 
 
-@pytest.mark.usefixtures("no_tmpfile")
-def test_cleanup_removes_stale_temp_files_only(make_writer: Any, root: Path) -> None:
-    crashed = make_writer()
-    stale = crashed.open(item(root, "run/stale.dat"))
-    os.close(stale.fd)  # the predecessor died here
+_OTHER_RECEIVER = """
+import errno, json, os, sys
+import hidra_files.writer as w
+from hidra_core import WriteTarget
+
+def refuse(directory):
+    raise OSError(errno.EOPNOTSUPP, "no O_TMPFILE here", directory)
+
+w._open_unnamed = refuse  # NOTE: unfinished files then have names in the writer's partial directory
+writer = w.FilesWriter(w.FilesWriterConfig(), target=sys.argv[1])
+temps = []
+for name in sys.argv[2:]:
+    *parts, filename = name.split("/")
+    handle = writer.open(WriteTarget(sys.argv[1], tuple(parts), filename, {}))
+    os.write(handle.fd, b"unfinished")
+    temps.append(os.path.join(writer.partial_path, handle.temp))
+print(json.dumps(temps), flush=True)
+sys.stdin.read()
+"""
+
+
+class OtherReceiver:
+    """A ``files`` writer in a process of its own with unfinished files (no O_TMPFILE), until ``kill``."""
+
+    def __init__(self, root: Path, *names: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _OTHER_RECEIVER, str(root), *names],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.temps = [Path(p) for p in json.loads(self.proc.stdout.readline())]
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def other_receiver(root: Path) -> Iterator[Callable[..., OtherReceiver]]:
+    started: list[OtherReceiver] = []
+
+    def start(*names: str) -> OtherReceiver:
+        started.append(OtherReceiver(root, *names))
+        return started[-1]
+
+    yield start
+    for other in started:
+        other.kill()
+
+
+def test_cleanup_spares_unfinished_files_of_another_running_receiver(make_writer: Any, root: Path,
+                                                                       other_receiver: Any) -> None:
+    first = other_receiver("run/a.dat", "b.dat")
+    mine = make_writer()
+    handle = write_all(mine, item(root, "run/mine.dat", b"mine"), b"mine")
+    assert make_writer().cleanup(time.time() + 3600) == 0  # a second receiver starts on the same target
+    assert all(temp.read_bytes() == b"unfinished" for temp in first.temps)
+    first.kill()  # SIGKILL: its partial directory stays behind, unlocked
+    assert make_writer().cleanup(time.time()) == 2  # the next start takes it
+    assert not first.temps[0].parent.exists()
+    mine.commit([handle])  # a writer alive in this process was spared all along
+    assert (root / "run" / "mine.dat").read_bytes() == b"mine"
+
+
+def test_cleanup_removes_stale_temp_files_only(make_writer: Any, root: Path, other_receiver: Any) -> None:
+    crashed = other_receiver("run/stale.dat")
+    crashed.kill()
     (root / "run" / "kept.dat").write_bytes(b"a stored file")
     (root / "run" / "notes.0123456789ab.part").write_bytes(b"a user's file with an old temp-file name")
-    assert make_writer().cleanup(time.time() + 1) == 1
+    (root / ".hidra-partial" / "0123456789abcdef").write_bytes(b"left by an earlier version")
+    (root / ".hidra-partial" / "hdf5").mkdir()  # another writer's directory
+    assert make_writer().cleanup(time.time() + 1) == 2
     assert sorted(p.name for p in (root / "run").iterdir()) == ["kept.dat", "notes.0123456789ab.part"]
-    assert list((root / ".hidra-partial").iterdir()) == []
+    assert [p.name for p in (root / ".hidra-partial").iterdir()] == ["hdf5"]
 
 
-@pytest.mark.usefixtures("no_tmpfile")
-def test_cleanup_can_be_turned_off(make_writer: Any, root: Path) -> None:
-    crashed = make_writer()
-    stale = crashed.open(item(root, "stale.dat"))
-    os.close(stale.fd)
+def test_cleanup_can_be_turned_off(make_writer: Any, root: Path, other_receiver: Any) -> None:
+    crashed = other_receiver("stale.dat")
+    crashed.kill()
     assert make_writer(clean_stale_parts=False).cleanup(time.time() + 1) == 0
-    assert os.path.exists(stale.temp)
+    assert crashed.temps[0].exists()
 
 
 def _stored(root: Path) -> dict[str, bytes]:
-    """Every file in ``root`` (not below), after checking that the reserved directory holds nothing."""
-    assert list((root / ".hidra-partial").glob("*")) == []
+    """Every file in ``root`` (not below), after checking that the reserved directory holds no file."""
+    assert [p for p in (root / ".hidra-partial").rglob("*") if not p.is_dir()] == []
     return {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()}
 
 

@@ -22,6 +22,10 @@ __all__ = ["InotifyConfig", "InotifyEventSource"]
 log = logging.getLogger(__name__)
 
 _DIR_MASK = flags.CLOSE_WRITE | flags.MOVED_TO | flags.CREATE | flags.DELETE_SELF | flags.MOVE_SELF
+# NOTE: plain ints: every event is tested against several of them
+_Q_OVERFLOW, _IGNORED, _MOVE_SELF, _ISDIR = (int(flags.Q_OVERFLOW), int(flags.IGNORED), int(flags.MOVE_SELF),
+                                             int(flags.ISDIR))
+_CREATE, _MOVED_TO, _CLOSE_WRITE = int(flags.CREATE), int(flags.MOVED_TO), int(flags.CLOSE_WRITE)
 _BATCH = 1000
 
 
@@ -75,32 +79,36 @@ class InotifyEventSource(EventSource):
 
     def _handle(self, ev: object, out: list[FileEvent]) -> None:
         mask, wd, name = ev.mask, ev.wd, ev.name  # type: ignore[attr-defined]
-        if mask & flags.Q_OVERFLOW:
-            self.overflows += 1
-            log.warning("inotify queue overflowed (%d so far): rescanning %s", self.overflows, self._root)
-            self._watch_tree("")
-            self._scans.append(self._scan(""))
-            return
-        if mask & flags.IGNORED:
-            self._dirs.pop(wd, None)
-            self._inodes.pop(wd, None)
-            return
-        if mask & flags.MOVE_SELF:
-            self._forget_if_moved_away(wd)
+        if mask & (_Q_OVERFLOW | _IGNORED | _MOVE_SELF):
+            self._handle_special(mask, wd)
             return
         rel = self._dirs.get(wd)
         if rel is None or not name:
             return
-        child = f"{rel}/{name}" if rel else name
-        if mask & flags.ISDIR:
-            if self.config.recursive and mask & (flags.CREATE | flags.MOVED_TO):
+        if mask & _ISDIR:
+            if self.config.recursive and mask & (_CREATE | _MOVED_TO):
+                child = f"{rel}/{name}" if rel else name
                 self._watch_tree(child)
                 self._scans.append(self._scan(child))
-        elif mask & (flags.CLOSE_WRITE | flags.MOVED_TO) and not self._ignored(name):
-            event = self._link_event(rel, name) if mask & flags.MOVED_TO and self._is_link(child) else \
-                FileEvent(self._root, rel, name)
-            if event is not None:
-                out.append(event)
+        elif mask & (_CLOSE_WRITE | _MOVED_TO) and not (self.config.ignore and self._ignored(name)):
+            if mask & _MOVED_TO and self._is_link(f"{rel}/{name}" if rel else name):
+                event = self._link_event(rel, name)
+                if event is not None:
+                    out.append(event)
+            else:
+                out.append(FileEvent(self._root, rel, name))
+
+    def _handle_special(self, mask: int, wd: int) -> None:
+        if mask & _Q_OVERFLOW:
+            self.overflows += 1
+            log.warning("inotify queue overflowed (%d so far): rescanning %s", self.overflows, self._root)
+            self._watch_tree("")
+            self._scans.append(self._scan(""))
+        elif mask & _IGNORED:
+            self._dirs.pop(wd, None)
+            self._inodes.pop(wd, None)
+        else:
+            self._forget_if_moved_away(wd)
 
     def _forget_if_moved_away(self, wd: int) -> None:
         """A watched directory was renamed: unless a MOVED_TO inside the tree re-mapped it, stop watching it."""
@@ -145,7 +153,7 @@ class InotifyEventSource(EventSource):
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.config.ignore)
 
     def _abs(self, rel: str) -> str:
-        return os.path.join(self._root, *rel.split("/")) if rel else self._root
+        return os.path.join(self._root, rel) if rel else self._root  # NOTE: rel is "/"-separated already
 
     def _watch_tree(self, rel: str) -> None:
         """Watch ``rel`` and, when recursive, every directory below it (watch first, then list)."""
