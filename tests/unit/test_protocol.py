@@ -235,6 +235,15 @@ def test_confirmation_of_a_single_chunk_file_carries_the_proof() -> None:
     assert message[:3] == [b"t", b"f", b"0"] and json.loads(message[3])["file_checksum"] is None
 
 
+@pytest.mark.parametrize(("algorithm", "checksum"), [("xxh3_64", "fedcba9876543210"), (None, None),
+                                                    ('odd "name"\n', "é\u2028")])
+def test_confirmation_proof_is_the_json_it_always_was(algorithm: str | None, checksum: str | None) -> None:
+    for count in (1, 3):
+        proof = encode_confirmations(b"t", "f", count, algorithm, checksum)[-1][3]
+        assert proof == json.dumps({"last_chunk": True, "checksum_algorithm": algorithm,
+                                    "file_checksum": checksum}).encode()
+
+
 def test_confirmations_round_trip() -> None:
     messages = encode_confirmations(b"t", "scan/ü.tif", 2, "xxh3_64", "abc")
     assert [decode_confirmation(m) for m in messages] == [Confirmation("scan/ü.tif", 0, None),
