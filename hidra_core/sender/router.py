@@ -30,7 +30,7 @@ from hidra_core.sender.handoff import Handoff
 from hidra_core.sender.intake import MAX_QUEUED
 from hidra_core.sender.lane import Lane
 from hidra_core.sender.ledger import UNCONFIRMED, Ledger
-from hidra_core.sender.outgoing import Outgoing
+from hidra_core.sender.outgoing import InFlight, Outgoing
 from hidra_core.sender.sending import Sending
 from hidra_core.sender.source_thread import SourceThread
 from hidra_core.sender.storage_link import StorageLink
@@ -306,16 +306,20 @@ class Sender(Sending):
     # -- confirmations ---------------------------------------------------------------------------------
 
     def _take_confirmations(self, sock: zmq.Socket, member: int) -> None:
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            resend, confirmed = self.link.on_message(frames, member)
-            for event in resend:
-                self._enqueue(event, force=True)
-            for flight in confirmed:
-                self._confirmed(flight)
+        """Every confirmation waiting; the files they complete are recorded together (one ledger statement)."""
+        done: list[InFlight] = []
+        try:
+            while True:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                resend, confirmed = self.link.on_message(frames, member)
+                for event in resend:
+                    self._enqueue(event, force=True)
+                done += confirmed
+        finally:
+            self._confirmed(done)
 
     def _expire(self, now: float) -> None:
         resend, overdue = self.link.expire(now)

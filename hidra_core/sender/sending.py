@@ -358,18 +358,24 @@ class Sending(Intake):
             self.stats["resent"] += 1
         self.stats["sent"] += 1
         if confirmed is not None:
-            self._confirmed(confirmed)
+            self._confirmed([confirmed])
 
-    def _confirmed(self, flight: InFlight) -> None:
-        """The storage receiver confirmed a durable, matching copy: record it, and remove the source if asked."""
-        self.stats["confirmed"] += 1
-        if flight.event.inline:  # NOTE: safe at storage: its row and its data are let go (see ledger.py)
-            self.ledger.forget(flight.event.file_id)
-            self._release(flight.event)
+    def _confirmed(self, flights: list[InFlight]) -> None:
+        """The storage receiver confirmed durable, matching copies: record them, and remove the sources if asked."""
+        self.stats["confirmed"] += len(flights)
+        stored = []
+        for flight in flights:
+            if flight.event.inline:  # NOTE: safe at storage: its row and its data are let go (see ledger.py)
+                self.ledger.forget(flight.event.file_id)
+                self._release(flight.event)
+            else:
+                stored.append(flight)
+        if not stored:
             return
-        self.ledger.set_state(flight.event.file_id, CONFIRMED)
+        self.ledger.set_states((flight.event.file_id for flight in stored), CONFIRMED)
         if self._removing:
-            self._remove(flight.event, flight.stat)
+            for flight in stored:
+                self._remove(flight.event, flight.stat)
 
     def _remove(self, event: FileEvent, stat: FileStat) -> None:
         """Ask a worker to remove the confirmed version; see ``_removal_done``."""
