@@ -16,9 +16,11 @@ import zmq
 
 from hidra_core.sender.fetch import Fetching
 from hidra_core.sender.outgoing import Outgoing
-from hidra_core.types import FileEvent
+from hidra_core.types import SERIES_END, FileEvent
 
-__all__ = ["Lane", "member_for", "route_key", "series_lane"]
+__all__ = ["Lane", "Members", "member_for", "series_lane"]
+
+_SERIES_KEPT = 10_000  # series whose member is remembered (one that never ends is forgotten eventually)
 
 
 @dataclass(eq=False)
@@ -42,11 +44,6 @@ class Lane:
         return self.stash is not None or (self.current is not None and self.current.sent_any)
 
 
-def route_key(event: FileEvent) -> str:
-    """What decides pipeline and member: the series, so that all of one series stays together, else the file."""
-    return event.series or event.file_id
-
-
 def member_for(key: str, members: Sequence[str], live: Sequence[int]) -> int:
     """Rendezvous hashing over the live members (all of them when none is up): a member that goes away moves
     only its own files; the others stay where they were."""
@@ -54,6 +51,30 @@ def member_for(key: str, members: Sequence[str], live: Sequence[int]) -> int:
         return 0
     candidates = live or range(len(members))
     return max(candidates, key=lambda i: _hash(f"{members[i]}\n{key}"))
+
+
+class Members:
+    """Which member of the storage receiver group an event goes to: a file by rendezvous hashing of its path over
+    the members up; a series stays with the member it started on until its end, unless that one goes away (a
+    member back from a restart must not open the series file another one now writes)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        self._series: dict[str, int] = {}
+
+    def __call__(self, event: FileEvent, live: Sequence[int]) -> int:
+        if len(self.names) == 1:
+            return 0
+        if not event.series:
+            return member_for(event.file_id, self.names, live)
+        member = self._series.get(event.series)
+        if member is None or (live and member not in live):
+            member = self._series[event.series] = member_for(event.series, self.names, live)
+            if len(self._series) > _SERIES_KEPT:
+                del self._series[next(iter(self._series))]
+        if event.kind == SERIES_END:
+            del self._series[event.series]
+        return member
 
 
 def series_lane(key: str, count: int) -> int:

@@ -28,7 +28,7 @@ from hidra_core.sender.clients.dispatch import ClientDispatcher
 from hidra_core.sender.fetch import Fetching
 from hidra_core.sender.handoff import Handoff
 from hidra_core.sender.intake import MAX_QUEUED
-from hidra_core.sender.lane import Lane
+from hidra_core.sender.lane import Lane, Members
 from hidra_core.sender.ledger import UNCONFIRMED, Ledger
 from hidra_core.sender.outgoing import InFlight, Outgoing
 from hidra_core.sender.sending import Sending
@@ -68,7 +68,7 @@ class Sender(Sending):
         self._delayed: list[tuple[float, str]] = []  # heap of (due, file_id): files still being written
         self._delayed_events: dict[str, tuple[FileEvent, bool, float]] = {}  # file_id -> (event, force, delay)
         self.link = StorageLink(cfg.storage)
-        self._member_names = [data for data, _conf in cfg.storage.members]
+        self._members = Members([data for data, _conf in cfg.storage.members])
         self.lanes: list[Lane] = []
         self._retries: dict[str, int] = {}
         self._waiting_since: float | None = None
@@ -187,7 +187,7 @@ class Sender(Sending):
         poller = self.poller
         drain_until = None
         next_housekeeping = 0.0
-        group = len(self._member_names) > 1
+        group = len(self._members.names) > 1
         while True:
             now = time.monotonic()
             if self.stop.is_set() and drain_until is None:

@@ -19,7 +19,7 @@ from hidra_core.sender.clients.dispatch import ClientDispatcher
 from hidra_core.sender.fetch import JOBS_AHEAD, FetchFailed, Job, describe, retryable
 from hidra_core.sender.intake import Intake
 from hidra_core.sender.ledger import CONFIRMED, REMOVED, LedgerRow
-from hidra_core.sender.lane import Lane, member_for, route_key, series_lane
+from hidra_core.sender.lane import Lane, Members, series_lane
 from hidra_core.sender.outgoing import ZERO_COPY_MIN, InFlight, Outgoing
 from hidra_core.types import FileEvent
 
@@ -37,7 +37,7 @@ class Sending(Intake):
     host: PluginHost
     clients: ClientDispatcher
     lanes: list[Lane]
-    _member_names: list[str]  # the storage group's data endpoints
+    _members: Members  # chooses the storage group member of each file
     local: Any
     local_root: str
     topic: bytes
@@ -206,7 +206,7 @@ class Sending(Intake):
                 self._failed(job.event, "starting to send it", exc)
                 continue
             lane.current, lane.job = job.out, key
-            lane.member = member_for(route_key(job.event), self._member_names, self.link.live)
+            lane.member = self._members(job.event, self.link.live)
 
     def _reroute(self, live: list[int]) -> None:
         """Files on their way to a member that went away: to another one (from their first chunk again)."""
@@ -214,7 +214,7 @@ class Sending(Intake):
             if lane.current is None or lane.member in live or not live:
                 continue
             if not lane.started:
-                lane.member = member_for(route_key(lane.current.event), self._member_names, live)
+                lane.member = self._members(lane.current.event, live)
                 continue
             event = lane.current.event
             log.info("%s: its receiver went away mid-file; sent to another member of the group", event.file_id)

@@ -8,10 +8,11 @@ import zmq
 from hidra_core import FileEvent, FileStat
 from hidra_core.config import StorageTarget, load_config
 from hidra_core.host.build import build_sender
-from hidra_core.sender.lane import series_lane
+from hidra_core.sender.lane import Members, member_for, series_lane
 from hidra_core.sender.outgoing import Checksums, Outgoing
 from hidra_core.sender.sending import Sending
 from hidra_core.sender.storage_link import StorageLink
+from hidra_core.types import FRAME, SERIES_END
 
 
 def _sender(jobs: list[int], files: list[dict[str, int]]) -> Sending:
@@ -69,3 +70,18 @@ def test_each_pipeline_gets_a_fetcher_of_its_own(tmp_path) -> None:
         assert built.fetcher is built.fetchers[0]
     finally:
         context.term()
+
+
+def test_a_series_stays_with_its_member_until_its_end_even_when_the_first_choice_returns() -> None:
+    """A member back from a restart must not get the rest of a series another member now writes."""
+    names = [f"tcp://h{i}:1" for i in range(3)]
+    members = Members(names)
+    frame = FileEvent("/s", "", "1.frame", kind=FRAME, series="run7")
+    home = members(frame, [0, 1, 2])
+    others = [m for m in range(3) if m != home]
+    moved = members(frame, others)  # its member went away mid-series
+    assert moved != home
+    assert members(frame, [0, 1, 2]) == moved  # ... and came back: the series stays where it is now
+    assert members(FileEvent("/s", "", "end", kind=SERIES_END, series="run7"), [0, 1, 2]) == moved
+    assert members(frame, [0, 1, 2]) == home  # a new series of that name starts afresh
+    assert members(FileEvent("/s", "", "f.dat"), [0, 1, 2]) == member_for("f.dat", names, [0, 1, 2])
