@@ -29,9 +29,11 @@ from typing import Any
 
 import zmq
 
-from hidra_core import FileEvent
-from hidra_core.sender.outgoing import Checksums
-from hidra_files.fetcher import FileFetcher, FileFetcherConfig
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import machine  # noqa: E402
+from hidra_core import FileEvent  # noqa: E402
+from hidra_core.sender.outgoing import Checksums  # noqa: E402
+from hidra_files.fetcher import FileFetcher, FileFetcherConfig  # noqa: E402
 
 MiB = 2**20
 CHUNK = 10 * MiB  # sender.chunksize default
@@ -118,16 +120,6 @@ def run(mode: str, paths: list[str], seconds: float) -> float:
         proc.join()
     first, last = min(r[0] for r in reports), max(r[1] for r in reports)
     return sum(r[2] for r in reports) / (last - first) / 1e9
-
-
-def machine() -> str:
-    model = "?"
-    with open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{os.cpu_count()} cores, {model}"
 
 
 def main(argv: list[str] | None = None) -> int:
