@@ -7,6 +7,7 @@ from hidra_core._version import __version__
 from hidra_core.config import DriverChoice, load_model
 from hidra_core.errors import ConfigError, DriverLoadFailure, HidraError, PathRefused, ProtocolError
 from hidra_core.host.kernel import create_driver
+from hidra_core.host.notify import Notifier, NotifyRelay
 from hidra_core.host.plugins import PluginHost
 from hidra_core.host.supervise import supervise
 from hidra_core import ingest
@@ -22,7 +23,8 @@ from hidra_core.types import (FILE, FRAME, KINDS, PULSE, SERIES_END, SERIES_STAR
 __all__ = [
     "FILE", "FRAME", "KINDS", "PULSE", "SERIES_END", "SERIES_START",
     "ConfigError", "DriverChoice", "DriverLoadFailure", "EmptyConfig", "EventSource", "Fetcher", "FileEvent",
-    "FileStat", "HidraError", "Ingest", "IngestError", "PathRefused", "PluginHost", "PluginStatus", "ProtocolError",
+    "FileStat", "HidraError", "Ingest", "IngestError", "Notifier", "NotifyRelay", "PathRefused", "PluginHost",
+    "PluginStatus", "ProtocolError",
     "SafeTree", "SourceChanged",
     "Transport", "TreeSourceConfig", "WriteTarget", "Writer",
     "__version__", "connect_stream", "create_driver", "file_id_of", "hookimpl", "hookspec", "ingest", "load_model",

@@ -15,6 +15,7 @@ from hidra_core.config import InstanceConfig, load_config
 from hidra_core.errors import ConfigError
 from hidra_core.host.build import check_config, check_separate, default_ledger_path, source_driver, source_key
 from hidra_core.host.drivers import discover, load_driver_class
+from hidra_core.host.notify import Notifier, NotifyRelay
 from hidra_core.host.supervise import STOP_MARGIN_S, supervise
 
 __all__ = ["clients", "config_check", "config_reference", "config_show", "ledger", "plugins", "receiver", "sender",
@@ -59,6 +60,8 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
 def _child_argv(args: argparse.Namespace, role: str, extra: list[str] | None = None) -> list[str]:
     """The command line of a child ``hidra <role>`` with this command's config, overrides and log level."""
     top = ["--log-level", args.log_level] if getattr(args, "log_level", None) else []
+    if getattr(args, "log_format", None):
+        top += ["--log-format", args.log_format]
     rest = ["--config", args.config] if args.config else []
     for assignment in [*args.overrides, *(extra or [])]:
         rest += ["--set", assignment]
@@ -86,14 +89,18 @@ def up(args: argparse.Namespace) -> int:
     # NOTE: the children inherit an ignored SIGINT (and keep it, see StopFlag): Ctrl-C reaches only this
     # process, which stops the sender before the receiver.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    children = {role: subprocess.Popen(_child_argv(args, role, extra)) for role in ("receiver", "sender")}
+    relay = NotifyRelay() if Notifier().enabled else None  # NOTE: systemd hears this process once both are ready
+    env = relay.child_env() if relay is not None else None
+    children = {role: subprocess.Popen(_child_argv(args, role, extra), env=env) for role in ("receiver", "sender")}
+    if relay is not None:
+        relay.expect({child.pid for child in children.values()})
     shown = root if root and "://" in root else os.path.abspath(root or "")  # NOTE: a stream source's address
     log.info("hidra up: %s -> %s (Ctrl-C stops)", shown, os.path.abspath(config.receiver.target))
     # NOTE: the sender first (it finishes the file in flight, within its drain_timeout_s), then the receiver
     # NOTE: a receiver group's parent itself gives its workers up to STOP_MARGIN_S
     return supervise({"sender": children["sender"], "receiver": children["receiver"]},
                      {"sender": config.sender.drain_timeout_s + STOP_MARGIN_S,
-                      "receiver": STOP_MARGIN_S * (2 if config.receiver.workers > 1 else 1)})
+                      "receiver": STOP_MARGIN_S * (2 if config.receiver.workers > 1 else 1)}, relay=relay)
 
 
 def _up_overrides(args: argparse.Namespace, config: InstanceConfig) -> tuple[list[str], str | None]:

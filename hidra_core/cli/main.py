@@ -11,6 +11,8 @@ from typing import Any, Sequence
 from hidra_core._version import __version__
 from hidra_core.config import blame_overrides
 from hidra_core.errors import ConfigError, HidraError
+from hidra_core.host.logformat import FORMATS
+from hidra_core.host.logformat import configure as configure_logging
 from hidra_core.host.plugins import PluginHost
 
 __all__ = ["main"]
@@ -62,6 +64,9 @@ _EPILOGS = {
 def _log_level(parser: argparse.ArgumentParser, default: Any = None) -> None:
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=default,
                         help="default: log_level of the config (INFO)")
+    parser.add_argument("--log-format", choices=FORMATS, default=default,
+                        help="text (default; with syslog priorities under systemd's journal) or json: one object per"
+                        " line, with file_id and state on every line that records a file's state change")
 
 
 def _set(parser: argparse.ArgumentParser) -> None:
@@ -159,11 +164,6 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-
-
 def _disabled_from_argv(argv: Sequence[str]) -> list[str]:
     """``plugins.disabled`` of a ``--config`` file, read before the parser exists (hooks extend it)."""
     pre = argparse.ArgumentParser(add_help=False)
@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(host)
     args = parser.parse_args(argv)
     args.host = host
-    _configure_logging(args.log_level or "INFO")
+    configure_logging(args.log_level or "INFO", getattr(args, "log_format", None) or "text")
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

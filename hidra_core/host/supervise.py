@@ -8,6 +8,8 @@ import subprocess
 import time
 from typing import Mapping
 
+from hidra_core.host.notify import NotifyRelay
+
 __all__ = ["STOP_MARGIN_S", "catch_signals", "exit_status", "kill", "stop_together", "supervise"]
 
 log = logging.getLogger(__name__)
@@ -16,19 +18,26 @@ log = logging.getLogger(__name__)
 STOP_MARGIN_S = 10.0
 
 
-def supervise(children: Mapping[str, subprocess.Popen], limits: Mapping[str, float] | None = None) -> int:
+def supervise(children: Mapping[str, subprocess.Popen], limits: Mapping[str, float] | None = None,
+              relay: NotifyRelay | None = None) -> int:
     """Wait for the children; on SIGTERM/SIGINT/SIGHUP or when one exits, stop them all, one after the other in
     the order given (the one that feeds the others first).
 
     Each child gets SIGTERM and its limit (``limits[name]``, default ``STOP_MARGIN_S``), then SIGKILL. A second
     signal kills every child at once. Returns the first failing child's status (128 + N for signal N), else 0.
+    ``relay``: under systemd, the children that notify (started with ``relay.child_env()``) report through it.
     """
     limits = limits or {}
     signals = catch_signals()
     order = [(name, child, limits.get(name, STOP_MARGIN_S)) for name, child in children.items()]
     code = 0
     while not signals and all(c.poll() is None for c in children.values()):
+        if relay is not None:
+            relay.poll()
         time.sleep(0.1)
+    if relay is not None:
+        relay.stopping()
+        relay.close()
     for name, child in children.items():
         if child.poll() is not None and not signals:
             log.error("the %s exited with status %s; stopping", name, exit_status(child))

@@ -16,6 +16,7 @@ from typing import Any
 
 import zmq
 
+from hidra_core.host.logformat import file_event
 from hidra_core.protocol.confirmation import encode_confirmations, encode_heartbeat
 from hidra_core.types import FILE, FRAME, PULSE
 
@@ -178,10 +179,10 @@ def _log_stored(stored: list[CommitItem]) -> None:
     debug = files_log.isEnabledFor(logging.DEBUG)
     now = time.monotonic()
     for item in stored:
-        if item.kind not in _STREAMED:
-            files_log.info("stored %s: %d bytes, %.0f ms", item.file_id, item.size, (now - item.started) * 1000)
-        elif debug:
-            files_log.debug("stored %s: %d bytes, %.0f ms", item.file_id, item.size, (now - item.started) * 1000)
+        if item.kind not in _STREAMED or debug:
+            level = logging.INFO if item.kind not in _STREAMED else logging.DEBUG
+            files_log.log(level, "stored %s: %d bytes, %.0f ms", item.file_id, item.size,
+                          (now - item.started) * 1000, extra=file_event(item.file_id, "stored"))
 
 
 def _commit_each(writer: Any, handles: list[Any]) -> list[BaseException | None]:

@@ -22,6 +22,8 @@ from typing import IO, Sequence
 
 from hidra_core.config import ReceiverConfig
 from hidra_core.errors import ConfigError, HidraError
+from hidra_core.host.notify import ENV_VARS as NOTIFY_ENV
+from hidra_core.host.notify import Notifier
 from hidra_core.host.supervise import STOP_MARGIN_S, catch_signals, exit_status, kill, stop_together
 
 __all__ = ["WorkerEndpoints", "prepare_worker", "run_group", "sender_overrides", "worker_endpoints"]
@@ -163,7 +165,8 @@ class _Worker:
         # parent, which stops every worker once, instead of each worker getting it twice (a second signal
         # stops a receiver at once).
         self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, start_new_session=True,
-                                     env={**os.environ, PARENT_ENV: str(os.getpid())})
+                                     env={**{k: v for k, v in os.environ.items() if k not in NOTIFY_ENV},
+                                          PARENT_ENV: str(os.getpid())})  # NOTE: systemd hears the parent only
         self.started = time.monotonic()
         self.restart_at = None
         threading.Thread(target=self._pump, args=(self.proc.stderr, self.ready), name=f"hidra-worker-{self.index}",
@@ -173,9 +176,12 @@ class _Worker:
         """Copy the worker's log lines to ours with its number; note its ready line's endpoints."""
         for raw in stream:
             line = raw.decode(errors="replace").rstrip("\n")
+            # NOTE: a JSON line (--log-format json) gets the worker as a field; a prefix would break it
+            shown = (f'{{"worker": {self.index}, {line[1:]}' if line.startswith("{") and line.endswith("}")
+                     else f"[worker {self.index}] {line}")
             try:
                 with _PRINT_LOCK:
-                    sys.stderr.write(f"[worker {self.index}] {line}\n")
+                    sys.stderr.write(shown + "\n")
                     sys.stderr.flush()
             except (OSError, ValueError):
                 pass  # NOTE: our stderr is gone; keep draining the pipe, or the worker blocks on its next line
@@ -209,6 +215,7 @@ def run_group(cfg: ReceiverConfig, argv: Sequence[str], origin: str) -> int:
     signal; exit status as ``supervise`` gives."""
     workers = [_Worker(i, e, argv) for i, e in enumerate(worker_endpoints(cfg, origin))]
     signals = catch_signals(keep_ignored_sigint=True)
+    notifier = Notifier()
     try:
         for worker in workers:
             worker.start()
@@ -219,10 +226,13 @@ def run_group(cfg: ReceiverConfig, argv: Sequence[str], origin: str) -> int:
                      ", ".join(data), ", ".join(confirmations))
             log.info("sender: --set 'sender.storage.data=[%s]' --set 'sender.storage.confirmations=[%s]'",
                      ", ".join(data), ", ".join(confirmations))
+            notifier.ready(f"{len(workers)} workers")
             while not signals:
+                notifier.tick()
                 for worker in workers:
                     worker.check(time.monotonic())
                 time.sleep(0.1)
+        notifier.stopping()
         return _stop(workers, signals, code)
     finally:
         for worker in workers:

@@ -24,6 +24,7 @@ from hidra_core.errors import PathRefused, ProtocolError
 from hidra_core.interfaces import WriteTarget
 from hidra_core.host.build import build_receiver
 from hidra_core.host.kernel import Endpoints, StopFlag
+from hidra_core.host.notify import Notifier
 from hidra_core.paths import split_checked
 from hidra_core.host.plugins import PluginHost
 from hidra_core.protocol import UnknownType, decode_data, is_alive_test
@@ -52,6 +53,7 @@ class Receiver:
         self.config = cfg = config.receiver
         self.host = host
         self.stop = StopFlag()
+        self.notifier = Notifier()
         self.context = zmq.Context()
         built = build_receiver(config, source_name, self.context)
         self.writers, self.endpoints = built.writers, built.endpoints
@@ -80,6 +82,7 @@ class Receiver:
                      Endpoints.bound(self.data), confirmations,
                      Endpoints.bound(self.status_socket) if self.status_socket is not None else "none",
                      os.path.abspath(self.config.target))
+            self.notifier.ready(f"storing below {os.path.abspath(self.config.target)}")
             return self._loop(committer)
         finally:
             self._commits.put(None)
@@ -127,6 +130,7 @@ class Receiver:
         # (a slow fsync), stop taking data so back-pressure reaches the sender instead of exhausting fds.
         backlog = 2 * self.config.commit_batch
         while not self.stop.is_set():
+            self.notifier.tick()
             if not committer.alive():
                 log.error("the commit thread died (see above); stopping: nothing could be stored or confirmed")
                 return 1
@@ -140,6 +144,7 @@ class Receiver:
                 self._partials.expire()
                 summary.tick(len(self._partials), self._commits.qsize(), self._partials.dropped)
                 next_expiry = time.monotonic() + 1.0
+        self.notifier.stopping()
         return 0
 
     def _take_data(self) -> None:

@@ -13,6 +13,7 @@ import logging
 import time
 from collections import deque
 
+from hidra_core.host.logformat import file_event
 from hidra_core.sender.fetch import FetchFailed, describe
 from hidra_core.sender.handoff import Handoff
 from hidra_core.sender.ledger import FAILED, LOST, REFUSED, SEEN, SENT, UNCONFIRMED, VANISHED, Ledger
@@ -146,7 +147,7 @@ class Intake:
         kept = "its data is dropped" if event.inline else \
             "kept at the source; tried again when it changes or at the next start"
         log.error("%s: %s failed: %s (%s)", event.file_id, what, describe(exc), kept,
-                  exc_info=not isinstance(exc, (OSError, FetchFailed)))
+                  exc_info=not isinstance(exc, (OSError, FetchFailed)), extra=file_event(event.file_id, "failed"))
         self._release(event)
         try:
             self.ledger.record_problem(event, FAILED, f"{what}: {describe(exc)}")

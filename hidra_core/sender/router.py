@@ -22,6 +22,7 @@ import zmq
 from hidra_core.config import InstanceConfig
 from hidra_core.host.build import build_sender
 from hidra_core.host.kernel import StopFlag
+from hidra_core.host.notify import Notifier
 from hidra_core.host.plugins import PluginHost
 from hidra_core.protocol.confirmation import HEARTBEAT_TOPIC
 from hidra_core.sender.clients.dispatch import ClientDispatcher
@@ -49,6 +50,7 @@ class Sender(Sending):
         self.config = cfg = config.sender
         self.host = host
         self.stop = StopFlag()
+        self.notifier = Notifier()
         # Drivers are resolved before any socket exists, so a bad name or option fails start-up cleanly.
         # NOTE: one I/O thread per pipeline: a single one tops out near 2-3 GB/s of TCP on loopback.
         self.context = zmq.Context(io_threads=cfg.stream_count)
@@ -96,6 +98,7 @@ class Sender(Sending):
             log.info("hidra sender ready: source %s %s, storage %s, %d pipeline%s, %s, ledger %s",
                      self.config.source.type, self.source.root or "", self.config.storage.data, len(self.lanes),
                      "s" if len(self.lanes) > 1 else "", self.clients.bound(), self.ledger.path)
+            self.notifier.ready(f"sending to {self.config.storage.data}")
             self._loop(source)
             return 0
         finally:
@@ -192,6 +195,8 @@ class Sender(Sending):
             now = time.monotonic()
             if self.stop.is_set() and drain_until is None:
                 drain_until = now + self.config.drain_timeout_s
+                self.notifier.stopping()
+            self.notifier.tick(now)
             live, resend = self.link.poll(now)
             for event in resend:
                 self._enqueue(event, force=True)

@@ -13,6 +13,7 @@ import zmq
 
 from hidra_core.config import SenderConfig
 from hidra_core.errors import HidraError
+from hidra_core.host.logformat import SENDER_FILES_LOGGER, file_event
 from hidra_core.host.plugins import PluginHost
 from hidra_core.interfaces import FileStat, WriteTarget
 from hidra_core.sender.clients.dispatch import ClientDispatcher
@@ -26,6 +27,7 @@ from hidra_core.types import FileEvent
 __all__ = ["Sending"]
 
 log = logging.getLogger(__name__)
+files_log = logging.getLogger(SENDER_FILES_LOGGER)
 
 _SLICE_S = 0.02  # longest the loop sends before it serves its other sockets again
 _READ_ATTEMPTS = 3  # of a file whose read failed with a retryable error, before it counts as failed
@@ -354,6 +356,9 @@ class Sending(Intake):
         except Exception as exc:  # the file went out; the ledger resumes it at the next start at worst
             self._failed(out.event, "recording its send in the ledger", exc)
         attempts, confirmed = self.link.sent(out, lane.member, lane.index if len(self.lanes) > 1 else None)
+        if files_log.isEnabledFor(logging.INFO):
+            fid = out.event.file_id
+            files_log.info("sent %s: %d bytes, attempt %d", fid, out.stat.size, attempts, extra=file_event(fid, "sent"))
         if attempts > 1:
             self.stats["resent"] += 1
         self.stats["sent"] += 1
@@ -373,6 +378,9 @@ class Sending(Intake):
         if not stored:
             return
         self.ledger.set_states((flight.event.file_id for flight in stored), CONFIRMED)
+        if files_log.isEnabledFor(logging.INFO):
+            for fid in (flight.event.file_id for flight in stored):
+                files_log.info("confirmed %s", fid, extra=file_event(fid, "confirmed"))
         if self._removing:
             for flight in stored:
                 self._remove(flight.event, flight.stat)
@@ -387,6 +395,7 @@ class Sending(Intake):
         if kind == "removed":
             self.ledger.set_state(event.file_id, REMOVED)
             self.stats["removed"] += 1
+            files_log.info("removed %s at the source", event.file_id, extra=file_event(event.file_id, "removed"))
         elif kind == "kept":
             log.info("%s: %s; looked at again later", event.file_id, detail)
             self._delay(event, force=False)

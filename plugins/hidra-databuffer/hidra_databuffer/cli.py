@@ -16,7 +16,7 @@ import subprocess
 import sys
 from typing import Any, Callable
 
-from hidra_core import hookimpl, supervise
+from hidra_core import Notifier, NotifyRelay, hookimpl, supervise
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,12 @@ def _run_up(args: argparse.Namespace) -> int:
     query = f"http://127.0.0.1:{args.query_port}/query"
     broker = ["--rest_port", str(args.rest_port), "--output_port", str(args.output_port), "--audit_file",
               args.audit_file, *(["-c", args.channels_file] if args.channels_file else [])]
-    env = _env()
+    # NOTE: under systemd (Type=notify) the buffer (a `hidra up`) says when it is ready; the others are at once
+    relay = NotifyRelay() if Notifier().enabled else None
+    env = relay.child_env(_env()) if relay is not None else _env()
     children: dict[str, Any] = {"buffer": subprocess.Popen(_buffer_argv(args), env=env)}
+    if relay is not None:
+        relay.expect({children["buffer"].pid})
     children["broker"] = subprocess.Popen([sys.executable, "-m", "hidra_databuffer.broker.main", *broker], env=env)
     for n in range(args.writers):
         children[f"writer {n + 1}"] = subprocess.Popen([
@@ -106,4 +110,4 @@ def _run_up(args: argparse.Namespace) -> int:
              query, args.rest_port, args.writers)
     # NOTE: the broker stops first (no new requests), then the writers finish theirs, then the buffer
     order = ["broker", *(k for k in children if k.startswith("writer")), "buffer"]
-    return supervise({name: children[name] for name in order})
+    return supervise({name: children[name] for name in order}, relay=relay)
