@@ -217,8 +217,12 @@ def test_a_unit_under_a_real_systemd():
 
 
 def test_json_logs_carry_the_file_id_on_every_state_change_and_journal_lines_their_priority(tmp_path):
-    target, source = tmp_path / "target", tmp_path / "source"
-    up = _start([*HIDRA, "--log-format", "json", "up", *_up_args(source, target), "--set",
+    """The README's `hidra --log-format json up` line as typed (ports and removal added)."""
+    line = next(line for line in (ROOT / "README.md").read_text().splitlines() if "--log-format json up" in line)
+    argv = shlex.split(line.split("#")[0])
+    assert argv[0] == ".venv/bin/hidra"
+    source, target = tmp_path / "hidra-data" / "source", tmp_path / "hidra-data" / "target"
+    up = _start([*HIDRA, *argv[1:], *_up_args(source, target)[4:], "--set",
                  "sender.storage.remove_source=after_confirmation"], dict(os.environ), tmp_path / "json.log")
     try:
         wait_until(lambda: "hidra sender ready" in (tmp_path / "json.log").read_text(), 60, "the sender ready")
