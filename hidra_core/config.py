@@ -197,6 +197,8 @@ class RestConfig(_Section):
 
 
 class ReceiverRestConfig(RestConfig):
+    """The process's HTTP API (status, statistics, config, drain and stop) and its Prometheus ``/metrics``."""
+
     address: str = Field("127.0.0.1:50081", description="host:port to listen on (port 0: a free one, the ready"
                          " line tells which; a group's worker i: port + i); anything but a loopback address"
                          " requires a token")

@@ -13,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 
 from hidra_core._version import __version__
-from hidra_core.rest.guard import MAX_BODY
+from hidra_core.rest.guard import DISCARD_AT_MOST, MAX_BODY
 from hidra_core.rest.metrics import CONTENT_TYPE, render_metrics
 from hidra_core.rest.state import RecentProblems
 
@@ -131,11 +131,15 @@ def _ledger_counts(path: str) -> dict[str, int]:
 
 async def _empty_body(request: Request) -> None:
     """The control routes take no arguments: nothing, or an empty JSON object; anything else is refused."""
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise HTTPException(413, f"request body too large: at most {MAX_BODY} bytes")
+    body, size = b"", 0
+    async for chunk in request.stream():  # NOTE: a chunked body has no Content-Length for the guard to check
+        size += len(chunk)
+        if size <= MAX_BODY:
+            body += chunk
+        elif size > DISCARD_AT_MOST:
+            break
+    if size > MAX_BODY:
+        raise HTTPException(413, f"request body too large: at most {MAX_BODY} bytes")
     if not body.strip():
         return
     try:
