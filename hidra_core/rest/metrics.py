@@ -2,10 +2,11 @@
 (never prometheus-client's global one: an embedding program may have its own metrics there)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE", "render_metrics"]
 
@@ -57,14 +58,18 @@ _CLIENT_COUNTERS = ("files", "bytes", "skipped", "abandoned", "cut_off")
 
 
 def render_metrics(role: str, snapshot: Mapping[str, Any], ledger: Mapping[str, int] | None) -> bytes:
+    """The text ``GET /metrics`` answers; ``ledger``: the sender's files per state."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(lambda: _families(role, snapshot, ledger)))
+    registry.register(_Snapshot(role, snapshot, ledger))
     return generate_latest(registry)
 
 
-class _Collector:
-    def __init__(self, families: Callable[[], Iterator[Metric]]) -> None:
-        self.collect = families
+class _Snapshot(Collector):
+    def __init__(self, role: str, snapshot: Mapping[str, Any], ledger: Mapping[str, int] | None) -> None:
+        self.role, self.snapshot, self.ledger = role, snapshot, ledger
+
+    def collect(self) -> Iterator[Metric]:
+        return _families(self.role, self.snapshot, self.ledger)
 
 
 def _families(role: str, snapshot: Mapping[str, Any], ledger: Mapping[str, int] | None) -> Iterator[Metric]:

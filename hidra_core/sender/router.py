@@ -93,11 +93,11 @@ class Sender(Sending):
         source = SourceThread(self.source, self.context, self.stop, self.handoff)
         try:
             self._open_sockets()
+            self._start_rest()  # NOTE: before the source's start-up scan, which may take long: GET /status says so
             source.start()
             if not source.wait_ready():
                 return 1
             self._resume()
-            self._start_rest()
             log.info("hidra sender ready: source %s %s, storage %s, %d pipeline%s, %s, rest %s, ledger %s",
                      self.config.source.type, self.source.root or "", self.config.storage.data, len(self.lanes),
                      "s" if len(self.lanes) > 1 else "", self.clients.bound(),
