@@ -195,12 +195,13 @@ def start_pair(run: str, fsync: bool) -> Pair:
         os.makedirs(os.path.join(run, sub), exist_ok=True)
     receiver = Child([*HIDRA, "receiver", "--set", f"receiver.target={run}/target",
                       "--set", "receiver.data=tcp://127.0.0.1:0", "--set", "receiver.confirmations=tcp://127.0.0.1:0",
-                      "--set", "receiver.status=tcp://127.0.0.1:0",
+                      "--set", "receiver.status=tcp://127.0.0.1:0", "--set", "receiver.rest.address=127.0.0.1:0",
                       *([] if fsync else ["--set", "receiver.files.fsync=false"])], f"{run}/receiver.log")
     ready = receiver.wait_for(r"hidra receiver ready: data (\S+), confirmations (\S+),", 60)
     sender = Child([*HIDRA, "sender", "--set", f"sender.source.inotify.path={run}/source",
                     "--set", f"sender.storage.data={ready[1]}", "--set", f"sender.storage.confirmations={ready[2]}",
                     "--set", "sender.clients.com=tcp://127.0.0.1:0", "--set", "sender.clients.request=tcp://127.0.0.1:0",
+                    "--set", "sender.rest.address=127.0.0.1:0",
                     "--set", f"sender.ledger.path={run}/state/ledger.sqlite",
                     *(arg for kv in SENDER_SETS for arg in ("--set", kv))], f"{run}/sender.log")
     ports = sender.wait_for(r"hidra sender ready: .*com tcp://[^:]+:(\d+), request tcp://[^:]+:(\d+)", 60)

@@ -79,7 +79,8 @@ def run(work: str, rate: float, seconds: float, image: str) -> dict:
     for key, port in sets.items():
         argv += ["--set", f"{key}=tcp://127.0.0.1:{port}"]
     argv += ["--set", "sender.clients.enabled=false", "--set", f"receiver.target={work}/buffer",
-             "--set", f"sender.ledger.path={work}/ledger-{rate}-{image}.sqlite", "--set", "sender.summary_interval_s=0"]
+             "--set", f"sender.ledger.path={work}/ledger-{rate}-{image}.sqlite", "--set", "sender.summary_interval_s=0",
+             "--set", "sender.rest.address=127.0.0.1:0", "--set", "receiver.rest.address=127.0.0.1:0"]
     buffer = Child(argv, os.path.join(work, f"buffer-{rate}-{image}.log"))
     buffer.wait_for("databuffer query API ready", 60)
     count = int(rate * seconds)

@@ -107,7 +107,8 @@ def hidra(dcu: Dcu, work: str, records: dict[str, dict[str, Any]], fsync: bool) 
     receiver = Child([*HIDRA, "receiver", "--set", f"receiver.target={target}", "--set",
                       f"receiver.files.fsync={str(fsync).lower()}", "--set",
                       "receiver.data=tcp://127.0.0.1:0", "--set", "receiver.confirmations=tcp://127.0.0.1:0",
-                      "--set", "receiver.status=tcp://127.0.0.1:0"], os.path.join(work, "receiver.log"))
+                      "--set", "receiver.status=tcp://127.0.0.1:0",
+                      "--set", "receiver.rest.address=127.0.0.1:0"], os.path.join(work, "receiver.log"))
     ready = receiver.wait_for(r"data (\S+), confirmations (\S+), status", 60)
     subprocess.run(["sync"], check=True)
     cpu0 = {"sim": dcu.child.cpu_seconds(), "receiver": receiver.cpu_seconds()}
@@ -117,6 +118,7 @@ def hidra(dcu: Dcu, work: str, records: dict[str, dict[str, Any]], fsync: bool) 
                     "sender.storage.remove_source=after_confirmation", "--set",
                     f"sender.ledger.path={os.path.join(work, 'ledger.sqlite')}", "--set",
                     "sender.clients.com=tcp://127.0.0.1:0", "--set", "sender.clients.request=tcp://127.0.0.1:0",
+                    "--set", "sender.rest.address=127.0.0.1:0",
                     *EXTRA],
                    os.path.join(work, "sender.log"))
     try:

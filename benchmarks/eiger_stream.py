@@ -227,14 +227,16 @@ def hidra(sim: Sim, work: str, args: argparse.Namespace) -> dict[str, Any]:
     receiver = Child([*HIDRA, "receiver", "--set", f"receiver.target={target}", "--set",
                       'receiver.writers=["hdf5"]', "--set", f"receiver.hdf5.fsync={str(args.fsync).lower()}",
                       "--set", "receiver.data=tcp://127.0.0.1:0", "--set",
-                      "receiver.confirmations=tcp://127.0.0.1:0", "--set", "receiver.status=tcp://127.0.0.1:0"],
+                      "receiver.confirmations=tcp://127.0.0.1:0", "--set", "receiver.status=tcp://127.0.0.1:0",
+                      "--set", "receiver.rest.address=127.0.0.1:0"],
                      os.path.join(work, "receiver.log"))
     ready = receiver.wait_for(r"data (\S+), confirmations (\S+), status", 60)
     sender = Child([*HIDRA, "sender", "--set", "sender.source.type=eiger_stream", "--set",
                     f"sender.source.eiger_stream.endpoint={sim.stream}", "--set",
                     f"sender.storage.data={ready.group(1)}", "--set", f"sender.storage.confirmations={ready.group(2)}",
                     "--set", f"sender.ledger.path={os.path.join(work, 'ledger.sqlite')}", "--set",
-                    "sender.clients.com=tcp://127.0.0.1:0", "--set", "sender.clients.request=tcp://127.0.0.1:0"],
+                    "sender.clients.com=tcp://127.0.0.1:0", "--set", "sender.clients.request=tcp://127.0.0.1:0",
+                    "--set", "sender.rest.address=127.0.0.1:0"],
                    os.path.join(work, "sender.log"))
     com = sender.wait_for(r"com (\S+), request", 60).group(1)
     client = Client(com) if args.client else None

@@ -50,12 +50,14 @@ def hidra(work: str, ds: DataSet, fsync: bool) -> dict[str, Any]:
     os.makedirs(f"{run}/target")
     receiver = Child([*HIDRA, "receiver", "--set", f"receiver.target={run}/target",
                       *(f"--set=receiver.{k}=tcp://127.0.0.1:0" for k in ("data", "confirmations", "status")),
-                      f"--set=receiver.files.fsync={str(fsync).lower()}"], f"{run}/receiver.log")
+                      f"--set=receiver.files.fsync={str(fsync).lower()}", "--set=receiver.rest.address=127.0.0.1:0"],
+                     f"{run}/receiver.log")
     ready = receiver.wait_for(r"hidra receiver ready: data (\S+), confirmations (\S+),", 60)
     sender = Child([*HIDRA, "sender", "--set=sender.source.type=zmq_ingest",
                     "--set=sender.source.zmq_ingest.endpoint=tcp://127.0.0.1:0",
                     f"--set=sender.storage.data={ready[1]}", f"--set=sender.storage.confirmations={ready[2]}",
                     "--set=sender.clients.com=tcp://127.0.0.1:0", "--set=sender.clients.request=tcp://127.0.0.1:0",
+                    "--set=sender.rest.address=127.0.0.1:0",
                     f"--set=sender.ledger.path={run}/ledger.sqlite"], f"{run}/sender.log")
     endpoint = sender.wait_for(r"zmq_ingest: listening on (\S+)", 60)[1]
     sender.wait_for(r"storage receiver is up", 60)

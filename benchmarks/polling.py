@@ -57,13 +57,15 @@ def start_pair(work: str, kind: str, source: str, target: str, *extra: str) -> t
     label = os.path.basename(os.path.dirname(target)) + "-" + os.path.basename(target)
     receiver = Child([*HIDRA, "receiver", "--set", f"receiver.target={target}", "--set",
                       "receiver.data=tcp://127.0.0.1:0", "--set", "receiver.confirmations=tcp://127.0.0.1:0",
-                      "--set", "receiver.status=tcp://127.0.0.1:0", "--set", "receiver.log_each_file=false"],
+                      "--set", "receiver.status=tcp://127.0.0.1:0", "--set", "receiver.log_each_file=false",
+                      "--set", "receiver.rest.address=127.0.0.1:0"],
                      os.path.join(work, f"receiver-{label}.log"))
     match = receiver.wait_for(r"data (\S+), confirmations (\S+), status", 60)
     sets = [f"sender.source.type={kind}", f"sender.source.{kind}.path={source}", *extra,
             f"sender.storage.data={match.group(1)}", f"sender.storage.confirmations={match.group(2)}",
             f"sender.ledger.path={os.path.join(work, f'ledger-{label}.sqlite')}",
-            "sender.clients.com=tcp://127.0.0.1:0", "sender.clients.request=tcp://127.0.0.1:0"]
+            "sender.clients.com=tcp://127.0.0.1:0", "sender.clients.request=tcp://127.0.0.1:0",
+            "sender.rest.address=127.0.0.1:0"]
     sender = Child([*HIDRA, "sender", *[a for s in sets for a in ("--set", s)]],
                    os.path.join(work, f"sender-{label}.log"))
     sender.wait_for(r"hidra sender ready", 300)

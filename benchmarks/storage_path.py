@@ -140,14 +140,14 @@ class Bench:
         receiver = Child([*HIDRA, "receiver", *workers, "--set", f"receiver.target={run}/target",
                           "--set", "receiver.data=tcp://127.0.0.1:0",
                           "--set", "receiver.confirmations=tcp://127.0.0.1:0",
-                          "--set", "receiver.status=tcp://127.0.0.1:0",
+                          "--set", "receiver.status=tcp://127.0.0.1:0", "--set", "receiver.rest.address=127.0.0.1:0",
                           *([] if fsync else ["--set", "receiver.files.fsync=false"])], f"{run}/receiver.log")
         data, confirm = storage_endpoints(receiver, setup.receivers)
         streams = [] if setup.streams is None else ["--set", f"sender.streams={setup.streams}"]
         sender = Child([*HIDRA, "sender", "--set", f"sender.source.inotify.path={run}/source", *streams,
                         "--set", f"sender.storage.data={data}", "--set", f"sender.storage.confirmations={confirm}",
                         "--set", "sender.clients.com=tcp://127.0.0.1:0",  # no fixed ports; no client registers
-                        "--set", "sender.clients.request=tcp://127.0.0.1:0",
+                        "--set", "sender.clients.request=tcp://127.0.0.1:0", "--set", "sender.rest.address=127.0.0.1:0",
                         "--set", f"sender.ledger.path={run}/state/ledger.sqlite"], f"{run}/sender.log")
         sender.wait_for(r"hidra sender ready", 60)
         # NOTE: the link is live (to every member of a group): the first file goes out at once

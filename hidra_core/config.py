@@ -6,19 +6,20 @@ section. ``{"$env": NAME}`` and ``{"$file": path}`` values are resolved before v
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Mapping, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from hidra_core.errors import ConfigError
 
 __all__ = [
     "ClientsConfig", "DriverChoice", "InstanceConfig", "LedgerConfig", "LocalTargetConfig", "PluginsConfig",
-    "ReceiverConfig", "SenderConfig", "StorageTarget", "apply_override", "blame_overrides", "load_config",
-    "load_model", "validate_section",
+    "ReceiverConfig", "RestConfig", "SenderConfig", "StorageTarget", "apply_override", "blame_overrides",
+    "load_config", "load_model", "split_address", "validate_section",
 ]
 
 MiB = 2**20
@@ -153,6 +154,56 @@ class HoldConfig(_Section):
         " holds the data); drop: new frames are dropped, counted, logged and recorded as 'lost' in the ledger")
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) as ``(host, port)``; ValueError naming what is wrong."""
+    host, sep, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{address!r} is not host:port (e.g. 127.0.0.1:50080, [::1]:50080; port 0: a free one)")
+    return host, int(port)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # NOTE: a host name may resolve anywhere: it needs a token like any other address
+        return False
+
+
+class RestConfig(_Section):
+    """The process's HTTP API (status, statistics, config, drain and stop) and its Prometheus ``/metrics``."""
+
+    enabled: bool = Field(True, description="serve the REST API and /metrics from a thread of this process")
+    address: str = Field("127.0.0.1:50080", description="host:port to listen on (port 0: a free one, the ready"
+                         " line tells which); anything but a loopback address requires a token")
+    token: str | None = Field(
+        None, min_length=1, description="bearer token every request must carry (Authorization: Bearer <token>);"
+        " give it as {$file: path} or {$env: NAME} rather than in the file. Required unless bound to loopback")
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        split_address(value)
+        return value
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> RestConfig:
+        if self.enabled and self.token is None and not _loopback(split_address(self.address)[0]):
+            raise ValueError(f"address {self.address} is not a loopback address: set token as well (every request"
+                             " must then carry it), or listen on 127.0.0.1")
+        return self
+
+
+class ReceiverRestConfig(RestConfig):
+    """The process's HTTP API (status, statistics, config, drain and stop) and its Prometheus ``/metrics``."""
+
+    address: str = Field("127.0.0.1:50081", description="host:port to listen on (port 0: a free one, the ready"
+                         " line tells which; a group's worker i: port + i); anything but a loopback address"
+                         " requires a token")
+
+
 class SenderConfig(_Section):
     source: DriverChoice = Field(default_factory=lambda: DriverChoice(type=DEFAULT_SOURCE),
                                  description="event source driver (entry point in hidra.event_sources)")
@@ -179,6 +230,7 @@ class SenderConfig(_Section):
         None, description="keep a durable local copy of every file (required by the metadata modes)")
     transports: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="options per transport driver, keyed by URL scheme (tcp, ipc, ...)")
+    rest: RestConfig = Field(default_factory=RestConfig)
 
     @property
     def stream_count(self) -> int:
@@ -228,6 +280,7 @@ class ReceiverConfig(BaseModel):
         " logger hidra_core.receiver.files; false turns that logger down to warnings")
     transports: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                   description="options per transport driver, keyed by URL scheme")
+    rest: ReceiverRestConfig = Field(default_factory=ReceiverRestConfig)
 
     @model_validator(mode="after")
     def _writer_sections(self) -> ReceiverConfig:
@@ -251,9 +304,18 @@ class InstanceConfig(_Section):
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: dotted keys whose values came from ``$env``/``$file`` (``GET /config`` shows them redacted)
+    _secret_keys: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    @property
+    def secret_keys(self) -> frozenset[str]:
+        return self._secret_keys
 
 
-def _resolve_secrets(value: Any, where: str) -> Any:
+def _resolve_secrets(value: Any, where: str, found: set[str] | None = None, key: str = "") -> Any:
+    """``value`` with every ``$env``/``$file`` mapping replaced by what it names; their dotted keys go to ``found``."""
+    if isinstance(value, dict) and set(value) in ({"$env"}, {"$file"}) and found is not None:
+        found.add(key)
     if isinstance(value, dict):
         if set(value) == {"$env"}:
             name = value["$env"]
@@ -265,9 +327,9 @@ def _resolve_secrets(value: Any, where: str) -> Any:
                 return Path(value["$file"]).read_text().strip()
             except OSError as exc:
                 raise ConfigError(where, [f"cannot read $file {value['$file']!r}: {exc.strerror}"]) from None
-        return {k: _resolve_secrets(v, where) for k, v in value.items()}
+        return {k: _resolve_secrets(v, where, found, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve_secrets(v, where) for v in value]
+        return [_resolve_secrets(v, where, found, f"{key}.{i}") for i, v in enumerate(value)]
     return value
 
 
@@ -341,18 +403,22 @@ def _read_mapping(path: str | os.PathLike[str], source: str) -> dict[str, Any]:
     return raw
 
 
-def _raw(path: str | os.PathLike[str] | None, overrides: Iterable[str], source: str) -> dict[str, Any]:
+def _raw(path: str | os.PathLike[str] | None, overrides: Iterable[str], source: str,
+         secrets: set[str] | None = None) -> dict[str, Any]:
     raw = _read_mapping(path, source) if path else {}
     for assignment in overrides:
         apply_override(raw, assignment)
-    resolved: dict[str, Any] = _resolve_secrets(raw, source)
+    resolved: dict[str, Any] = _resolve_secrets(raw, source, secrets)
     return resolved
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: Iterable[str] = ()) -> InstanceConfig:
     """Read, override and validate an instance config; with no file, the embedded defaults."""
     source = str(path) if path else "<defaults>"
-    return validate_section(InstanceConfig, _raw(path, overrides, source), source, "")
+    secrets: set[str] = set()
+    config: InstanceConfig = validate_section(InstanceConfig, _raw(path, overrides, source, secrets), source, "")
+    config._secret_keys = frozenset(secrets)
+    return config
 
 
 def load_model(model_cls: type[M], path: str | os.PathLike[str] | None, overrides: Iterable[str] = (),

@@ -40,6 +40,9 @@ def supervise(children: Mapping[str, subprocess.Popen], limits: Mapping[str, flo
         relay.close()
     for name, child in children.items():
         if child.poll() is not None and not signals:
+            if child.returncode == 0:  # NOTE: told to stop (POST /stop or /drain of its REST API): not a failure
+                log.info("the %s stopped; stopping the others", name)
+                continue
             log.error("the %s exited with status %s; stopping", name, exit_status(child))
             code = exit_status(child) or 1
     for name, child, limit in order:

@@ -18,6 +18,7 @@ import zmq
 
 from hidra_core.host.logformat import file_event
 from hidra_core.protocol.confirmation import encode_confirmations, encode_heartbeat
+from hidra_core.rest.state import COMMIT_BOUNDS_S, DURABLE_BOUNDS_S, Histogram
 from hidra_core.types import FILE, FRAME, PULSE
 
 __all__ = ["FILES_LOGGER", "CommitItem", "CommitThread"]
@@ -55,6 +56,8 @@ class CommitThread:
         self.receiver = receiver
         self._bound: queue.Queue[str | BaseException] = queue.Queue()
         self._thread = threading.Thread(target=self._main, name="hidra-commit", daemon=True)
+        self.durable = Histogram(DURABLE_BOUNDS_S)  # NOTE: written by this thread only, read by the REST thread
+        self.commit_time = Histogram(COMMIT_BOUNDS_S)
 
     def start(self) -> None:
         self._thread.start()
@@ -128,12 +131,18 @@ class CommitThread:
     def _commit(self, pub: zmq.Socket, batch: list[CommitItem]) -> None:
         stored = batch
         failed: list[tuple[CommitItem, BaseException]] = []
+        began = time.monotonic()
         for index, writer in enumerate(self.receiver.writers):
             mine = [item for item in stored if item.handles[index] is not None]
             errors = _commit_each(writer, [item.handles[index] for item in mine])
             bad = {id(item): error for item, error in zip(mine, errors) if error is not None}
             failed += [(item, bad[id(item)]) for item in mine if id(item) in bad]
             stored = [item for item in stored if id(item) not in bad]
+        now = time.monotonic()
+        self.commit_time.observe(now - began)
+        observe = self.durable.observe
+        for item in stored:
+            observe(now - item.started)
         if failed:
             self._failed(failed, len(batch))
         stats = self.receiver.stats

@@ -1,5 +1,5 @@
 """A one-host storage receiver group (``hidra receiver --workers N``): N plain ``hidra receiver`` processes on one
-target directory, worker i on the data and confirmation ports + i, worker 0 alone on the status port.
+target directory, worker i on the data, confirmation and REST ports + i, worker 0 alone on the status port.
 
 The parent starts them, prefixes each one's log lines with ``[worker i]``, learns their bound endpoints from
 their ready lines, restarts one that dies on the same endpoints (so that the senders' lists stay right) and
@@ -34,28 +34,33 @@ log = logging.getLogger(__name__)
 PARENT_ENV = "HIDRA_RECEIVER_GROUP_PARENT"
 FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
-_READY = re.compile(r"hidra receiver ready: data (.+?), confirmations (.+?), status (.+?), target ")
+_READY = re.compile(r"hidra receiver ready: data (.+?), confirmations (.+?), status (.+?), rest (\S+), target ")
 _WILDCARD_HOSTS = {"*", "0.0.0.0", "::", "[::]"}
 _PRINT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
 class WorkerEndpoints:
-    """What one worker binds; ``status`` is None for all but worker 0."""
+    """What one worker binds; ``status`` is None for all but worker 0, ``rest`` (``tcp://host:port``) None when
+    receiver.rest is off."""
 
     data: str
     confirmations: str
     status: str | None
+    rest: str | None = None
 
 
 def worker_endpoints(cfg: ReceiverConfig, origin: str) -> list[WorkerEndpoints]:
-    """Each worker's endpoints: data and confirmation ``tcp`` ports + i (port 0 stays 0: each picks its own),
+    """Each worker's endpoints: data, confirmation and REST ``tcp`` ports + i (port 0 stays 0: each picks its own),
     ``ipc`` paths + ``.i`` (worker 0 keeps the configured ones); ``ConfigError`` names the key of an endpoint
     that cannot be spread so, and of endpoints that would collide."""
     n = cfg.workers
     data = _spread(cfg.data, "receiver.data", n, origin)
     confirmations = _spread(cfg.confirmations, "receiver.confirmations", n, origin)
-    plan = [WorkerEndpoints(d, c, cfg.status if i == 0 else None) for i, (d, c) in enumerate(zip(data, confirmations))]
+    rest = (_spread(f"tcp://{cfg.rest.address}", "receiver.rest.address", n, origin) if cfg.rest.enabled else
+            [None] * n)
+    plan = [WorkerEndpoints(d, c, cfg.status if i == 0 else None, r)
+            for i, (d, c, r) in enumerate(zip(data, confirmations, rest))]
     _refuse_collisions(plan, n, origin)
     return plan
 
@@ -81,13 +86,15 @@ def _spread(endpoint: str, key: str, n: int, origin: str) -> list[str]:
 
 
 def _refuse_collisions(plan: list[WorkerEndpoints], n: int, origin: str) -> None:
-    bound = [(key, i, getattr(w, key)) for i, w in enumerate(plan) for key in ("data", "confirmations", "status")
-             if getattr(w, key) is not None]
+    # NOTE: the REST ports last, so that a clash of the data path's own ports is the one named
+    bound = [(key, i, getattr(w, key)) for keys in (("data", "confirmations", "status"), ("rest",))
+             for i, w in enumerate(plan) for key in keys if getattr(w, key) is not None]
     for x, (key_a, i, a) in enumerate(bound):
         for key_b, j, b in bound[x + 1:]:
             if _clash(a, b):
                 ranges = ", ".join(f"receiver.{k} {_range(getattr(plan[0], k), n if k != 'status' else 1)}"
-                                   for k in ("data", "confirmations", "status") if getattr(plan[0], k) is not None)
+                                   for k in ("data", "confirmations", "status", "rest")
+                                   if getattr(plan[0], k) is not None)
                 raise ConfigError(origin, [
                     f"receiver.{key_b}: worker {j} would bind {b}, which worker {i} binds as receiver.{key_a}:"
                     f" worker i binds the data and confirmation ports + i, so with receiver.workers={n} these must"
@@ -159,6 +166,8 @@ class _Worker:
         sets = {"receiver.workers": "1", "receiver.data": json.dumps(e.data),
                 "receiver.confirmations": json.dumps(e.confirmations),
                 "receiver.status": json.dumps(e.status) if e.status is not None else "null"}
+        if e.rest is not None:
+            sets["receiver.rest.address"] = json.dumps(e.rest.partition("://")[2])
         argv = [*self.argv, *(a for key, value in sets.items() for a in ("--set", f"{key}={value}"))]
         self.ready = threading.Event()
         # NOTE: a session of its own: Ctrl-C in a terminal (SIGINT to the process group) reaches only the
@@ -188,7 +197,9 @@ class _Worker:
             m = _READY.search(line)
             if m and not ready.is_set():
                 status = None if m.group(3) == "none" else m.group(3)
-                self.endpoints = replace(self.endpoints, data=m.group(1), confirmations=m.group(2), status=status)
+                rest = None if m.group(4) == "none" else m.group(4).replace("http://", "tcp://")
+                self.endpoints = replace(self.endpoints, data=m.group(1), confirmations=m.group(2), status=status,
+                                         rest=rest)
                 ready.set()
         stream.close()
 
@@ -222,8 +233,9 @@ def run_group(cfg: ReceiverConfig, argv: Sequence[str], origin: str) -> int:
         code = _await_ready(workers, signals)
         if code is None:
             data, confirmations = ([getattr(w.endpoints, k) for w in workers] for k in ("data", "confirmations"))
-            log.info("hidra receiver group ready: %d workers; data [%s], confirmations [%s]", len(workers),
-                     ", ".join(data), ", ".join(confirmations))
+            rest = ", ".join(w.endpoints.rest.replace("tcp://", "http://") for w in workers if w.endpoints.rest)
+            log.info("hidra receiver group ready: %d workers; data [%s], confirmations [%s], rest [%s]", len(workers),
+                     ", ".join(data), ", ".join(confirmations), rest)
             log.info("sender: --set 'sender.storage.data=[%s]' --set 'sender.storage.confirmations=[%s]'",
                      ", ".join(data), ", ".join(confirmations))
             notifier.ready(f"{len(workers)} workers")

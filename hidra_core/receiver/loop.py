@@ -31,6 +31,7 @@ from hidra_core.protocol import UnknownType, decode_data, is_alive_test
 from hidra_core.receiver.commit import FILES_LOGGER, CommitItem, CommitThread
 from hidra_core.receiver.partials import Partial, Partials
 from hidra_core.receiver.status import StatusBoard, Summary
+from hidra_core.rest.snapshot import receiver_snapshot
 
 __all__ = ["Receiver"]
 
@@ -63,6 +64,8 @@ class Receiver:
                       "failed": 0, "alive_tests": 0}
         self._partials = Partials(cfg.max_unfinished_per_sender, cfg.max_unfinished, self._abort)
         self._commits: queue.Queue[CommitItem | None] = queue.Queue()
+        self.rest: Any = None  # the REST server (hidra_core.rest), None when receiver.rest is off
+        self.snapshot: dict[str, Any] = {}  # what the REST thread reads; replaced whole, never changed
         if not cfg.log_each_file:
             logging.getLogger(FILES_LOGGER).setLevel(logging.WARNING)
 
@@ -78,16 +81,29 @@ class Receiver:
             committer.start()
             confirmations = committer.wait_bound()
             self._start_cleanup()
-            log.info("hidra receiver ready: data %s, confirmations %s, status %s, target %s",
+            self._start_rest(committer)
+            log.info("hidra receiver ready: data %s, confirmations %s, status %s, rest %s, target %s",
                      Endpoints.bound(self.data), confirmations,
                      Endpoints.bound(self.status_socket) if self.status_socket is not None else "none",
-                     os.path.abspath(self.config.target))
+                     self.rest.url if self.rest is not None else "none", os.path.abspath(self.config.target))
             self.notifier.ready(f"storing below {os.path.abspath(self.config.target)}")
             return self._loop(committer)
         finally:
+            if self.rest is not None:
+                self.snapshot = receiver_snapshot(self, "stopping", committer)
+                self.rest.stop()
             self._commits.put(None)
             committer.join()
             self._close()
+
+    def _start_rest(self, committer: CommitThread) -> None:
+        if not self.config.rest.enabled:
+            return
+        from hidra_core.rest.server import RestServer
+
+        self.snapshot = receiver_snapshot(self, "starting", committer)
+        self.rest = RestServer(self, self.config.rest, lambda: self.snapshot, self.stop.set)
+        self.rest.start()
 
     def _start_cleanup(self) -> None:
         started = time.time()
@@ -143,6 +159,8 @@ class Receiver:
             if time.monotonic() >= next_expiry:
                 self._partials.expire()
                 summary.tick(len(self._partials), self._commits.qsize(), self._partials.dropped)
+                if self.rest is not None:
+                    self.snapshot = receiver_snapshot(self, "running", committer)
                 next_expiry = time.monotonic() + 1.0
         self.notifier.stopping()
         return 0

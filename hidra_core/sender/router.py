@@ -35,6 +35,7 @@ from hidra_core.sender.outgoing import InFlight, Outgoing
 from hidra_core.sender.sending import Sending
 from hidra_core.sender.source_thread import SourceThread
 from hidra_core.sender.storage_link import StorageLink
+from hidra_core.rest.snapshot import sender_snapshot
 from hidra_core.types import FileEvent
 
 __all__ = ["Sender"]
@@ -77,6 +78,9 @@ class Sender(Sending):
         self._summary_at = time.monotonic()
         self._summarised = (0, 0, 0)  # stats sent, bytes and confirmed at the last summary
         self._removing = cfg.storage.remove_source == "after_confirmation"
+        self.rest: Any = None  # the REST server (hidra_core.rest), None when sender.rest is off
+        self.snapshot: dict[str, Any] = {}  # what the REST thread reads; replaced whole, never changed
+        self._hurry = False  # POST /stop: stop without waiting for the drain
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -91,19 +95,37 @@ class Sender(Sending):
         source = SourceThread(self.source, self.context, self.stop, self.handoff)
         try:
             self._open_sockets()
+            self._start_rest()  # NOTE: before the source's start-up scan, which may take long: GET /status says so
             source.start()
             if not source.wait_ready():
                 return 1
             self._resume()
-            log.info("hidra sender ready: source %s %s, storage %s, %d pipeline%s, %s, ledger %s",
+            log.info("hidra sender ready: source %s %s, storage %s, %d pipeline%s, %s, rest %s, ledger %s",
                      self.config.source.type, self.source.root or "", self.config.storage.data, len(self.lanes),
-                     "s" if len(self.lanes) > 1 else "", self.clients.bound(), self.ledger.path)
+                     "s" if len(self.lanes) > 1 else "", self.clients.bound(),
+                     self.rest.url if self.rest is not None else "none", self.ledger.path)
             self.notifier.ready(f"sending to {self.config.storage.data}")
             self._loop(source)
             return 0
         finally:
+            if self.rest is not None:
+                self.snapshot = sender_snapshot(self, "stopping")
+                self.rest.stop()
             source.join()
             self._close()
+
+    def _start_rest(self) -> None:
+        if not self.config.rest.enabled:
+            return
+        from hidra_core.rest.server import RestServer
+
+        def hurry() -> None:
+            self._hurry = True
+            self.stop.set()
+
+        self.snapshot = sender_snapshot(self, "starting")
+        self.rest = RestServer(self, self.config.rest, lambda: self.snapshot, hurry, self.ledger.path)
+        self.rest.start()
 
     def _open_sockets(self) -> None:
         storage = self.config.storage
@@ -227,7 +249,7 @@ class Sender(Sending):
                 next_housekeeping = now + 0.5
             self._serve_clients(ready, housekeeping)
             self.ledger.commit()
-            if drain_until is not None and self._drained(drain_until):
+            if drain_until is not None and (self._hurry or self._drained(drain_until)):
                 return
 
     def _want_room(self, live: list[int]) -> None:
@@ -257,6 +279,8 @@ class Sender(Sending):
         return True
 
     def _housekeeping(self, now: float, link: bool) -> None:
+        if self.rest is not None:
+            self.snapshot = sender_snapshot(self, "draining" if self.stop.is_set() else "running")
         self._expire(now)
         self._warn_if_waiting(now, link)
         self._warn_if_hold_full(now)

@@ -13,6 +13,12 @@ from typing import Callable
 
 READY = re.compile(r"hidra (sender|receiver) ready")
 ENDPOINTS = re.compile(r"data (\S+), confirmations (\S+), status (\S+),")
+REST_URL = re.compile(r"hidra (?:sender|receiver) ready: .*?, rest (http://\S+),")
+
+
+def free_rest(*roles: str) -> list[str]:
+    """``--set`` assignments that put the REST API of each role on a free port (no test binds a fixed one)."""
+    return [f"{role}.rest.address=127.0.0.1:0" for role in roles]
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> object:
@@ -68,7 +74,8 @@ class Hidra:
         args = [sys.executable, "-m", "hidra_core", role, *(flags or [])]
         if config is not None:
             args += ["--config", str(config)]
-        for o in overrides:
+        rest = free_rest(role) if role in ("sender", "receiver") else []
+        for o in [*rest, *overrides]:  # NOTE: the test's own overrides come later and win
             args += ["--set", o]
         self._logfile = open(log, "ab")
         self._start_offset = log.stat().st_size
@@ -92,6 +99,12 @@ class Hidra:
         m = ENDPOINTS.search(self.text())
         assert m, self.text()
         return m.group(1), m.group(2), m.group(3)
+
+    def rest_url(self) -> str:
+        """The REST API's URL, from the ready line."""
+        m = REST_URL.search(self.text())
+        assert m, self.text()
+        return m.group(1)
 
     def signal(self, sig: int) -> None:
         if self.proc.poll() is None:

@@ -30,7 +30,8 @@ def _port_sets() -> list[str]:
             "--set", f"receiver.confirmations=tcp://127.0.0.1:{conf}",
             "--set", f"sender.storage.confirmations=tcp://127.0.0.1:{conf}",
             "--set", f"receiver.status=tcp://127.0.0.1:{status}",
-            "--set", "sender.clients.com=tcp://127.0.0.1:0", "--set", "sender.clients.request=tcp://127.0.0.1:0"]
+            "--set", "sender.clients.com=tcp://127.0.0.1:0", "--set", "sender.clients.request=tcp://127.0.0.1:0",
+            "--set", "sender.rest.address=127.0.0.1:0", "--set", "receiver.rest.address=127.0.0.1:0"]
 
 
 class Up:

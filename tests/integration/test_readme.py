@@ -51,6 +51,7 @@ class QuickStart:
                  "sender.storage.confirmations": conf, "receiver.status": status, "sender.clients.com": self.com,
                  "sender.clients.request": self.request}
         sets = [a for key, port in ports.items() for a in ("--set", f"{key}=tcp://127.0.0.1:{port}")]
+        sets += [a for role in ("sender", "receiver") for a in ("--set", f"{role}.rest.address=127.0.0.1:0")]
         self.log = open(base / "up.log", "wb")
         self.proc = subprocess.Popen(["bash", str(REPO / "scripts" / "up"), *sets], cwd=base, stdout=self.log,
                                      stderr=subprocess.STDOUT)
@@ -191,10 +192,11 @@ def test_the_other_up_commands_use_real_options() -> None:
 
 def _port_sets(data: int, conf: int, status: int, com: int, request: int) -> str:
     """``--set`` options that put an instance's sender and receiver on these loopback ports."""
-    return " ".join(f"--set {key}=tcp://127.0.0.1:{port}" for key, port in (
+    return " ".join([*(f"--set {key}=tcp://127.0.0.1:{port}" for key, port in (
         ("receiver.data", data), ("sender.storage.data", data), ("receiver.confirmations", conf),
         ("sender.storage.confirmations", conf), ("receiver.status", status), ("sender.clients.com", com),
-        ("sender.clients.request", request)))
+        ("sender.clients.request", request))), "--set sender.rest.address=127.0.0.1:0",
+        "--set receiver.rest.address=127.0.0.1:0"])
 
 
 def _run_example(base: Path, script: str, env: dict[str, str] | None = None) -> list[str]:
@@ -385,7 +387,8 @@ class GroupExample:
             (base / name).write_text(text)
         self.raw = raw
         ports = [("receiver.data", self.data), ("receiver.confirmations", self.conf), ("receiver.status", status)]
-        argv = [*_hidra_argv(self.receiver_line), *(a for k, p in ports for a in ("--set", f"{k}=tcp://127.0.0.1:{p}"))]
+        argv = [*_hidra_argv(self.receiver_line), *(a for k, p in ports for a in ("--set", f"{k}=tcp://127.0.0.1:{p}")),
+                "--set", "receiver.rest.address=127.0.0.1:0"]
         self.log = open(base / "group.log", "wb")
         self.proc = subprocess.Popen(argv, cwd=base, stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -437,7 +440,8 @@ def test_receiver_group_example_runs_as_typed_and_logs_the_senders_options(tmp_p
 def test_receiver_group_example_sender_stores_its_files_through_the_group(tmp_path: Path) -> None:
     group = GroupExample(tmp_path)
     group.wait_ready()
-    sender_args = ["--set", "sender.clients.com=tcp://127.0.0.1:0", "--set", "sender.clients.request=tcp://127.0.0.1:0"]
+    sender_args = ["--set", "sender.clients.com=tcp://127.0.0.1:0", "--set", "sender.clients.request=tcp://127.0.0.1:0",
+                   "--set", "sender.rest.address=127.0.0.1:0"]
     log = open(tmp_path / "sender.log", "wb")
     sender = subprocess.Popen([*_hidra_argv(group.sender_line), *sender_args], cwd=tmp_path, stdout=log,
                               stderr=subprocess.STDOUT)
@@ -458,3 +462,42 @@ def test_receiver_group_example_sender_stores_its_files_through_the_group(tmp_pa
         _terminate(sender)
         log.close()
         group.stop()
+
+
+def test_status_section_curl_lines_show_the_running_instance_and_drain_it_as_typed(tmp_path: Path) -> None:
+    """The Status section's curl lines as typed, against `hidra up` with the REST ports made free ones."""
+    import requests
+
+    sender_port, receiver_port, *hidra = _free_ports(7)
+    argv = [sys.executable, "-m", "hidra_core", "up", *_port_sets(*hidra).split(),
+            "--set", f"sender.rest.address=127.0.0.1:{sender_port}",
+            "--set", f"receiver.rest.address=127.0.0.1:{receiver_port}"]
+    log = open(tmp_path / "up.log", "wb")
+    up = subprocess.Popen(argv, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def ready() -> bool:
+            assert up.poll() is None, (tmp_path / "up.log").read_text()
+            text = (tmp_path / "up.log").read_text(errors="replace")
+            return "hidra sender ready" in text and "hidra receiver ready" in text
+
+        wait_until(ready, 60, "the ready lines of `hidra up`")
+        write_file(tmp_path / "hidra-data" / "source" / "scan1" / "img_0001.raw", 4000)
+
+        def counted(port: int, key: str) -> bool:
+            return requests.get(f"http://127.0.0.1:{port}/statistics", timeout=10).json()["counters"][key] == 1
+
+        wait_until(lambda: counted(sender_port, "confirmed") and counted(receiver_port, "stored"), 60,
+                   "the file stored and confirmed")
+        script = _block("sh", "/metrics").replace("50080", str(sender_port)).replace("50081", str(receiver_port))
+        # NOTE: line by line: curl prints the JSON answers without a newline of their own
+        status, statistics, files, metric, drain = (_run_example(tmp_path, line)[-1] for line in script.splitlines())
+        assert (json.loads(status)["role"], json.loads(status)["state"]) == ("sender", "running"), status
+        assert json.loads(statistics)["counters"]["confirmed"] == 1, statistics
+        assert json.loads(files) == {"files": []}
+        assert metric == "hidra_receiver_files_stored_total 1.0"
+        assert json.loads(drain) == {"state": "draining"}
+        assert up.wait(60) == 0  # the sender drained and stopped, then `hidra up` stopped the receiver
+        assert "hidra sender stopped" in (tmp_path / "up.log").read_text()
+    finally:
+        _terminate(up)
+        log.close()

@@ -251,7 +251,8 @@ def test_up_with_workers_and_streams_moves_files_through_the_group(tmp_path: Pat
             "--target", "out", "--set", f"receiver.data=tcp://127.0.0.1:{data}",
             "--set", f"receiver.confirmations=tcp://127.0.0.1:{conf}",
             "--set", f"receiver.status=tcp://127.0.0.1:{status}",
-            "--set", "sender.clients.com=tcp://127.0.0.1:0", "--set", "sender.clients.request=tcp://127.0.0.1:0"]
+            "--set", "sender.clients.com=tcp://127.0.0.1:0", "--set", "sender.clients.request=tcp://127.0.0.1:0",
+            "--set", "sender.rest.address=127.0.0.1:0", "--set", "receiver.rest.address=127.0.0.1:0"]
     log = tmp_path / "up.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -35,7 +35,8 @@ def _start_up(tmp_path: Path, *overrides: str) -> subprocess.Popen:
             "--set", f"receiver.confirmations=tcp://127.0.0.1:{conf}",
             "--set", f"sender.storage.confirmations=tcp://127.0.0.1:{conf}",
             "--set", f"receiver.status=tcp://127.0.0.1:{status}",
-            "--set", "sender.clients.com=tcp://127.0.0.1:0", "--set", "sender.clients.request=tcp://127.0.0.1:0"]
+            "--set", "sender.clients.com=tcp://127.0.0.1:0", "--set", "sender.clients.request=tcp://127.0.0.1:0",
+            "--set", "sender.rest.address=127.0.0.1:0", "--set", "receiver.rest.address=127.0.0.1:0"]
     for o in overrides:
         args += ["--set", o]
     with open(tmp_path / "up.log", "wb") as log:

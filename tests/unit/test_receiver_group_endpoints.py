@@ -25,9 +25,10 @@ def _refusal(**fields: object) -> str:
 
 def test_worker_i_gets_the_data_and_confirmation_ports_plus_i_and_only_worker_0_the_status_port() -> None:
     assert _plan(workers=3) == [
-        WorkerEndpoints("tcp://127.0.0.1:50100", "tcp://127.0.0.1:50053", "tcp://127.0.0.1:50050"),
-        WorkerEndpoints("tcp://127.0.0.1:50101", "tcp://127.0.0.1:50054", None),
-        WorkerEndpoints("tcp://127.0.0.1:50102", "tcp://127.0.0.1:50055", None)]
+        WorkerEndpoints("tcp://127.0.0.1:50100", "tcp://127.0.0.1:50053", "tcp://127.0.0.1:50050",
+                        "tcp://127.0.0.1:50081"),
+        WorkerEndpoints("tcp://127.0.0.1:50101", "tcp://127.0.0.1:50054", None, "tcp://127.0.0.1:50082"),
+        WorkerEndpoints("tcp://127.0.0.1:50102", "tcp://127.0.0.1:50055", None, "tcp://127.0.0.1:50083")]
 
 
 def test_ephemeral_ports_stay_ephemeral_for_every_worker() -> None:
@@ -61,7 +62,7 @@ def test_data_range_reaching_the_confirmation_port_is_refused_naming_both_keys()
     assert "receiver.confirmations: worker 47 would bind tcp://127.0.0.1:50100, which worker 0 binds as" \
            " receiver.data" in text, text
     assert "these must not overlap: receiver.data tcp://127.0.0.1:50100-50147, receiver.confirmations" \
-           " tcp://127.0.0.1:50053-50100, receiver.status tcp://127.0.0.1:50050;" in text, text
+           " tcp://127.0.0.1:50053-50100, receiver.status tcp://127.0.0.1:50050," in text, text
 
 
 def test_wildcard_host_clashes_with_a_port_of_any_host_but_other_hosts_do_not() -> None:

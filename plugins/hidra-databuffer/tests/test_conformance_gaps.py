@@ -232,7 +232,8 @@ def buffer_proc(tmp_path: Path) -> Iterator[str]:
             "receiver.status", "sender.clients.com", "sender.clients.request")
     ports = dict(zip(keys, (hidra[0], hidra[0], hidra[1], hidra[1], hidra[2], hidra[3], hidra[4])))
     sets = [f"{k}=tcp://127.0.0.1:{p}" for k, p in ports.items()]
-    sets += [f"receiver.target={tmp_path / 'buffer'}", f"sender.ledger.path={tmp_path / 'ledger.sqlite'}"]
+    sets += [f"receiver.target={tmp_path / 'buffer'}", f"sender.ledger.path={tmp_path / 'ledger.sqlite'}",
+             "sender.rest.address=127.0.0.1:0", "receiver.rest.address=127.0.0.1:0"]
     log = open(tmp_path / "buffer.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "hidra_core", "databuffer", "buffer", "--source",
                              f"tcp://127.0.0.1:{port[0]}", "--query-port", str(query),

@@ -82,7 +82,8 @@ def up(tmp_path: Path) -> Iterator[dict[str, Any]]:
             "receiver.status", "sender.clients.com", "sender.clients.request")
     ports = dict(zip(keys, (hidra[0], hidra[0], hidra[1], hidra[1], hidra[2], hidra[3], hidra[4])))
     sets = [f"{k}=tcp://127.0.0.1:{p}" for k, p in ports.items()]
-    sets += [f"receiver.target={tmp_path / 'buffer'}", f"sender.ledger.path={tmp_path / 'ledger.sqlite'}"]
+    sets += [f"receiver.target={tmp_path / 'buffer'}", f"sender.ledger.path={tmp_path / 'ledger.sqlite'}",
+             "sender.rest.address=127.0.0.1:0", "receiver.rest.address=127.0.0.1:0"]
     channels = tmp_path / "channels.txt"
     channels.write_text("# test channels\nT:SCALAR\nT:STR\nT:WAVE\nT:IMG\n")
     log = open(tmp_path / "up.log", "wb")

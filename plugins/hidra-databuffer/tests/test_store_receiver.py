@@ -64,7 +64,8 @@ def running_receiver(tmp_path: Path, *extra: str) -> Iterator[Running]:
     log = tmp_path / "receiver.log"
     sets = [f"receiver.target={target}", "receiver.data=tcp://127.0.0.1:0", "receiver.confirmations=tcp://127.0.0.1:0",
             "receiver.status=tcp://127.0.0.1:0", 'receiver.writers=["databuffer"]',
-            "receiver.databuffer.http_port=0", "receiver.databuffer.query_wait_s=0", *extra]
+            "receiver.databuffer.http_port=0", "receiver.databuffer.query_wait_s=0",
+            "receiver.rest.address=127.0.0.1:0", *extra]
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "hidra_core", "receiver",
                                  *(arg for s in sets for arg in ("--set", s))], stdout=out, stderr=subprocess.STDOUT)
