@@ -142,6 +142,27 @@ def ledger(args: argparse.Namespace) -> int:
     return 0
 
 
+def status(args: argparse.Namespace) -> int:
+    """Show running processes from their REST API; exit 1 if one could not be asked."""
+    from hidra_core.cli.status import run
+
+    urls = list(args.urls)
+    if not urls:
+        config = _load(args)
+        for rest in (config.sender.rest, config.receiver.rest):
+            if rest.enabled:
+                host, port = rest.address.rsplit(":", 1)
+                urls.append(f"http://{'127.0.0.1' if host in ('0.0.0.0', '*', '') else host}:{port}")
+    token = args.token
+    if args.token_file:
+        with open(args.token_file) as f:
+            token = f.read().strip()
+    try:
+        return run(urls, token, args.watch, args.count)
+    except KeyboardInterrupt:
+        return 0
+
+
 def clients(args: argparse.Namespace) -> int:
     """Ask a running sender (HIDRA_STATUS on its com port) for its registrations and per-target counters."""
     import json

@@ -53,6 +53,10 @@ _EPILOGS = {
         example:
           hidra clients                                   # the local sender (clients.com of the config)
           hidra clients --com tcp://detpc01:50000 --json  # registrations and per-target counters as JSON""",
+    "status": """
+        examples:
+          hidra status                                    # this config's sender and receiver (their rest.address)
+          hidra status http://detpc01:50080 http://storage01:50081 --token-file /etc/hidra/rest-token --watch 2""",
     "config": """
         examples:
           hidra config check sender.yaml --set sender.chunksize=4194304
@@ -141,6 +145,18 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     cl.add_argument("--json", action="store_true", help="print the raw JSON")
     cl.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
     cl.set_defaults(func=commands.clients)
+
+    st = _command(subs, "status", "a table of running HiDRA processes, from their REST API")
+    _common(st)
+    st.add_argument("urls", nargs="*", metavar="URL",
+                    help="REST URLs (default: sender.rest and receiver.rest of the config, where enabled)")
+    token = st.add_mutually_exclusive_group()
+    token.add_argument("--token", help="bearer token (where the processes require one)")
+    token.add_argument("--token-file", metavar="FILE", help="read the bearer token from FILE")
+    st.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
+                    help="refresh in place every SECONDS (default 2) until Ctrl-C, with rates")
+    st.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N tables")
+    st.set_defaults(func=commands.status)
 
     plugins = _command(subs, "plugins", "list installed plugins, their distributions and load errors")
     plugins.set_defaults(func=commands.plugins)
