@@ -59,6 +59,14 @@ def _journal(stream: IO[str]) -> bool:
 
 
 def configure(level: str, fmt: str = "text", stream: IO[str] | None = None) -> None:
+    """Set up the process's logging, as ``logging.basicConfig`` does: only where nobody did it before (an
+    embedding application, or pytest, keeps its own handlers; only the level is set then)."""
+    root = logging.getLogger()
+    root.setLevel(getattr(logging, level))
+    # NOTE: a line per file and state is what JSON logs are for; as text it would only add noise
+    logging.getLogger(SENDER_FILES_LOGGER).setLevel(logging.INFO if fmt == "json" else logging.WARNING)
+    if root.handlers:
+        return
     out = stream or sys.stderr
     handler = logging.StreamHandler(out)
     if fmt == "json":
@@ -67,10 +75,4 @@ def configure(level: str, fmt: str = "text", stream: IO[str] | None = None) -> N
         handler.setFormatter(JournalFormatter())
     else:
         handler.setFormatter(logging.Formatter(_TEXT))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(getattr(logging, level))
-    # NOTE: a line per file and state is what JSON logs are for; as text it would only add noise
-    logging.getLogger(SENDER_FILES_LOGGER).setLevel(logging.INFO if fmt == "json" else logging.WARNING)
