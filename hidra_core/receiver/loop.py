@@ -145,6 +145,8 @@ class Receiver:
         # NOTE: files wait for their commit with an open descriptor; while the commit thread is behind
         # (a slow fsync), stop taking data so back-pressure reaches the sender instead of exhausting fds.
         backlog = 2 * self.config.commit_batch
+        if self.rest is not None:
+            self.snapshot = receiver_snapshot(self, "running", committer)
         while not self.stop.is_set():
             self.notifier.tick()
             if not committer.alive():

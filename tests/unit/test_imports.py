@@ -15,7 +15,7 @@ KERNEL_DIR = Path(hidra_core.__file__).parent
 PLUGIN_PACKAGES = ("hidra_inotify", "hidra_files", "hidra_zmq", "hidra_eiger", "hidra_watchdog", "hidra_pilatus",
                    "hidra_ingest", "hidra_hdf5", "hidra_databuffer")
 HEAVY = ("inotify_simple", "h5py", "hdf5plugin", "bsread", "cbor2", "requests", "httpx", "fastapi", "uvicorn",
-         "watchdog", "bitshuffle", "fabio", *PLUGIN_PACKAGES)
+         "starlette", "prometheus_client", "watchdog", "bitshuffle", "fabio", *PLUGIN_PACKAGES)
 MODULES = ["hidra_core", "hidra_core.config", "hidra_core.host.plugins", "hidra_core.host.drivers",
            "hidra_core.sender.router", "hidra_core.receiver.loop", "hidra_core.cli.main"]
 
