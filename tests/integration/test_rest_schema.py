@@ -19,11 +19,12 @@ pytestmark = pytest.mark.integration
 TOKEN = "schema-t0ken"
 
 
-def _schemathesis(url: str, *extra: str) -> subprocess.CompletedProcess:
+def _schemathesis(url: str, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``st run`` in ``cwd`` (where it leaves its cache)."""
     st = Path(sys.executable).parent / "st"
     return subprocess.run([str(st), "run", f"{url}/openapi.json", "--checks", "not_a_server_error",
                            "--max-examples", "20", "--exclude-method", "POST", "--seed", "12", *extra],
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=240, cwd=cwd)
 
 
 def test_schemathesis_finds_no_server_error_in_the_sender_and_receiver_apis(storage_path: Any) -> None:
@@ -34,7 +35,7 @@ def test_schemathesis_finds_no_server_error_in_the_sender_and_receiver_apis(stor
     wait_until(lambda: intact(pair.target, "a/before.raw", 10_000), 60, "the first file stored")
     for url, extra in ((sender.rest_url(), ["--header", f"Authorization: Bearer {TOKEN}"]),
                        (receiver.rest_url(), [])):
-        result = _schemathesis(url, *extra)
+        result = _schemathesis(url, pair.base, *extra)
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
         assert "No issues found" in result.stdout, result.stdout[-4000:]
     write_file(pair.source / "a" / "after.raw", 20_000)
