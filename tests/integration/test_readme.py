@@ -321,6 +321,15 @@ def test_pilatus_example_streams_images_with_their_header_as_typed(tmp_path: Pat
     assert lines == [[f"img_0000{n}.cbf", str(n), "0.097", "0.978", "1231.5"] for n in (1, 2, 3)], lines
     assert printed[-3:] == ["img_00001.cbf", "img_00002.cbf", "img_00003.cbf"], printed
 
+def _wait_up_ready(up: subprocess.Popen, log: Path) -> None:
+    def ready() -> bool:
+        assert up.poll() is None, log.read_text()
+        text = log.read_text(errors="replace")
+        return "hidra sender ready" in text and "hidra receiver ready" in text
+
+    wait_until(ready, 60, "the ready lines of `hidra up`")
+
+
 def test_ingest_example_stores_the_producers_files_as_typed(tmp_path: Path) -> None:
     """The ZeroMQ ingest section as typed: its YAML file, `hidra up` with it, then the Python producer."""
     ingest, *hidra = _free_ports(6)
@@ -330,12 +339,7 @@ def test_ingest_example_stores_the_producers_files_as_typed(tmp_path: Path) -> N
     log = open(tmp_path / "up.log", "wb")
     up = subprocess.Popen(argv, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     try:
-        def ready() -> bool:
-            assert up.poll() is None, (tmp_path / "up.log").read_text()
-            text = (tmp_path / "up.log").read_text(errors="replace")
-            return "hidra sender ready" in text and "hidra receiver ready" in text
-
-        wait_until(ready, 60, "the ready lines of `hidra up`")
+        _wait_up_ready(up, tmp_path / "up.log")
         producer = _python(_block("python", "from hidra_core.ingest import Ingest").replace("50300", str(ingest)),
                            tmp_path)
         assert producer.wait(60) == 0, _finish(producer)
@@ -475,12 +479,7 @@ def test_status_section_curl_lines_show_the_running_instance_and_drain_it_as_typ
     log = open(tmp_path / "up.log", "wb")
     up = subprocess.Popen(argv, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     try:
-        def ready() -> bool:
-            assert up.poll() is None, (tmp_path / "up.log").read_text()
-            text = (tmp_path / "up.log").read_text(errors="replace")
-            return "hidra sender ready" in text and "hidra receiver ready" in text
-
-        wait_until(ready, 60, "the ready lines of `hidra up`")
+        _wait_up_ready(up, tmp_path / "up.log")
         write_file(tmp_path / "hidra-data" / "source" / "scan1" / "img_0001.raw", 4000)
 
         def counted(port: int, key: str) -> bool:
