@@ -66,13 +66,11 @@ def _row(now: Instance, before: Instance | None) -> list[str]:
         files = f"{_counter(now, 'sent'):,} sent, {_counter(now, 'confirmed'):,} confirmed"
         waiting = f"{stats.get('queued', 0)} queued, {stats.get('in_flight', 0)} in flight"
         rate = _rate(now, before, "sent")
-        byte_key = "bytes"
     else:
         where = f"-> {st.get('target', '?')}"
         files = f"{_counter(now, 'stored'):,} stored"
         waiting = f"{stats.get('unfinished', 0)} unfinished, {stats.get('commit_backlog', 0)} to commit"
         rate = _rate(now, before, "stored")
-        byte_key = "bytes"
     problems = _counter(now, "failed", "refused", "lost", "malformed", "unconfirmed")
     errors = st.get("errors") or []
     shown_problems = f"[red]{problems}[/red]" if problems else "0"
@@ -80,7 +78,7 @@ def _row(now: Instance, before: Instance | None) -> list[str]:
         shown_problems += f" ({str(errors[-1])[:60]})"
     uptime = float(st.get("uptime_s", 0))
     return [now.url, role, st.get("state", "?"), f"{uptime // 3600:.0f}h{uptime % 3600 // 60:02.0f}m", where,
-            files, f"{_counter(now, byte_key) / 2**20:,.1f} MiB" + (f" ({rate})" if rate else ""), waiting,
+            files, f"{_counter(now, 'bytes') / 2**20:,.1f} MiB" + (f" ({rate})" if rate else ""), waiting,
             shown_problems]
 
 
