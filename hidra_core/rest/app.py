@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from hidra_core._version import __version__
 from hidra_core.rest.guard import DISCARD_AT_MOST, MAX_BODY
 from hidra_core.rest.metrics import CONTENT_TYPE, render_metrics
+from hidra_core.rest.page import add_page
 from hidra_core.rest.state import RecentProblems
 
 __all__ = ["View", "create_app"]
@@ -48,6 +49,7 @@ def create_app(view: View) -> FastAPI:
     if view.role == "sender":
         _sender_routes(app, view)
     _document_token(app, view)
+    add_page(app)
     return app
 
 

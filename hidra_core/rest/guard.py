@@ -6,6 +6,8 @@ from typing import Any, Awaitable, Callable, MutableMapping
 
 from starlette.responses import JSONResponse
 
+from hidra_core.rest.page import PUBLIC_PREFIX
+
 __all__ = ["DISCARD_AT_MOST", "MAX_BODY", "Guard"]
 
 #: largest request body accepted (no route takes more than an empty JSON object)
@@ -20,8 +22,9 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 class Guard:
     """Pure ASGI middleware: 401 without the right ``Authorization: Bearer <token>`` on every path (``/metrics`` and
-    ``/openapi.json`` too, and unknown paths, which tell nothing before the token is right), 413 for a body
-    announced larger than ``MAX_BODY``."""
+    ``/openapi.json`` too, and unknown paths, which tell nothing before the token is right) but the status page and
+    its static files (which hold no data: the page asks the user for the token), 413 for a body announced larger
+    than ``MAX_BODY``."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], token: str | None) -> None:
         self.app = app
@@ -32,8 +35,8 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        if self._expected is not None and not hmac.compare_digest(headers.get(b"authorization", b""),
-                                                                  self._expected):
+        token = headers.get(b"authorization", b"")
+        if self._expected is not None and not _public(scope) and not hmac.compare_digest(token, self._expected):
             refusal = _answer(401, "a bearer token is required: Authorization: Bearer <token> (sender.rest.token or"
                               " receiver.rest.token of this instance)", {"WWW-Authenticate": "Bearer"})
             await refusal(scope, receive, send)
@@ -48,6 +51,13 @@ class Guard:
             await _answer(413, f"request body too large: at most {MAX_BODY} bytes")(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def _public(scope: Scope) -> bool:
+    """The page and its files; NOTE: everything under the prefix goes to the static files alone (no route there),
+    which answer 404 for a path that leaves their directory (``/static/../status``)."""
+    path = scope["path"]
+    return scope["method"] in ("GET", "HEAD") and (path == "/" or path.startswith(PUBLIC_PREFIX))
 
 
 def _answer(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -9,6 +9,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from hidra_core.host.kernel import Endpoints
+
 if TYPE_CHECKING:  # pragma: no cover
     from hidra_core.receiver.commit import CommitThread
     from hidra_core.receiver.loop import Receiver
@@ -49,4 +51,6 @@ def where(process: Any) -> dict[str, Any]:
         source = process.config.source
         return {"source": {"type": source.type, "root": getattr(process.source, "root", None) or None},
                 "storage": [data for data, _conf in process.config.storage.members]}
-    return {"target": os.path.abspath(process.config.target), "writers": list(process.config.writers)}
+    # NOTE: the bound address (the configured one may say port 0); read once, by the thread that owns the socket
+    return {"target": os.path.abspath(process.config.target), "writers": list(process.config.writers),
+            "data": Endpoints.bound(process.data)}
