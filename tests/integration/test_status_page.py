@@ -14,9 +14,11 @@ from typing import Any, Iterator
 
 import pytest
 import requests
+import zmq
 
-from hidra_proc import intact, wait_until, write_file
+from hidra_proc import Hidra, intact, sender_overrides, wait_until, write_file
 from test_clients import Worker
+from test_rest import SilentStorage
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 MISSING = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(path)]
@@ -47,10 +49,17 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
+def _texts(driver: Any, selector: str) -> list[str]:
+    """The text of each element the CSS ``selector`` finds, read in one go (the page replaces its rows each
+    second: an element found in one call may be gone in the next)."""
+    return list(driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), (e) => e.innerText)", selector))
+
+
 def _text(driver: Any, selector: str) -> str | None:
     """The text of the first element the CSS ``selector`` finds, None while there is none."""
-    found = driver.find_elements("css selector", selector)
-    return found[0].text if found else None
+    found = _texts(driver, selector)
+    return found[0] if found else None
 
 
 def _shows(driver: Any, selector: str, wanted: str, timeout: float = 30) -> None:
@@ -105,10 +114,57 @@ def test_the_status_page_shows_the_running_transfer_and_follows_it(storage_path:
         assert f"senders to {receiver.endpoints()[0]} → {pair.target} (writers: files)" in (_text(browser, "#flows")
                                                                                           or "")
         assert browser.find_element("id", "files-section").is_displayed() is False  # the receiver has no ledger
+        _shows(browser, "#errors", "none")
+        _send_garbage(receiver.endpoints()[0])
+        _shows(browser, "tr[data-counter=malformed] td.total", "1")
+        wait_until(lambda: "ERROR hidra_core.receiver.loop: malformed message dropped" in (_text(browser, "#errors")
+                                                                                          or ""), 30, "the error")
         browser.save_screenshot(str(tmp_path / "receiver-page.png"))
         _no_script_errors(browser)
     finally:
         client.stop()
+
+
+def _send_garbage(endpoint: str) -> None:
+    context = zmq.Context()
+    try:
+        push = context.socket(zmq.PUSH)
+        push.linger = 1000
+        push.connect(endpoint)
+        push.send_multipart([b"not a hidra message"])
+        push.close()
+    finally:
+        context.term()
+
+
+def test_the_status_page_lists_the_unconfirmed_files_and_shows_hostile_names_as_text(tmp_path: Path,
+                                                                                     browser: Any) -> None:
+    source, state = tmp_path / "source", tmp_path / "state"
+    source.mkdir()
+    state.mkdir()
+    storage = SilentStorage()  # NOTE: takes the data and never confirms: the files stay unconfirmed
+    names = ["held.raw", "<img src=x onerror=document.title='owned'>.raw"]
+    sender = Hidra("sender", tmp_path / "sender.log", sender_overrides(source, state, storage.data,
+                                                                       storage.confirmations))
+    try:
+        sender.wait_ready()
+        for name in names:
+            write_file(source / name, 3000)
+        browser.get(sender.rest_url() + "/")
+
+        def shows(selector: str, wanted: str) -> bool:
+            storage.beacon()
+            return _text(browser, selector) == wanted
+
+        wait_until(lambda: shows("#files-count", "(2)"), 30, "two unconfirmed files on the page", interval=0.1)
+        assert sorted(_texts(browser, "#files td.file")) == sorted(names)
+        assert _texts(browser, "#files td.state") == ["sent", "sent"]
+        assert _texts(browser, "#files img") == [] and "owned" not in browser.title
+        wait_until(lambda: shows('tr[data-target="storage"] td.waiting', "2"), 30, "two files waiting")
+        _no_script_errors(browser)
+    finally:
+        sender.kill()
+        storage.close()
 
 
 def test_the_status_page_asks_for_the_token_and_the_api_stays_closed_without_it(storage_path: Any,
