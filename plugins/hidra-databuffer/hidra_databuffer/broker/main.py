@@ -6,6 +6,7 @@ Examples::
     hidra-databuffer-broker --rest_port 0 --output_port 0 --audit_file audit.log   # free ports, see the ready line
     hidra-databuffer-broker --audit_trail_only --audit_file audit.log               # record only, replay later
     hidra-databuffer-broker --config broker.yaml --set rest_port=8889 --log_level DEBUG
+    hidra-databuffer-broker --set rest.address=127.0.0.1:0    # hidra's API (/status, /metrics, ...) on a free port
 
     curl -X POST -d '{"general/created": "...", ..., "output_file": "/data/run1.h5"}' localhost:8888/parameters
     curl -X PUT localhost:8888/start_pulse_id/1000; curl -X PUT localhost:8888/stop_pulse_id/1100
@@ -17,6 +18,7 @@ allowed); broker.yaml::
     output_port: 12500
     audit_file: /var/log/sf_databuffer_audit.log
     channels_file: /etc/databuffer/channels.txt
+    rest: {address: "127.0.0.1:50090"}   # hidra's API beside DBW's; off loopback only with a token
 
 Precedence: defaults < --config file < --set KEY=VALUE < flags given on the command line.
 """

@@ -15,6 +15,7 @@ writer.yaml is a YAML mapping with the argument names as keys ({"$env": NAME} an
     user_id: -1
     data_api_url: http://127.0.0.1:10300/query
     data_retrieval_delay: 10
+    rest: {address: "127.0.0.1:50091"}   # hidra's API (/status, /metrics, ...); default: a free port
 
 Precedence: defaults < --config file < --set KEY=VALUE < arguments given on the command line.
 
