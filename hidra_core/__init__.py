@@ -3,8 +3,12 @@
 Plugins import only from here (and ``hidra_core.testing`` in their tests), never from a kernel module, so that
 the kernel's internal layout can change without breaking them.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from hidra_core._version import __version__
-from hidra_core.config import DriverChoice, load_model
+from hidra_core.config import DriverChoice, RestConfig, load_model
 from hidra_core.errors import ConfigError, DriverLoadFailure, HidraError, PathRefused, ProtocolError
 from hidra_core.host.kernel import create_driver
 from hidra_core.host.notify import Notifier, NotifyRelay
@@ -16,6 +20,8 @@ from hidra_core.interfaces import (EmptyConfig, EventSource, Fetcher, FileStat, 
                                    TreeSourceConfig, Writer, WriteTarget)
 from hidra_core.markers import hookimpl, hookspec
 from hidra_core.paths import SafeTree, split_checked
+from hidra_core.rest.redact import hide_secrets
+from hidra_core.rest.state import RecentProblems
 from hidra_core.streams import connect_stream, receive_batch
 from hidra_core.types import (FILE, FRAME, KINDS, PULSE, SERIES_END, SERIES_START, FileEvent, PluginStatus,
                               file_id_of, payload_size)
@@ -24,9 +30,26 @@ __all__ = [
     "FILE", "FRAME", "KINDS", "PULSE", "SERIES_END", "SERIES_START",
     "ConfigError", "DriverChoice", "DriverLoadFailure", "EmptyConfig", "EventSource", "Fetcher", "FileEvent",
     "FileStat", "HidraError", "Ingest", "IngestError", "Notifier", "NotifyRelay", "PathRefused", "PluginHost",
-    "PluginStatus", "ProtocolError",
+    "PluginStatus", "ProtocolError", "RecentProblems", "RestConfig", "RestServer", "RestView",
     "SafeTree", "SourceChanged",
     "Transport", "TreeSourceConfig", "WriteTarget", "Writer",
-    "__version__", "connect_stream", "create_driver", "file_id_of", "hookimpl", "hookspec", "ingest", "load_model",
+    "__version__", "connect_stream", "create_driver", "file_id_of", "hide_secrets", "hookimpl", "hookspec", "ingest",
+    "load_model",
     "payload_size", "receive_batch", "split_checked", "supervise",
 ]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hidra_core.rest.app import View as RestView
+    from hidra_core.rest.server import RestServer
+
+#: the REST server of a plugin's own long-running process; these load fastapi and uvicorn, so on first use only
+_LAZY = {"RestServer": ("hidra_core.rest.server", "RestServer"), "RestView": ("hidra_core.rest.app", "View")}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'hidra_core' has no attribute {name!r}")
+    import importlib
+
+    module, attribute = _LAZY[name]
+    return getattr(importlib.import_module(module), attribute)

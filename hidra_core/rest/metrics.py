@@ -75,11 +75,13 @@ class _Snapshot(Collector):
 def _families(role: str, snapshot: Mapping[str, Any], ledger: Mapping[str, int] | None) -> Iterator[Metric]:
     statistics = snapshot.get("statistics", {})
     for key, value in statistics.get("counters", {}).items():
-        name, doc = COUNTERS[role].get(key, (f"hidra_{role}_{key}", f"the {role}'s {key} counter"))
+        name, doc = COUNTERS.get(role, {}).get(key, (f"hidra_{role}_{key}", f"the {role}'s {key} counter"))
         yield CounterMetricFamily(name, doc, value=value)
-    for key, (name, doc) in GAUGES[role].items():
+    for key, (name, doc) in GAUGES.get(role, {}).items():
         if key in statistics:
             yield GaugeMetricFamily(name, doc, value=statistics[key])
+    for key, value in statistics.get("gauges", {}).items():  # NOTE: a plugin's process names its own
+        yield GaugeMetricFamily(f"hidra_{role}_{key}", f"the {role}'s {key}", value=value)
     if "unfinished_dropped" in statistics:
         yield CounterMetricFamily("hidra_receiver_unfinished_dropped", "unfinished files dropped at a bound",
                                   value=statistics["unfinished_dropped"])

@@ -6,7 +6,7 @@ from typing import Any
 
 from hidra_core.config import InstanceConfig
 
-__all__ = ["HIDDEN", "redacted"]
+__all__ = ["HIDDEN", "hide_secrets", "redacted"]
 
 HIDDEN = "***"
 #: keys whose values are hidden wherever they are, whether they came from $env/$file or not
@@ -20,6 +20,13 @@ def redacted(config: InstanceConfig, role: str) -> dict[str, Any]:
     other = "receiver" if role == "sender" else "sender"
     shown = {key: value for key, value in dumped.items() if key != other}
     result: dict[str, Any] = _hide(shown, "", config.secret_keys)
+    return result
+
+
+def hide_secrets(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (a plugin service's config as JSON values) with every value under a key named like a secret
+    shown as ``***``."""
+    result: dict[str, Any] = _hide(values, "", frozenset())
     return result
 
 

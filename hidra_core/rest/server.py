@@ -30,16 +30,27 @@ class RestServer:
 
     def __init__(self, process: Any, cfg: RestConfig, snapshot: Callable[[], Mapping[str, Any]],
                  hurry: Callable[[], None], ledger_path: str | None = None) -> None:
-        self.key = f"{process.role}.rest.address"
-        self._sock = _listen(cfg.address, self.key)
-        host, port = self._sock.getsockname()[:2]
-        self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-        self.problems = RecentProblems()
         started = time.monotonic()
         view = View(role=process.role, snapshot=snapshot, where=where(process),
                     uptime=lambda: time.monotonic() - started,
                     config=redacted(process.instance_config, process.role), drain=process.stop.set,
-                    stop=hurry, problems=self.problems, ledger_path=ledger_path, token=cfg.token is not None)
+                    stop=hurry, problems=RecentProblems(), ledger_path=ledger_path, token=cfg.token is not None)
+        self._listen(f"{process.role}.rest.address", cfg, view)
+
+    @classmethod
+    def of_view(cls, key: str, cfg: RestConfig, view: View) -> RestServer:
+        """The API of any other long-running process (a plugin's service) from its own ``view``; ``key``: the
+        config key of ``cfg.address``, named when the port is taken."""
+        server = cls.__new__(cls)
+        server._listen(key, cfg, view)
+        return server
+
+    def _listen(self, key: str, cfg: RestConfig, view: View) -> None:
+        self.key = key
+        self._sock = _listen(cfg.address, self.key)
+        host, port = self._sock.getsockname()[:2]
+        self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        self.problems = view.problems
         self._app = Guard(create_app(view), cfg.token)
         self._server: Any = None
         self._thread: threading.Thread | None = None

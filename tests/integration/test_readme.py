@@ -276,7 +276,7 @@ def test_databuffer_example_writes_a_pulse_range_as_typed(tmp_path: Path) -> Non
     for default, port in (("9999", bs), ("8888", rest), ("10300", query)):
         script = script.replace(default, str(port))
     script = script.replace("--audit_file audit.log &", f"--audit_file audit.log --query-port {query} --rest_port"
-                            f" {rest} --output_port {output} {_port_sets(*hidra)} &")
+                            f" {rest} --output_port {output} --api_port 0 {_port_sets(*hidra)} &")
     printed = _run_example(tmp_path, script)
     assert printed[-1].endswith("(101,)"), printed
 

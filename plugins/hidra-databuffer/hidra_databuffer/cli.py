@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 from hidra_core import Notifier, NotifyRelay, hookimpl, supervise
 
+from hidra_databuffer.api import BROKER_API_PORT
+
 log = logging.getLogger(__name__)
 
 _SERVICES = {
@@ -61,6 +63,9 @@ def hidra_register_commands(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--output_port", type=int, default=12500, help="broker request port (default 12500)")
     up.add_argument("-c", "--channels_file", help="the broker's channels file (one name per line)")
     up.add_argument("--audit_file", default="databuffer-audit.log", help="the broker's audit trail")
+    up.add_argument("--api_port", type=int, default=BROKER_API_PORT,
+                    help="port of the broker's hidra API (status, statistics, metrics on 127.0.0.1); writer i gets"
+                    " port + i; 0: free ports, each ready line tells its own (default %(default)s)")
     up.set_defaults(func=_run_up)
 
 
@@ -91,10 +96,15 @@ def _run_buffer(args: argparse.Namespace) -> int:
     return 1  # pragma: no cover  (execv does not return)
 
 
+def _api(args: argparse.Namespace, i: int) -> list[str]:
+    """The ``--set`` giving the broker (i = 0) and writer i their hidra API port."""
+    return ["--set", f"rest.address=127.0.0.1:{args.api_port + i if args.api_port else 0}"]
+
+
 def _run_up(args: argparse.Namespace) -> int:
     query = f"http://127.0.0.1:{args.query_port}/query"
     broker = ["--rest_port", str(args.rest_port), "--output_port", str(args.output_port), "--audit_file",
-              args.audit_file, *(["-c", args.channels_file] if args.channels_file else [])]
+              args.audit_file, *(["-c", args.channels_file] if args.channels_file else []), *_api(args, 0)]
     # NOTE: under systemd (Type=notify) the buffer (a `hidra up`) says when it is ready; the others are at once
     relay = NotifyRelay() if Notifier().enabled else None
     env = relay.child_env(_env()) if relay is not None else _env()
@@ -105,9 +115,10 @@ def _run_up(args: argparse.Namespace) -> int:
     for n in range(args.writers):
         children[f"writer {n + 1}"] = subprocess.Popen([
             sys.executable, "-m", "hidra_databuffer.dbwriter.main", f"tcp://127.0.0.1:{args.output_port}", "-1",
-            "--data_api_url", query], env=env)
-    log.info("hidra databuffer up: %s -> buffer (query %s), broker REST 127.0.0.1:%d, %d writers", args.source,
-             query, args.rest_port, args.writers)
+            "--data_api_url", query, *_api(args, n + 1)], env=env)
+    log.info("hidra databuffer up: %s -> buffer (query %s), broker REST 127.0.0.1:%d, %d writers, hidra API of"
+             " the broker and the writers from port %d", args.source, query, args.rest_port, args.writers,
+             args.api_port)
     # NOTE: the broker stops first (no new requests), then the writers finish theirs, then the buffer
     order = ["broker", *(k for k in children if k.startswith("writer")), "buffer"]
     return supervise({name: children[name] for name in order}, relay=relay)

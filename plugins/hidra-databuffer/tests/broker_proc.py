@@ -31,6 +31,8 @@ class Broker:
     host: str
     port: int
     audit: Path
+    api: str | None = None  # hidra's API, when its ready line names one
+
 
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         reply = requests.request(method, self.rest + path, timeout=30, **kwargs)
@@ -70,7 +72,8 @@ def start_broker(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
         """``flags=False``: only ``args`` (e.g. ``--config``), without the test's free ports and audit file."""
         audit = audit or tmp_path / "audit.log"
         given = ("--rest_port", "0", "--output_port", "0", "--audit_file", str(audit), "--log_level", "WARNING")
-        proc = subprocess.Popen(command(*(given if flags else ()), *args),
+        # NOTE: hidra's API on a free port too (a later --set in args wins)
+        proc = subprocess.Popen(command(*(given if flags else ()), "--set", "rest.address=127.0.0.1:0", *args),
                                 stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         procs.append(proc)
         assert proc.stdout is not None
@@ -78,7 +81,8 @@ def start_broker(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
         assert line, f"broker exited with {proc.wait(timeout=10)} before it listened"
         found = READY.search(line)
         assert found, line
-        return Broker(proc, found[1], found[2], int(found[3]), audit)
+        api = re.search(r", api (http://\S+)", line)
+        return Broker(proc, found[1], found[2], int(found[3]), audit, api[1] if api else None)
 
     yield start
     for proc in procs:

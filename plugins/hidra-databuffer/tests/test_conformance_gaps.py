@@ -20,7 +20,7 @@ import requests
 import zmq
 from dbwriter_support import Broker as Push
 from dbwriter_support import WriterProc, audit_line, content, request_record, start_writer
-from test_databuffer_up import _free_ports
+from up_proc import buffer_sets, free_ports, terminate
 from test_dbwriter_service import BIG_EVENTS, _big_camera, _check_err, _dead_url
 from test_store_query import SEC, make_pulse, seconds_of, store
 
@@ -227,13 +227,8 @@ def buffer_proc(tmp_path: Path) -> Iterator[str]:
     thread = threading.Thread(target=_stream, args=(port, ready, stop, failed), daemon=True)
     thread.start()
     assert ready.wait(30) and not failed, failed
-    query, *hidra = _free_ports(6)
-    keys = ("receiver.data", "sender.storage.data", "receiver.confirmations", "sender.storage.confirmations",
-            "receiver.status", "sender.clients.com", "sender.clients.request")
-    ports = dict(zip(keys, (hidra[0], hidra[0], hidra[1], hidra[1], hidra[2], hidra[3], hidra[4])))
-    sets = [f"{k}=tcp://127.0.0.1:{p}" for k, p in ports.items()]
-    sets += [f"receiver.target={tmp_path / 'buffer'}", f"sender.ledger.path={tmp_path / 'ledger.sqlite'}",
-             "sender.rest.address=127.0.0.1:0", "receiver.rest.address=127.0.0.1:0"]
+    query, *hidra = free_ports(6)
+    sets = buffer_sets(tmp_path, hidra)
     log = open(tmp_path / "buffer.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "hidra_core", "databuffer", "buffer", "--source",
                              f"tcp://127.0.0.1:{port[0]}", "--query-port", str(query),
@@ -246,12 +241,7 @@ def buffer_proc(tmp_path: Path) -> Iterator[str]:
         assert not failed, failed
     finally:
         stop.set()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
         log.close()
 
 

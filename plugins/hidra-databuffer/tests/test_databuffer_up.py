@@ -4,14 +4,8 @@ of the range, with the values that were sent."""
 from __future__ import annotations
 
 import json
-import signal
 import socket
-import subprocess
-import sys
-import threading
-import time
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
@@ -20,98 +14,12 @@ import requests
 
 from hidra_core.testing import wait_until
 
+pytest.register_assert_rewrite("up_proc")  # NOTE: before the import, so its asserts explain themselves
+
+from up_proc import get_json  # noqa: E402
+
+pytest_plugins = ["up_proc"]  # NOTE: its fixture: up
 pytestmark = pytest.mark.slow
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-class Stream(threading.Thread):
-    """The real bsread sender (PUSH, bound), paced against absolute deadlines at ``rate`` Hz.
-
-    Pulse ids are 1000, 1001, ... except every 7th, which is skipped (a gap); the waveform is None every 5th pulse.
-    """
-
-    def __init__(self, port: int, rate: float = 100.0) -> None:
-        super().__init__(daemon=True)
-        self.port, self.rate = port, rate
-        self.sent: dict[int, dict[str, Any]] = {}
-        self.stop = threading.Event()
-
-    @staticmethod
-    def values(pulse: int) -> dict[str, Any]:
-        return {"T:SCALAR": float(pulse) / 10, "T:STR": f"pulse {pulse}",
-                "T:WAVE": None if pulse % 5 == 0 else np.arange(1024, dtype="float32") + pulse,
-                "T:IMG": (np.arange(512 * 512, dtype="uint16").reshape(512, 512) + pulse).astype("uint16")}
-
-    def run(self) -> None:
-        from bsread.sender import PUSH, Sender
-
-        with Sender(port=self.port, mode=PUSH, block=True) as sender:
-            sender.add_channel("T:SCALAR", metadata={"type": "float64"})
-            sender.add_channel("T:STR", metadata={"type": "string"})
-            sender.add_channel("T:WAVE", metadata={"type": "float32", "shape": [1024]})
-            sender.add_channel("T:IMG", metadata={"type": "uint16", "shape": [512, 512],
-                                                  "compression": "bitshuffle_lz4"})
-            start, pulse = time.monotonic(), 1000
-            while not self.stop.is_set():
-                if pulse % 7 != 0:
-                    values = self.values(pulse)
-                    sender.send(data=values, pulse_id=pulse)
-                    self.sent[pulse] = values
-                pulse += 1
-                delay = start + (pulse - 1000) / self.rate - time.monotonic()
-                if delay > 0:
-                    self.stop.wait(delay)
-
-
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    stream_port, rest, output, query, *hidra = _free_ports(10)
-    stream = Stream(stream_port)
-    stream.start()
-    keys = ("receiver.data", "sender.storage.data", "receiver.confirmations", "sender.storage.confirmations",
-            "receiver.status", "sender.clients.com", "sender.clients.request")
-    ports = dict(zip(keys, (hidra[0], hidra[0], hidra[1], hidra[1], hidra[2], hidra[3], hidra[4])))
-    sets = [f"{k}=tcp://127.0.0.1:{p}" for k, p in ports.items()]
-    sets += [f"receiver.target={tmp_path / 'buffer'}", f"sender.ledger.path={tmp_path / 'ledger.sqlite'}",
-             "sender.rest.address=127.0.0.1:0", "receiver.rest.address=127.0.0.1:0"]
-    channels = tmp_path / "channels.txt"
-    channels.write_text("# test channels\nT:SCALAR\nT:STR\nT:WAVE\nT:IMG\n")
-    log = open(tmp_path / "up.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "hidra_core", "databuffer", "up", "--source",
-                             f"tcp://127.0.0.1:{stream_port}", "--query-port", str(query), "--rest_port", str(rest),
-                             "--output_port", str(output), "-c", str(channels), "--audit_file",
-                             str(tmp_path / "audit.log"), *(a for s in sets for a in ("--set", s))],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        yield {"proc": proc, "rest": f"http://127.0.0.1:{rest}", "query": f"http://127.0.0.1:{query}",
-               "stream": stream, "log": tmp_path / "up.log", "base": tmp_path, "sets": sets}
-    finally:
-        stream.stop.set()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        stream.join(10)
-
-
-def _get(url: str) -> Any:
-    try:
-        return requests.get(url, timeout=5).json()
-    except (requests.ConnectionError, ValueError):
-        return None
 
 
 def test_a_pulse_range_of_a_100_hz_stream_is_written_exactly_as_delivered(up: dict[str, Any]) -> None:
@@ -119,8 +27,8 @@ def test_a_pulse_range_of_a_100_hz_stream_is_written_exactly_as_delivered(up: di
 
     def ready() -> Any:
         assert up["proc"].poll() is None, up["log"].read_text()[-3000:]
-        status = _get(up["query"] + "/status")
-        return _get(up["rest"] + "/status") and status and status.get("newest_pulse_id")
+        status = get_json(up["query"] + "/status")
+        return get_json(up["rest"] + "/status") and status and status.get("newest_pulse_id")
 
     wait_until(ready, 60, what="the broker and a buffered pulse")
     output = base / "out" / "run1.h5"
@@ -158,7 +66,7 @@ def test_an_analysis_client_sees_the_pulses_while_they_are_buffered(up: dict[str
     from hidra_databuffer.values import decode_pulse
 
     com = next(a.split("=tcp://")[1] for a in up["sets"] if a.startswith("sender.clients.com="))
-    wait_until(lambda: _get(up["query"] + "/status"), 60, what="the buffer's query API")
+    wait_until(lambda: get_json(up["query"] + "/status"), 60, what="the buffer's query API")
     ctx = zmq.Context()
     client, req = ctx.socket(zmq.PULL), ctx.socket(zmq.REQ)
     try:

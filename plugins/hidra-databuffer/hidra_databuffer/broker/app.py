@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests as http
@@ -21,15 +21,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from hidra_databuffer.api import Counters
 from hidra_databuffer.broker.audit import AuditTrail
 from hidra_databuffer.broker.config import BrokerConfig
 from hidra_databuffer.broker.requests import build_requests, check_channels
-from hidra_databuffer.broker.state import BrokerState, Ignored, ParameterError, StopError
+from hidra_databuffer.broker.state import BrokerState, Ignored, ParameterError, Run, StopError
 from hidra_databuffer.broker.transport import RequestSender
 
-__all__ = ["Broker", "create_app", "now_text"]
+__all__ = ["COUNTERS", "Broker", "create_app", "now_text"]
 
 log = logging.getLogger(__name__)
+
+
+#: what the broker counts for hidra's ``GET /statistics`` and ``/metrics``
+COUNTERS = ("parameters", "starts", "runs", "requests_audited", "requests_sent", "refused", "send_errors")
 
 
 def now_text() -> str:
@@ -61,6 +66,7 @@ class Broker:
     audit: AuditTrail
     sender: RequestSender
     state: BrokerState
+    counters: Counters = field(default_factory=lambda: Counters(COUNTERS))
 
     async def stop_pulse(self, stop: int) -> Response:
         outcome = self.state.stop_pulse(stop)
@@ -72,19 +78,32 @@ class Broker:
         try:
             await asyncio.wrap_future(self.sender.submit(requests, self.audit,
                                                          send=not self.config.audit_trail_only))
-        except OSError as exc:  # NOTE: F5: no audit line -> nothing sent
-            log.error("audit trail %s: %s; nothing sent", self.audit.path, exc)
-            return error(f"cannot write the audit trail {self.audit.path}: {exc}; nothing sent")
-        except zmq.Again as exc:
-            log.error("request [%d, %d] not sent: no writer: %s", outcome.start, outcome.stop, exc)
-            return error(f"no writer took the request within {self.config.send_timeout_ms} ms: {exc}")
         except Exception as exc:
-            log.exception("request [%d, %d] not sent", outcome.start, outcome.stop)
-            return error(f"request not sent: {type(exc).__name__}: {exc}")
+            self.counters.add("send_errors")
+            return self._send_failed(outcome, exc)
         self.state.commit(outcome, requests[-1], now_text())
+        self._count(outcome, len(requests))
         if self.config.epics_writer_url:
             notify_epics(self.config.epics_writer_url, requests[0], outcome.parameters)
         return Response()
+
+    def _count(self, run: Run, n: int) -> None:
+        self.counters.add("runs")
+        self.counters.add("requests_audited", n)
+        if not self.config.audit_trail_only:
+            self.counters.add("requests_sent", n)
+        self.counters.last = {"output_file": run.parameters["output_file"], "start_pulse_id": run.start,
+                              "stop_pulse_id": run.stop, "time": time.time()}
+
+    def _send_failed(self, outcome: Run, exc: Exception) -> Response:
+        if isinstance(exc, OSError):  # NOTE: F5: no audit line -> nothing sent
+            log.error("audit trail %s: %s; nothing sent", self.audit.path, exc)
+            return error(f"cannot write the audit trail {self.audit.path}: {exc}; nothing sent")
+        if isinstance(exc, zmq.Again):
+            log.error("request [%d, %d] not sent: no writer: %s", outcome.start, outcome.stop, exc)
+            return error(f"no writer took the request within {self.config.send_timeout_ms} ms: {exc}")
+        log.error("request [%d, %d] not sent", outcome.start, outcome.stop, exc_info=exc)
+        return error(f"request not sent: {type(exc).__name__}: {exc}")
 
 
 def notify_epics(url: str, request: dict[str, Any], parameters: dict[str, Any]) -> None:
@@ -103,13 +122,13 @@ def notify_epics(url: str, request: dict[str, Any], parameters: dict[str, Any]) 
 def create_app(broker: Broker) -> FastAPI:
     app = FastAPI(title="hidra-databuffer-broker", docs_url=None, redoc_url=None, openapi_url=None)
     lock = asyncio.Lock()  # NOTE: a stop awaits its send; no other request may change the state meanwhile
-    _state_routes(app, broker.state, lock)
+    _state_routes(app, broker.state, broker.counters, lock)
     _pulse_routes(app, broker, lock)
     _install_error_handlers(app)
     return app
 
 
-def _state_routes(app: FastAPI, state: BrokerState, lock: asyncio.Lock) -> None:
+def _state_routes(app: FastAPI, state: BrokerState, counters: Counters, lock: asyncio.Lock) -> None:
     @app.get("/status")
     async def status() -> Response:
         return ok(status=state.status)
@@ -119,6 +138,7 @@ def _state_routes(app: FastAPI, state: BrokerState, lock: asyncio.Lock) -> None:
         try:
             body = await request.json()
         except Exception as exc:
+            counters.add("refused")
             return error(f"parameters: the body must be a JSON object ({type(exc).__name__}: {exc})")
         async with lock:
             try:
@@ -128,7 +148,9 @@ def _state_routes(app: FastAPI, state: BrokerState, lock: asyncio.Lock) -> None:
                     check_channels(body["channels"], "parameters 'channels'")
                 echo = state.set_parameters(body)
             except ValueError as exc:
+                counters.add("refused")
                 return error(str(exc))
+            counters.add("parameters")
             return ok(status=state.status, parameters=echo)
 
     @app.get("/stop")
@@ -153,9 +175,11 @@ def _pulse_routes(app: FastAPI, broker: Broker, lock: asyncio.Lock) -> None:
         try:
             number = pulse_id(value)
         except ValueError as exc:
+            broker.counters.add("refused")
             return error(str(exc))
         async with lock:
             broker.state.start_pulse(number)
+        broker.counters.add("starts")
         return Response()
 
     @app.put("/stop_pulse_id/{value}")
@@ -165,6 +189,7 @@ def _pulse_routes(app: FastAPI, broker: Broker, lock: asyncio.Lock) -> None:
             async with lock:
                 return await broker.stop_pulse(number)
         except (ValueError, StopError) as exc:
+            broker.counters.add("refused")
             return error(str(exc))
 
 

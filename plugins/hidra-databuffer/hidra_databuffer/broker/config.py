@@ -7,6 +7,8 @@ import logging
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from hidra_databuffer.api import BrokerRestConfig
+
 __all__ = ["DBW_AUDIT_FILE", "BrokerConfig"]
 
 #: DBW's audit trail; the broker checks at start-up that it can append to it
@@ -33,6 +35,8 @@ class BrokerConfig(BaseModel):
     data_backend: str = Field("sf-databuffer", description="backend of ordinary channels in the data-API request")
     image_backend: str = Field("sf-imagebuffer", description="backend of channels ending in ':FPICTURE'")
     camera_split: bool = Field(True, description="send camera channels in a second request to <name>.IMAGES.h5")
+    rest: BrokerRestConfig = Field(default_factory=BrokerRestConfig, description="hidra's REST API and Prometheus"
+                                   " /metrics of this broker, on a port of its own beside DBW's (rest_port)")
 
     @field_validator("log_level")
     @classmethod

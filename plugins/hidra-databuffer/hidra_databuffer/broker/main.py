@@ -6,6 +6,7 @@ Examples::
     hidra-databuffer-broker --rest_port 0 --output_port 0 --audit_file audit.log   # free ports, see the ready line
     hidra-databuffer-broker --audit_trail_only --audit_file audit.log               # record only, replay later
     hidra-databuffer-broker --config broker.yaml --set rest_port=8889 --log_level DEBUG
+    hidra-databuffer-broker --set rest.address=127.0.0.1:0    # hidra's API (/status, /metrics, ...) on a free port
 
     curl -X POST -d '{"general/created": "...", ..., "output_file": "/data/run1.h5"}' localhost:8888/parameters
     curl -X PUT localhost:8888/start_pulse_id/1000; curl -X PUT localhost:8888/stop_pulse_id/1100
@@ -17,6 +18,7 @@ allowed); broker.yaml::
     output_port: 12500
     audit_file: /var/log/sf_databuffer_audit.log
     channels_file: /etc/databuffer/channels.txt
+    rest: {address: "127.0.0.1:50090"}   # hidra's API beside DBW's; off loopback only with a token
 
 Precedence: defaults < --config file < --set KEY=VALUE < flags given on the command line.
 """
@@ -30,8 +32,11 @@ import time
 from pathlib import Path
 
 import uvicorn
-from hidra_core import ConfigError, load_model
+from typing import Any
 
+from hidra_core import ConfigError, HidraError, load_model
+
+from hidra_databuffer.api import start_api
 from hidra_databuffer.broker.app import Broker, create_app
 from hidra_databuffer.broker.audit import AuditTrail
 from hidra_databuffer.broker.config import BrokerConfig
@@ -118,18 +123,50 @@ def serve(config: BrokerConfig) -> None:
     """Run the broker until interrupted; ConfigError before anything listens if the setup is refused."""
     broker, rest = _open(config)
     host, port = rest.getsockname()[:2]
-    only = " (audit trail only: nothing is sent)" if config.audit_trail_only else ""
-    ready = (f"hidra databuffer broker ready: rest http://{host}:{port}, requests {broker.sender.endpoint}, "
-             f"audit {config.audit_file}{only}, {len(broker.channels)} channels")
-    log.info("%s", ready)
-    print(ready, flush=True)  # NOTE: scripts and tests read this line to find the ports
     level = "info" if config.log_level.upper() == "DEBUG" else "warning"
     server = uvicorn.Server(uvicorn.Config(create_app(broker), log_level=level, lifespan="off"))
     try:
-        server.run(sockets=[rest])
-    finally:
+        api = _start_api(config, broker, server, f"http://{host}:{port}")
+    except Exception:
         broker.sender.close()
         rest.close()
+        raise
+    only = " (audit trail only: nothing is sent)" if config.audit_trail_only else ""
+    ready = (f"hidra databuffer broker ready: rest http://{host}:{port}, requests {broker.sender.endpoint}, "
+             f"audit {config.audit_file}{only}, {len(broker.channels)} channels, api {api.url if api else 'off'}")
+    log.info("%s", ready)
+    print(ready, flush=True)  # NOTE: scripts and tests read this line to find the ports
+    try:
+        server.run(sockets=[rest])
+    finally:
+        if api is not None:
+            api.stop()
+        broker.sender.close()
+        rest.close()
+
+
+def _start_api(config: BrokerConfig, broker: Broker, server: uvicorn.Server, url: str) -> Any:
+    """hidra's API of this broker: POST /drain lets DBW's API answer what it is handling, then stops it; POST
+    /stop does not wait for open connections."""
+    counters = broker.counters
+
+    def drain() -> None:
+        counters.state = "draining"
+        server.should_exit = True
+
+    def stop() -> None:
+        counters.state = "stopping"
+        server.should_exit = server.force_exit = True
+
+    def snapshot() -> dict[str, Any]:
+        receiving = int(broker.state.status == "receiving")
+        out = counters.snapshot({"channels": len(broker.channels), "receiving": receiving})
+        out["statistics"]["status"] = broker.state.status
+        return out
+
+    where = {"rest": url, "requests": broker.sender.endpoint, "audit": str(config.audit_file),
+             "audit_trail_only": config.audit_trail_only, "channels": broker.channels}
+    return start_api("databuffer-broker", config.rest, config, where, snapshot, drain, stop)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         config = _config(args)
         logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         serve(config)
-    except ConfigError as exc:
+    except HidraError as exc:  # NOTE: a refused config, or a port taken
         print(f"hidra-databuffer-broker: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from hidra_databuffer.api import WriterRestConfig
 from hidra_databuffer.dbwriter.query import DEFAULT_DATA_API_URL
 
 __all__ = ["WriterConfig"]
@@ -36,6 +37,8 @@ class WriterConfig(BaseModel):
     status_endpoint: str | None = Field(
         None, description="publish one JSON write result per request (topic databuffer.write) on a PUB socket that"
         " connects here, where a monitor's SUB binds; every writer may use the same one (default: off)")
+    rest: WriterRestConfig = Field(default_factory=WriterRestConfig, description="hidra's REST API and Prometheus"
+                                   " /metrics of this writer")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="logging level (DEBUG, INFO, WARNING or ERROR)")
 

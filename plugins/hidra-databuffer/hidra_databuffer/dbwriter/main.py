@@ -15,6 +15,7 @@ writer.yaml is a YAML mapping with the argument names as keys ({"$env": NAME} an
     user_id: -1
     data_api_url: http://127.0.0.1:10300/query
     data_retrieval_delay: 10
+    rest: {address: "127.0.0.1:50091"}   # hidra's API (/status, /metrics, ...); default: a free port
 
 Precedence: defaults < --config file < --set KEY=VALUE < arguments given on the command line.
 
@@ -29,11 +30,13 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import Any
 
 import zmq
 
-from hidra_core import ConfigError, load_model
+from hidra_core import ConfigError, HidraError, load_model
 
+from hidra_databuffer.api import start_api
 from hidra_databuffer.dbwriter.config import WriterConfig
 from hidra_databuffer.dbwriter.query import SplitLimits
 from hidra_databuffer.dbwriter.service import WriterOptions, WriterService
@@ -103,19 +106,49 @@ def main(argv: list[str] | None = None) -> int:
                             split=SplitLimits(config.query_max_pulses, config.query_max_bytes,
                                               config.query_binary))
     context = zmq.Context()
+    api = None
     try:
         service = WriterService(context, config.connect_address, options, config.queue_size,
                                 config.status_endpoint)
+        drain = threading.Event()
+        try:
+            api = _start_api(config, service, stop, drain)
+        except HidraError:
+            service.close()  # NOTE: else context.term() waits for its sockets for ever
+            raise
         # NOTE: printed whatever the log level: scripts and tests wait for this line.
         print(f"hidra databuffer writer ready: pull {config.connect_address}, data api {config.data_api_url}, "
-              f"status {config.status_endpoint or 'off'}, pid {os.getpid()}", file=sys.stderr, flush=True)
-        service.serve(stop)
+              f"status {config.status_endpoint or 'off'}, api {api.url if api else 'off'}, pid {os.getpid()}",
+              file=sys.stderr, flush=True)
+        service.serve(stop, drain=drain)
     except zmq.ZMQError as exc:
         where = " or ".join(filter(None, [config.connect_address, config.status_endpoint]))
         raise SystemExit(f"hidra-databuffer-writer: cannot connect to {where}: {exc}") from None
+    except HidraError as exc:
+        raise SystemExit(f"hidra-databuffer-writer: {exc}") from None
     finally:
+        if api is not None:
+            api.stop()
         context.term()
     return 0
+
+
+def _start_api(config: WriterConfig, service: WriterService, stop: threading.Event, drain: threading.Event) -> Any:
+    """hidra's API of this writer: POST /drain finishes the request in hand, POST /stop also cuts short its
+    retrieval delay or retry wait (as SIGTERM does)."""
+    counters = service.counters
+
+    def on_drain() -> None:
+        counters.state = "draining"
+        drain.set()
+
+    def on_stop() -> None:
+        counters.state = "stopping"
+        stop.set()
+
+    where = {"pull": config.connect_address, "data_api": config.data_api_url, "results": config.status_endpoint}
+    return start_api("databuffer-writer", config.rest, config, where,
+                     lambda: counters.snapshot({"busy": int(service.busy)}), on_drain, on_stop)
 
 
 if __name__ == "__main__":

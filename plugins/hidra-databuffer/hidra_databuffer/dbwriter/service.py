@@ -20,6 +20,7 @@ import h5py
 import zmq
 from bsread.handlers.compact import Handler
 
+from hidra_databuffer.api import Counters
 from hidra_databuffer.dbwriter.errfile import write_err
 from hidra_databuffer.dbwriter.layout import RangeWriter, write_layout
 from hidra_databuffer.dbwriter.query import DEFAULT_DATA_API_URL, SplitLimits, query_parts
@@ -28,9 +29,12 @@ from hidra_databuffer.dbwriter.results import ResultPublisher, WriteResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEV_NULL", "WriterOptions", "WriterService", "execute", "handle", "write_file"]
+__all__ = ["COUNTERS", "DEV_NULL", "WriterOptions", "WriterService", "execute", "handle", "write_file"]
 
 DEV_NULL = "/dev/null"
+#: what a writer counts for hidra's ``GET /statistics`` and ``/metrics``
+COUNTERS = ("requests", "files_written", "files_failed", "requests_skipped", "requests_dropped", "channels_written",
+            "points_written", "bytes_written")
 
 
 @dataclass(frozen=True)
@@ -196,26 +200,59 @@ class WriterService:
             self._socket.close()
             raise
         self._handler = Handler()
+        self.counters = Counters(COUNTERS)
+        self.busy = False
 
-    def serve(self, stop: threading.Event, poll_ms: int = 200) -> None:
+    def serve(self, stop: threading.Event, poll_ms: int = 200, drain: threading.Event | None = None) -> None:
+        """Until ``stop`` (which also cuts short a retrieval delay or a retry's wait) or ``drain`` (which lets
+        the request in hand finish) is set."""
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not (drain is not None and drain.is_set()):
                 if not self._socket.poll(poll_ms):
                     continue
                 frames = self._socket.recv_multipart()
+                self.counters.add("requests")
                 try:
                     request = decode_message(self._handler, frames)
                 except RequestError as exc:
                     # NOTE: no output file is known, so there is no .err (§7): only the log has it.
                     log.error("undecodable writing request dropped: %s", exc)
+                    self.counters.add("requests_dropped")
                     continue
+                self.busy = True
                 result = handle(request, self.options, stop)
+                self.busy = False
+                self._count(result)
                 if self.results is not None:
                     self.results.publish(result)
         finally:
-            self._socket.close()
-            if self.results is not None:
-                self.results.close()
+            self.close()
+
+    def close(self) -> None:
+        self._socket.close()
+        if self.results is not None:
+            self.results.close()
+
+
+    def _count(self, result: WriteResult) -> None:
+        if result.output_file == DEV_NULL:
+            self.counters.add("requests_skipped")
+        elif not result.ok:
+            self.counters.add("files_failed")
+        else:
+            self.counters.add("files_written")
+            self.counters.add("channels_written", result.n_channels)
+            self.counters.add("points_written", result.n_points)
+            self.counters.add("bytes_written", _size(result.output_file))
+        self.counters.last = {"output_file": result.output_file, "ok": result.ok, "error": result.error,
+                              "elapsed_s": round(result.elapsed, 6), "time": time.time()}
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:  # NOTE: moved away already by whoever reads the files; the counter is best effort
+        return 0
 
 
 def _remove(path: str) -> None:
