@@ -5,6 +5,7 @@ the kernel's internal layout can change without breaking them.
 """
 from hidra_core._version import __version__
 from hidra_core.config import DriverChoice, load_model
+from hidra_core.counters import Counters
 from hidra_core.errors import ConfigError, DriverLoadFailure, HidraError, PathRefused, ProtocolError
 from hidra_core.host.kernel import create_driver
 from hidra_core.host.notify import Notifier, NotifyRelay
@@ -22,7 +23,8 @@ from hidra_core.types import (FILE, FRAME, KINDS, PULSE, SERIES_END, SERIES_STAR
 
 __all__ = [
     "FILE", "FRAME", "KINDS", "PULSE", "SERIES_END", "SERIES_START",
-    "ConfigError", "DriverChoice", "DriverLoadFailure", "EmptyConfig", "EventSource", "Fetcher", "FileEvent",
+    "ConfigError", "Counters", "DriverChoice", "DriverLoadFailure", "EmptyConfig", "EventSource", "Fetcher",
+    "FileEvent",
     "FileStat", "HidraError", "Ingest", "IngestError", "Notifier", "NotifyRelay", "PathRefused", "PluginHost",
     "PluginStatus", "ProtocolError",
     "SafeTree", "SourceChanged",

@@ -29,7 +29,7 @@ class RestServer:
     snapshots ``snapshot()`` returns; ``hurry`` stops the process without its drain (``POST /stop``)."""
 
     def __init__(self, process: Any, cfg: RestConfig, snapshot: Callable[[], Mapping[str, Any]],
-                 hurry: Callable[[], None], ledger_path: str | None = None) -> None:
+                 hurry: Callable[[], None], ledger_path: str | None = None, backfill: Any = None) -> None:
         self.key = f"{process.role}.rest.address"
         self._sock = _listen(cfg.address, self.key)
         host, port = self._sock.getsockname()[:2]
@@ -39,7 +39,8 @@ class RestServer:
         view = View(role=process.role, snapshot=snapshot, where=where(process),
                     uptime=lambda: time.monotonic() - started,
                     config=redacted(process.instance_config, process.role), drain=process.stop.set,
-                    stop=hurry, problems=self.problems, ledger_path=ledger_path, token=cfg.token is not None)
+                    stop=hurry, problems=self.problems, ledger_path=ledger_path, token=cfg.token is not None,
+                    backfill=backfill)
         self._app = Guard(create_app(view), cfg.token)
         self._server: Any = None
         self._thread: threading.Thread | None = None

@@ -109,6 +109,9 @@ class WatchdogEventSource(EventSource):
     def root(self) -> str:
         return self._tree.root
 
+    def scan(self, rel: str) -> Iterator[FileEvent]:
+        return self._tree.walk(rel)
+
     def open(self, context: object) -> None:
         native = InotifyObserver is not None and Observer is InotifyObserver
         # NOTE: full events: a file moved in from outside the tree is a move (complete), not a create.
@@ -193,7 +196,9 @@ class WatchdogEventSource(EventSource):
             self._overflowed = False
         if overflowed:
             self.overflows += 1
+            self.counters.add("overflows")
             log.warning("event queue overflowed (%d so far): rescanning %s", self.overflows, self._tree.root)
+            self.counters.add("rescans")
             self._scans.append(self._tree.walk())
         now = time.monotonic()
         if now >= self._next_root_check or any(what == "root" for what, _ in items):
