@@ -57,8 +57,13 @@ def _running_without_scan(pair: Any) -> Any:
     return sender
 
 
-def _sent(sender: Any) -> int:
-    return int(_get(f"{sender.rest_url()}/statistics")["counters"]["sent"])
+def _sent(sender: Any, n: int) -> int:
+    """The sender's count of files sent, once it reached ``n`` (its statistics are up to half a second old)."""
+    def sent() -> int:
+        return int(_get(f"{sender.rest_url()}/statistics")["counters"]["sent"])
+
+    wait_until(lambda: sent() >= n, 10, f"{n} files sent")
+    return sent()
 
 
 def test_backfill_sends_files_written_while_the_sender_was_down_once_and_again_nothing(storage_path):
@@ -75,7 +80,8 @@ def test_backfill_sends_files_written_while_the_sender_was_down_once_and_again_n
     again = _backfill(str(pair.source / "run1"), "--url", sender.rest_url(), "--no-progress")
     assert again.returncode == 0, again.stderr
     assert "30 stored before, 0 sent and stored" in again.stdout
-    assert _sent(sender) == 31  # each file once, and live.dat
+    assert _get(f"{sender.rest_url()}/backfill")["queued"]["files"] == 0  # NOTE: nothing went to the router
+    assert _sent(sender, 31) == 31  # each file once, and live.dat
 
 
 def test_backfill_interrupted_by_sigkill_of_the_cli_completes_when_run_again(storage_path):
@@ -103,7 +109,7 @@ def test_backfill_interrupted_by_sigkill_of_the_cli_completes_when_run_again(sto
     # NOTE: the command joins the sender's backfill, or (when that already ended) finds every file stored
     report = _get(f"{url}/backfill")
     assert report["state"] == "finished" and report["already"]["files"] + report["stored"]["files"] == 40
-    assert _sent(sender) == 40
+    assert _sent(sender, 40) == 40
 
 
 def test_backfill_of_a_directory_outside_the_source_tree_is_refused_naming_the_root(storage_path):
@@ -150,3 +156,19 @@ def test_backfill_help_example_as_typed(storage_path, tmp_path):
     out = _backfill(*[swap.get(arg, arg) for arg in argv])
     assert out.returncode == 0, out.stderr
     assert all(intact(pair.target, rel, size) for rel, size in files.items())
+
+
+def test_readme_backfill_line_as_typed(storage_path):
+    """The README's line, run where `hidra up` runs (the source is ./hidra-data/source); --url adds the port."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if line.startswith(".venv/bin/hidra backfill "))
+    argv = shlex.split(line.split("#")[0])[2:]
+    pair = storage_path
+    source = pair.base / "hidra-data" / "source"
+    files = _written_while_down(source / "run42", 6)
+    pair.start_receiver()
+    sender = pair.start_sender(NO_SCAN, f"sender.source.inotify.path={source}")
+    out = subprocess.run([sys.executable, "-m", "hidra_core", "backfill", *argv, "--url", sender.rest_url()],
+                         capture_output=True, text=True, timeout=120, cwd=pair.base)
+    assert out.returncode == 0, out.stderr
+    assert all(intact(pair.target, f"run42/{rel}", size) for rel, size in files.items())

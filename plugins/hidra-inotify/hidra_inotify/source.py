@@ -49,6 +49,8 @@ class InotifyEventSource(EventSource):
         self._inodes: dict[int, int] = {}  # watch descriptor -> inode, to tell a moved-away directory
         self._scans: deque[Iterator[FileEvent]] = deque()
         self.overflows = 0
+        for name in ("overflows", "rescans"):  # NOTE: at 0 from the start, so that a dashboard shows them
+            self.counters.add(name, 0)
 
     @property
     def root(self) -> str:

@@ -104,6 +104,8 @@ class WatchdogEventSource(EventSource):
         self._alarm = _OverflowAlarm(self)
         self.overflows = 0
         self.vanished = 0
+        for name in ("overflows", "rescans"):  # NOTE: at 0 from the start, so that a dashboard shows them
+            self.counters.add(name, 0)
 
     @property
     def root(self) -> str:
