@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from hidra_core.sender.backfill import MAX_PENDING
 from hidra_proc import intact, tree, wait_until, write_file
 
 pytestmark = pytest.mark.integration
@@ -110,6 +111,26 @@ def test_backfill_interrupted_by_sigkill_of_the_cli_completes_when_run_again(sto
     report = _get(f"{url}/backfill")
     assert report["state"] == "finished" and report["already"]["files"] + report["stored"]["files"] == 40
     assert _sent(sender, 40) == 40
+
+
+def test_backfill_stays_a_bounded_number_of_files_ahead_of_storage(storage_path):
+    """A tree larger than the backfill may hold unstored: the walk waits for storage, then completes."""
+    pair = storage_path
+    n = MAX_PENDING + 1500
+    for i in range(n):
+        (pair.source / "big" / f"d{i % 10}").mkdir(parents=True, exist_ok=True)
+        (pair.source / "big" / f"d{i % 10}" / f"f{i:05d}").write_bytes(b"x" * (i % 7))
+    pair.start_receiver().stop()  # NOTE: storage is down: nothing is stored until it comes back
+    sender = pair.start_sender(NO_SCAN)
+    url = sender.rest_url()
+    assert _post(f"{url}/backfill", json.dumps({"path": str(pair.source / "big")}).encode())[0] == 202
+    wait_until(lambda: _get(f"{url}/backfill")["queued"]["files"] == MAX_PENDING, 60, "the backfill at its bound")
+    report = _get(f"{url}/backfill")
+    assert report["state"] == "scanning" and report["pending"] == MAX_PENDING and report["found"]["files"] < n
+    pair.start_receiver()
+    done = _backfill(str(pair.source / "big"), "--url", url, "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert f"{n:,} files" in done.stdout and len(tree(pair.target / "big")) == n
 
 
 def test_backfill_of_a_directory_outside_the_source_tree_is_refused_naming_the_root(storage_path):
