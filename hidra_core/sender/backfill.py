@@ -86,6 +86,8 @@ class Backfill:
         self.stop = stop
         self.progress = Progress()
         self._pending: dict[str, tuple[FileEvent, int, float]] = {}  # file_id -> (event, size, queued at)
+        self._checked_at = 0.0
+        self._stopped = False  # the walk ended before the tree did: the sender stops
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -110,7 +112,7 @@ class Backfill:
             except NotImplementedError as exc:
                 raise BackfillRefused(409, str(exc)) from None
             self.progress = Progress(state="scanning", path=shown, started_at=time.time())
-            self._pending = {}
+            self._pending, self._stopped = {}, False
             self._thread = threading.Thread(target=self._main, args=(events,), name="hidra-backfill", daemon=True)
             self._thread.start()
             log.info("backfill of %s started", shown)
@@ -154,7 +156,7 @@ class Backfill:
             while self._pending and not self.stop.is_set():
                 self.stop.wait(_CHECK_S)
                 self._check(book)
-            p.state = "stopped" if self._pending else "finished"
+            p.state = "stopped" if self._pending or self._stopped else "finished"
         except Exception as exc:
             log.exception("backfill of %s failed", p.path)
             p.state, p.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -168,6 +170,7 @@ class Backfill:
         batch: list[tuple[FileEvent, int]] = []
         for event in events:
             if self.stop.is_set():
+                self._stopped = True
                 return
             size = _size(event)
             if size is None:
@@ -182,7 +185,7 @@ class Backfill:
     def _offer(self, batch: list[tuple[FileEvent, int]], book: Ledger) -> None:
         """Queue the files of ``batch`` the ledger does not hold as stored, once there is room."""
         book.commit()
-        known = book.states([event.file_id for event, _size in batch])
+        known = book.states([event.file_id for event, _size in batch if _sendable(event)])
         fresh = []
         for event, size in batch:
             row = known.get(event.file_id)
@@ -193,15 +196,25 @@ class Backfill:
         while fresh and len(self._pending) + len(fresh) > MAX_PENDING and not self.stop.is_set():
             self.stop.wait(_CHECK_S)
             self._check(book)
+        if self.stop.is_set():
+            self._stopped = True
+            return
         now = time.time()
         for event, size in fresh:
-            self._pending[event.file_id] = (event, size, now)
             self.progress.queued.add(size)
+            if _sendable(event):
+                self._pending[event.file_id] = (event, size, now)
+            else:  # NOTE: the router refuses it (logged, and listed by hidra ledger under its escaped name)
+                self._problem(event.file_id.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
+                              size, "name is not valid UTF-8")
         if fresh:
             self.handoff.put([event for event, _size in fresh])
+        if now >= self._checked_at + _CHECK_S:
+            self._check(book)  # NOTE: so that the progress moves while a long walk goes on
 
     def _check(self, book: Ledger) -> None:
         """Move the pending files that storage confirmed, or that ended otherwise, to their counts."""
+        self._checked_at = time.time()
         book.commit()
         rows = book.states(list(self._pending))
         for fid, (event, size, queued_at) in list(self._pending.items()):
@@ -219,6 +232,14 @@ class Backfill:
     def _problem(self, fid: str, size: int, reason: str) -> None:
         self.progress.problems.add(size)
         self.progress.recent_problems.append(f"{fid}: {reason}")
+
+
+def _sendable(event: FileEvent) -> bool:
+    try:
+        event.file_id.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _size(event: FileEvent) -> int | None:

@@ -127,6 +127,9 @@ def test_backfill_stays_a_bounded_number_of_files_ahead_of_storage(storage_path)
     wait_until(lambda: _get(f"{url}/backfill")["queued"]["files"] == MAX_PENDING, 60, "the backfill at its bound")
     report = _get(f"{url}/backfill")
     assert report["state"] == "scanning" and report["pending"] == MAX_PENDING and report["found"]["files"] < n
+    (pair.source / "other").mkdir()
+    status, answer = _post(f"{url}/backfill", json.dumps({"path": str(pair.source / "other")}).encode())
+    assert status == 409 and f"a backfill of {pair.source / 'big'} is running" in answer["detail"]
     pair.start_receiver()
     done = _backfill(str(pair.source / "big"), "--url", url, "--no-progress")
     assert done.returncode == 0, done.stderr
@@ -153,6 +156,20 @@ def test_backfill_of_a_directory_outside_the_source_tree_is_refused_naming_the_r
     assert _get(f"{url}/backfill")["state"] == "idle"
     assert not (pair.target / "secret.dat").exists() and not (pair.target / "escape").exists()
     assert "Traceback" not in sender.text()
+
+
+def test_backfill_names_a_file_the_sender_refuses_and_exits_1_after_sending_the_rest(storage_path):
+    pair = storage_path
+    files = _written_while_down(pair.source, 4)
+    with open(os.fsencode(pair.source / "run1") + b"/bad\xff.dat", "wb") as f:
+        f.write(b"a name that is not UTF-8")
+    pair.start_receiver()
+    sender = _running_without_scan(pair)
+    out = _backfill(str(pair.source / "run1"), "--url", sender.rest_url(), "--no-progress")
+    assert out.returncode == 1
+    assert "5 files" in out.stdout and "4 sent and stored, 1 problems" in out.stdout
+    assert "not sent: run1/bad\\xff.dat: name is not valid UTF-8" in out.stderr and "hidra ledger" in out.stderr
+    assert all(intact(pair.target, rel, size) for rel, size in files.items())
 
 
 def test_backfill_of_an_unreachable_sender_exits_1_naming_it(tmp_path):
