@@ -76,7 +76,8 @@ def _summary(report: dict[str, Any] | None, path: str) -> int:
               file=sys.stderr)
         return 1
     if report.get("path") != path:
-        print(f"hidra backfill: the sender now backfills {report.get('path')!r}, not {path}", file=sys.stderr)
+        print(f"hidra backfill: the sender no longer backfills {path} (it restarted, or started another one);"
+              " run the same command again: it sends only what is missing", file=sys.stderr)
         return 1
     found, already, stored, problems = (report[k] for k in ("found", "already", "stored", "problems"))
     print(f"backfill of {path}: {report['state']}: {found['files']:,} files ({found['bytes']:,} bytes) found,"

@@ -113,6 +113,30 @@ def test_backfill_interrupted_by_sigkill_of_the_cli_completes_when_run_again(sto
     assert _sent(sender, 40) == 40
 
 
+def test_backfill_cut_short_by_a_sigkill_of_the_sender_completes_after_its_restart(storage_path):
+    pair = storage_path
+    files = _written_while_down(pair.source, 30)
+    pair.start_receiver().stop()
+    sender = pair.start_sender(NO_SCAN)
+    url = sender.rest_url()
+    cli = subprocess.Popen([sys.executable, "-m", "hidra_core", "backfill", str(pair.source / "run1"), "--url", url,
+                            "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: _get(f"{url}/backfill")["queued"]["files"] == 30, 30, "the backfill queued every file")
+        sender.kill()  # NOTE: SIGKILL: the ledger holds what the sender had recorded, nothing more
+        _out, err = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.communicate(timeout=10)
+    assert cli.returncode == 1 and f"lost the sender at {url}" in err and "run the same command again" in err
+    pair.start_receiver()
+    sender = pair.start_sender(NO_SCAN)
+    done = _backfill(str(pair.source / "run1"), "--url", sender.rest_url(), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert all(intact(pair.target, rel, size) for rel, size in files.items())
+
+
 def test_backfill_stays_a_bounded_number_of_files_ahead_of_storage(storage_path):
     """A tree larger than the backfill may hold unstored: the walk waits for storage, then completes."""
     pair = storage_path
