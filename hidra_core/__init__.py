@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from hidra_core._version import __version__
 from hidra_core.config import DriverChoice, RestConfig, load_model
+from hidra_core.counters import Counters
 from hidra_core.errors import ConfigError, DriverLoadFailure, HidraError, PathRefused, ProtocolError
 from hidra_core.host.kernel import create_driver
 from hidra_core.host.notify import Notifier, NotifyRelay
@@ -28,7 +29,8 @@ from hidra_core.types import (FILE, FRAME, KINDS, PULSE, SERIES_END, SERIES_STAR
 
 __all__ = [
     "FILE", "FRAME", "KINDS", "PULSE", "SERIES_END", "SERIES_START",
-    "ConfigError", "DriverChoice", "DriverLoadFailure", "EmptyConfig", "EventSource", "Fetcher", "FileEvent",
+    "ConfigError", "Counters", "DriverChoice", "DriverLoadFailure", "EmptyConfig", "EventSource", "Fetcher",
+    "FileEvent",
     "FileStat", "HidraError", "Ingest", "IngestError", "Notifier", "NotifyRelay", "PathRefused", "PluginHost",
     "PluginStatus", "ProtocolError", "RecentProblems", "RestConfig", "RestServer", "RestView",
     "SafeTree", "SourceChanged",

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hidra_core.counters import Counters
 from hidra_core.errors import HidraError
 from hidra_core.types import FILE
 
@@ -85,6 +87,17 @@ class EventSource(ABC):
     def root(self) -> str | None:
         """The directory or URL events are relative to, if the source has one (used to guard the ledger)."""
         return None
+
+    @cached_property
+    def counters(self) -> Counters:
+        """What the source counts for ``/metrics`` (``self.counters.add("overflows")``), from any thread."""
+        return Counters()
+
+    def scan(self, rel: str) -> Iterator[FileEvent]:
+        """Every event the source would report for the files already below ``rel`` (a "/"-separated directory
+        below ``root``, "" for all), lazily: what ``hidra backfill`` sends. Called from a thread of its own, while
+        the source runs: it may only read the tree and the config. A source without a tree cannot backfill."""
+        raise NotImplementedError(f"the {type(self).__name__} source has no tree to backfill")
 
     @abstractmethod
     def open(self, context: zmq.Context) -> None:

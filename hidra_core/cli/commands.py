@@ -12,14 +12,14 @@ import sys
 import yaml
 
 from hidra_core.config import InstanceConfig, load_config
-from hidra_core.errors import ConfigError
+from hidra_core.errors import ConfigError, HidraError
 from hidra_core.host.build import check_config, check_separate, default_ledger_path, source_driver, source_key
 from hidra_core.host.drivers import discover, load_driver_class
 from hidra_core.host.notify import Notifier, NotifyRelay
 from hidra_core.host.supervise import STOP_MARGIN_S, supervise
 
-__all__ = ["clients", "config_check", "config_reference", "config_show", "ledger", "plugins", "receiver", "sender",
-           "up"]
+__all__ = ["backfill", "clients", "config_check", "config_reference", "config_show", "ledger", "plugins", "receiver",
+           "sender", "status", "up"]
 
 log = logging.getLogger(__name__)
 
@@ -146,21 +146,44 @@ def status(args: argparse.Namespace) -> int:
     """Show running processes from their REST API; exit 1 if one could not be asked."""
     from hidra_core.cli.status import run
 
-    urls = list(args.urls)
-    if not urls:
-        config = _load(args)
-        for rest in (config.sender.rest, config.receiver.rest):
-            if rest.enabled:
-                host, port = rest.address.rsplit(":", 1)
-                urls.append(f"http://{'127.0.0.1' if host in ('0.0.0.0', '*', '') else host}:{port}")
-    token = args.token
-    if args.token_file:
-        with open(args.token_file) as f:
-            token = f.read().strip()
+    urls = list(args.urls) or _rest_urls(args, "sender", "receiver")
     try:
-        return run(urls, token, args.watch, args.count)
+        return run(urls, _token(args), args.watch, args.count)
     except KeyboardInterrupt:
         return 0
+
+
+def backfill(args: argparse.Namespace) -> int:
+    """Send a tree that is already there through the running sender, with a progress bar."""
+    from hidra_core.cli.backfill import run
+
+    urls = [args.url] if args.url else _rest_urls(args, "sender")
+    if not urls:
+        raise HidraError("sender.rest is off in this config: give the running sender's REST URL with --url")
+    try:
+        return run(urls[0], _token(args), args.dir, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("hidra backfill: interrupted; the sender goes on with the backfill (hidra backfill again shows it)",
+              file=sys.stderr)
+        return 130
+
+
+def _rest_urls(args: argparse.Namespace, *roles: str) -> list[str]:
+    """The REST URLs of the config's ``roles`` where enabled (an address on every interface: loopback)."""
+    config, urls = _load(args), []
+    for role in roles:
+        rest = getattr(config, role).rest
+        if rest.enabled:
+            host, port = rest.address.rsplit(":", 1)
+            urls.append(f"http://{'127.0.0.1' if host in ('0.0.0.0', '*', '') else host}:{port}")
+    return urls
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file:
+        with open(args.token_file) as f:
+            return f.read().strip()
+    return str(args.token) if args.token else None
 
 
 def clients(args: argparse.Namespace) -> int:

@@ -57,6 +57,13 @@ _EPILOGS = {
         examples:
           hidra status                                    # this config's sender and receiver (their rest.address)
           hidra status http://detpc01:50080 http://storage01:50081 --token-file /etc/hidra/rest-token --watch 2""",
+    "backfill": """
+        examples:
+          hidra backfill /data/det1/run42     # through the local sender (sender.rest.address of the config)
+          hidra backfill /data/det1/run42 --url http://detpc01:50080 --token-file /etc/hidra/rest-token
+        Sends every file below DIR (inside the sender's source tree) that the sender's ledger does not hold as
+        stored, e.g. files written while the sender was down. Interrupted? The same command again sends only what
+        is still missing.""",
     "config": """
         examples:
           hidra config check sender.yaml --set sender.chunksize=4194304
@@ -82,6 +89,12 @@ def _workers(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, metavar="N",
                         help="run a group of N receiver processes on this host (receiver.workers=N), e.g. --workers 3:"
                         " worker i binds the data and confirmation ports + i, worker 0 alone the status port")
+
+
+def _token_options(parser: argparse.ArgumentParser) -> None:
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument("--token", help="bearer token (where the processes require one)")
+    token.add_argument("--token-file", metavar="FILE", help="read the bearer token from FILE")
 
 
 def _common(parser: argparse.ArgumentParser, config_required: bool = False) -> None:
@@ -150,13 +163,19 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     _common(st)
     st.add_argument("urls", nargs="*", metavar="URL",
                     help="REST URLs (default: sender.rest and receiver.rest of the config, where enabled)")
-    token = st.add_mutually_exclusive_group()
-    token.add_argument("--token", help="bearer token (where the processes require one)")
-    token.add_argument("--token-file", metavar="FILE", help="read the bearer token from FILE")
+    _token_options(st)
     st.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
                     help="refresh in place every SECONDS (default 2) until Ctrl-C, with rates")
     st.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N tables")
     st.set_defaults(func=commands.status)
+
+    bf = _command(subs, "backfill", "send a directory that is already there through the running sender")
+    _common(bf)
+    bf.add_argument("dir", metavar="DIR", help="directory inside the sender's source tree")
+    bf.add_argument("--url", help="the sender's REST URL (default: sender.rest.address of the config)")
+    _token_options(bf)
+    bf.add_argument("--no-progress", action="store_true", help="no progress bar; only the summary at the end")
+    bf.set_defaults(func=commands.backfill)
 
     plugins = _command(subs, "plugins", "list installed plugins, their distributions and load errors")
     plugins.set_defaults(func=commands.plugins)

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-__all__ = ["Instance", "fetch", "render", "run"]
+__all__ = ["Instance", "ask", "fetch", "render", "run"]
 
 _TIMEOUT_S = 2.0
 
@@ -27,16 +27,25 @@ class Instance:
     at: float = 0.0
 
 
+def ask(url: str, token: str | None, body: Any = None) -> Any:
+    """GET ``url`` (POST ``body`` as JSON, when given) with the bearer token; the answer's JSON. urllib's
+    ``HTTPError`` (an answer that is not 2xx) and ``URLError`` (no answer) go to the caller."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    data = None
+    if body is not None:
+        data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
+    request = urllib.request.Request(url, data=data, headers=headers, method="GET" if data is None else "POST")
+    with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as answer:
+        return json.loads(answer.read())
+
+
 def fetch(url: str, token: str | None) -> Instance:
     """The instance's status and statistics, or the reason it could not be asked."""
     base = url.rstrip("/")
     found = Instance(base, at=time.monotonic())
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         for name in ("status", "statistics"):
-            request = urllib.request.Request(f"{base}/{name}", headers=headers)
-            with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as answer:
-                setattr(found, name, json.loads(answer.read()))
+            setattr(found, name, ask(f"{base}/{name}", token))
     except urllib.error.HTTPError as exc:
         found.error = f"HTTP {exc.code}" + (" (a token is needed: --token)" if exc.code == 401 else "")
     except (urllib.error.URLError, OSError, ValueError) as exc:

@@ -2,7 +2,6 @@
 ``/metrics``) and what it is told (``POST /drain``, ``POST /stop``); the OpenAPI spec at ``/openapi.json``."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -13,7 +12,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 
 from hidra_core._version import __version__
-from hidra_core.rest.guard import DISCARD_AT_MOST, MAX_BODY
+from hidra_core.rest.backfill import backfill_routes
+from hidra_core.rest.guard import read_json
 from hidra_core.rest.metrics import CONTENT_TYPE, render_metrics
 from hidra_core.rest.page import add_page
 from hidra_core.rest.state import RecentProblems
@@ -40,6 +40,7 @@ class View:
     problems: RecentProblems
     ledger_path: str | None = None  # the sender's
     token: bool = False
+    backfill: Any = None  # the sender's (hidra_core.sender.backfill.Backfill)
 
 
 def create_app(view: View) -> FastAPI:
@@ -48,6 +49,8 @@ def create_app(view: View) -> FastAPI:
     _common_routes(app, view)
     if view.role == "sender":
         _sender_routes(app, view)
+    if view.backfill is not None:
+        backfill_routes(app, view.backfill)
     _document_token(app, view)
     add_page(app)
     return app
@@ -133,22 +136,7 @@ def _ledger_counts(path: str) -> dict[str, int]:
 
 async def _empty_body(request: Request) -> None:
     """The control routes take no arguments: nothing, or an empty JSON object; anything else is refused."""
-    body, size = b"", 0
-    async for chunk in request.stream():  # NOTE: a chunked body has no Content-Length for the guard to check
-        size += len(chunk)
-        if size <= MAX_BODY:
-            body += chunk
-        elif size > DISCARD_AT_MOST:
-            break
-    if size > MAX_BODY:
-        raise HTTPException(413, f"request body too large: at most {MAX_BODY} bytes")
-    if not body.strip():
-        return
-    try:
-        value = json.loads(body)
-    except ValueError as exc:
-        raise HTTPException(400, f"request body is not JSON: {exc}") from None
-    if value != {}:
+    if await read_json(request) not in (None, {}):
         raise HTTPException(400, "this route takes no arguments: send no body, or {}")
 
 

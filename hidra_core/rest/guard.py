@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import hmac
+import json
 from typing import Any, Awaitable, Callable, MutableMapping
 
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from hidra_core.rest.page import PUBLIC_PREFIX
 
-__all__ = ["DISCARD_AT_MOST", "MAX_BODY", "Guard"]
+__all__ = ["DISCARD_AT_MOST", "MAX_BODY", "Guard", "read_json"]
 
 #: largest request body accepted (no route takes more than an empty JSON object)
 MAX_BODY = 64 * 1024
@@ -69,3 +72,22 @@ async def _discard(receive: Receive) -> None:
         message = await receive()
         if message["type"] != "http.request" or not message.get("more_body", False):
             return
+
+
+async def read_json(request: Request) -> Any:
+    """The request's JSON body (None for none); 413 past ``MAX_BODY``, 400 for what is not JSON."""
+    body, size = b"", 0
+    async for chunk in request.stream():  # NOTE: a chunked body has no Content-Length for the guard to check
+        size += len(chunk)
+        if size <= MAX_BODY:
+            body += chunk
+        elif size > DISCARD_AT_MOST:
+            break
+    if size > MAX_BODY:
+        raise HTTPException(413, f"request body too large: at most {MAX_BODY} bytes")
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise HTTPException(400, f"request body is not JSON: {exc}") from None

@@ -8,6 +8,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hidra_core.counters import KEEP
+
 __all__ = ["CONTENT_TYPE", "render_metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -24,6 +26,8 @@ COUNTERS: dict[str, dict[str, tuple[str, str]]] = {
         "failed": ("hidra_sender_files_failed", "files the fetcher could not read"),
         "refused": ("hidra_sender_files_refused", "files refused (names that are not valid UTF-8)"),
         "lost": ("hidra_sender_files_lost", "in-memory data lost (hold full, or a stop before confirmation)"),
+        "fetch_retries": ("hidra_sender_fetch_retries", "fetcher calls tried again after a retryable error (EIO,"
+                          " ETIMEDOUT, ...)"),
     },
     "receiver": {
         "stored": ("hidra_receiver_files_stored", "files made durable (and confirmed)"),
@@ -48,6 +52,12 @@ GAUGES: dict[str, dict[str, tuple[str, str]]] = {
         "unfinished": ("hidra_receiver_unfinished_files", "files whose chunks are still arriving"),
         "commit_backlog": ("hidra_receiver_commit_backlog_files", "complete files waiting for their group commit"),
     },
+}
+#: the help of counters event sources keep (others get a generic one)
+SOURCE_COUNTERS = {
+    "overflows": "event queue overflows of the source (inotify's kernel queue, or the source's own)",
+    "rescans": "full rescans of the source tree (after an overflow)",
+    "frames_lost": f"frames a series skipped at the source (gaps in its image numbers), for the last {KEEP} series",
 }
 HISTOGRAMS = {
     "durable_latency_s": ("hidra_receiver_durable_latency_seconds", "time from a file's first chunk to its copy"
@@ -88,6 +98,7 @@ def _families(role: str, snapshot: Mapping[str, Any], ledger: Mapping[str, int] 
     for key, (name, doc) in HISTOGRAMS.items():
         if key in statistics:
             yield _histogram(name, doc, statistics[key])
+    yield from _source_families(statistics.get("source", {}))
     if "storage" in statistics:
         up = GaugeMetricFamily("hidra_sender_storage_up", "1 while the storage receiver (group member) is up",
                                labels=["member", "endpoint"])
@@ -100,6 +111,21 @@ def _families(role: str, snapshot: Mapping[str, Any], ledger: Mapping[str, int] 
             rows.add_metric([state], n)
         yield rows
     yield from _client_families(snapshot.get("clients"))
+
+
+def _source_families(counters: Mapping[str, Any]) -> Iterator[Metric]:
+    """What the event source counts (``EventSource.counters``): inotify overflows and rescans, frames lost per
+    series, ..."""
+    for key, value in counters.items():
+        doc = SOURCE_COUNTERS.get(key, f"what the event source counts as {key}")
+        if not isinstance(value, list):
+            yield CounterMetricFamily(f"hidra_sender_source_{key}", doc, value=value)
+            continue
+        labels = sorted(value[0]["labels"]) if value else []
+        family = CounterMetricFamily(f"hidra_sender_source_{key}", doc, labels=labels)
+        for entry in value:
+            family.add_metric([entry["labels"][label] for label in labels], entry["value"])
+        yield family
 
 
 def _client_families(clients: Mapping[str, Any] | None) -> Iterator[Metric]:

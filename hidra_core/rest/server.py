@@ -29,12 +29,13 @@ class RestServer:
     snapshots ``snapshot()`` returns; ``hurry`` stops the process without its drain (``POST /stop``)."""
 
     def __init__(self, process: Any, cfg: RestConfig, snapshot: Callable[[], Mapping[str, Any]],
-                 hurry: Callable[[], None], ledger_path: str | None = None) -> None:
+                 hurry: Callable[[], None], ledger_path: str | None = None, backfill: Any = None) -> None:
         started = time.monotonic()
         view = View(role=process.role, snapshot=snapshot, where=where(process),
                     uptime=lambda: time.monotonic() - started,
                     config=redacted(process.instance_config, process.role), drain=process.stop.set,
-                    stop=hurry, problems=RecentProblems(), ledger_path=ledger_path, token=cfg.token is not None)
+                    stop=hurry, problems=RecentProblems(), ledger_path=ledger_path, token=cfg.token is not None,
+                    backfill=backfill)
         self._listen(f"{process.role}.rest.address", cfg, view)
 
     @classmethod

@@ -29,7 +29,10 @@ def sender_snapshot(sender: Sender, state: str) -> dict[str, Any]:
     members = [{"member": m.index, "data": m.data, "up": m.index in link.live,
                 "receiver": m.receiver.decode(errors="replace") if m.receiver is not None else None,
                 "beacon_s_ago": round(now - m.beacon_at, 3) if m.beacon_at else None} for m in link.members]
-    statistics = {"counters": dict(sender.stats), "queued": len(sender._queue),
+    counters = dict(sender.stats)
+    # NOTE: the workers retry a stat or removal in place; the router, a read (the file is asked for again)
+    counters["fetch_retries"] += sum(lane.fetching.worker.retries for lane in sender.lanes)
+    statistics = {"counters": counters, "source": sender.source_counters.snapshot(), "queued": len(sender._queue),
                   "delayed": len(sender._delayed_events), "in_flight": len(link.in_flight),
                   "retrying": len(link.retrying), "held_bytes": sender.handoff.held,
                   "pipelines": pipelines, "storage": members}

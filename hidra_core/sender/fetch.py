@@ -100,6 +100,7 @@ class FetchWorker:
         self.rung = False  # a doorbell the router has not answered yet
         self.asked = False  # the router's doorbell, likewise
         self.starved = False  # idle for want of budget: only then do credits need to wake the worker
+        self.retries = 0  # fetcher calls tried again here (read by the router's snapshot)
         self._sock: zmq.Socket | None = None
         self.thread = threading.Thread(target=self._main, name="hidra-fetch", daemon=True)
 
@@ -180,6 +181,7 @@ class FetchWorker:
                     raise
                 log.warning("%s failed (%s), attempt %d of %d; retrying", getattr(call, "__name__", call), exc,
                             attempt + 1, _ATTEMPTS)
+                self.retries += 1
                 time.sleep(_BACKOFF_S * 2**attempt)  # NOTE: in the worker; the router loop goes on
         raise AssertionError("unreachable")
 

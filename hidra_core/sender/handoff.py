@@ -56,8 +56,9 @@ class Handoff:
 
     # -- the source thread ----------------------------------------------------------------------------
 
-    def put(self, events: list[FileEvent], bell: zmq.Socket) -> None:
-        """Hand events over in order; waits (``block``) or drops (``drop``) while the bound is reached."""
+    def put(self, events: list[FileEvent], bell: zmq.Socket | None = None) -> None:
+        """Hand events over in order; waits (``block``) or drops (``drop``) while the bound is reached. Without a
+        ``bell`` (a backfill's thread: the PAIR takes one peer) the router finds them at its next poll."""
         for event in events:
             cost = event.held_bytes
             with self._cond:
@@ -66,7 +67,8 @@ class Handoff:
                     self._events.append(event)
                 else:
                     self._drop(event)
-            _ring(bell)
+            if bell is not None:
+                _ring(bell)
 
     def _room(self, cost: int, event: FileEvent) -> bool:
         """Wait for room; False when the event must be dropped. NOTE: one event larger than the whole bound still

@@ -168,6 +168,16 @@ class Ledger:
                                " FROM files WHERE file_id=?", (file_id,)).fetchone()
         return LedgerRow(*row) if row else None
 
+    def states(self, file_ids: list[str]) -> dict[str, tuple[int, float, str | None]]:
+        """``file_id -> (state, updated, reason)`` of those of ``file_ids`` the ledger holds."""
+        out: dict[str, tuple[int, float, str | None]] = {}
+        for start in range(0, len(file_ids), 500):  # NOTE: SQLite limits the parameters of one statement
+            part = file_ids[start:start + 500]
+            rows = self._db.execute("SELECT file_id, state, updated, reason FROM files WHERE file_id IN"
+                                    f" ({','.join('?' * len(part))})", part)
+            out.update((fid, (state, updated, reason)) for fid, state, updated, reason in rows)
+        return out
+
     def mark_sent(self, event: FileEvent, size: int, mtime_ns: int, checksum: str, identity: str | None = None) -> None:
         # NOTE: SQLite integers are 64-bit; an mtime after 2262 is stored clamped (the identity keeps it exactly).
         mtime_ns = min(max(mtime_ns, _INT64[0]), _INT64[1])

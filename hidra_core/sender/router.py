@@ -25,6 +25,7 @@ from hidra_core.host.kernel import StopFlag
 from hidra_core.host.notify import Notifier
 from hidra_core.host.plugins import PluginHost
 from hidra_core.protocol.confirmation import HEARTBEAT_TOPIC
+from hidra_core.sender.backfill import Backfill
 from hidra_core.sender.clients.dispatch import ClientDispatcher
 from hidra_core.sender.fetch import Fetching
 from hidra_core.sender.handoff import Handoff
@@ -63,7 +64,9 @@ class Sender(Sending):
                                         authorize=host.authorize_receiver if host.has_authorizers else None)
         self.topic = f"{socket.getfqdn()}_{os.getpid()}".encode()
         self.stats = {"sent": 0, "bytes": 0, "confirmed": 0, "removed": 0, "resent": 0, "unconfirmed": 0,
-                      "failed": 0, "refused": 0, "lost": 0}
+                      "failed": 0, "refused": 0, "lost": 0, "fetch_retries": 0}
+        # NOTE: made here, in this thread, before the source's thread may count
+        self.source_counters = self.source.counters
         self._held: dict[str, int] = {}
         self._hold_warned_at = 0.0
         self._queue: deque[FileEvent] = deque()
@@ -79,6 +82,7 @@ class Sender(Sending):
         self._summarised = (0, 0, 0)  # stats sent, bytes and confirmed at the last summary
         self._removing = cfg.storage.remove_source == "after_confirmation"
         self.rest: Any = None  # the REST server (hidra_core.rest), None when sender.rest is off
+        self.backfill: Backfill | None = None  # POST /backfill (with the REST server)
         self.snapshot: dict[str, Any] = {}  # what the REST thread reads; replaced whole, never changed
         self._hurry = False  # POST /stop: stop without waiting for the drain
 
@@ -112,6 +116,8 @@ class Sender(Sending):
                 self.snapshot = sender_snapshot(self, "stopping")
                 self.rest.stop()
             source.join()
+            if self.backfill is not None:
+                self.backfill.join()
             self._close()
 
     def _start_rest(self) -> None:
@@ -124,7 +130,8 @@ class Sender(Sending):
             self.stop.set()
 
         self.snapshot = sender_snapshot(self, "starting")
-        self.rest = RestServer(self, self.config.rest, lambda: self.snapshot, hurry, self.ledger.path)
+        self.backfill = Backfill(self.source, self.handoff, self.ledger.path, self.stop)
+        self.rest = RestServer(self, self.config.rest, lambda: self.snapshot, hurry, self.ledger.path, self.backfill)
         self.rest.start()
 
     def _open_sockets(self) -> None:

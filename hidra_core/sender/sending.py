@@ -339,6 +339,7 @@ class Sending(Intake):
             attempt = self._retries.get(fid, 0) + 1
             if attempt < _READ_ATTEMPTS:
                 self._retries[fid] = attempt
+                self.stats["fetch_retries"] += 1
                 log.warning("%s: %s failed (%s); trying again (%d of %d)", fid, what, describe(exc), attempt + 1,
                             _READ_ATTEMPTS)
                 self._delay(event, force=True)

@@ -3,6 +3,7 @@
 back with h5py + hdf5plugin and compared with the frames the simulator generated."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -22,7 +23,7 @@ import pytest
 import zmq
 
 from hidra_eiger.sim.frames import FrameGenerator
-from hidra_proc import Hidra, receiver_overrides, wait_until
+from hidra_proc import Hidra, receiver_overrides, scrape, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -296,12 +297,9 @@ def _golden(fmt: str, series_id: int) -> Any:
     return Series(series_id, 7, fmt, "basic", cfg, "", "", False, ["threshold_1"], FrameGenerator(SHAPE, "uint16", 0))
 
 
-def test_hostile_messages_from_the_dcu_are_counted_and_reported_and_the_stream_goes_on(tmp_path):
-    """The test plays the DCU with its own PUSH socket: bad messages between and inside two good series."""
-    import cbor2
-
-    from hidra_eiger.sim import stream_v1, stream_v2
-
+@contextlib.contextmanager
+def _played_dcu(tmp_path: Path) -> Iterator[tuple[zmq.Socket, Path, Hidra, Hidra]]:
+    """The test's own PUSH socket playing the DCU, a sender reading it and a receiver with the hdf5 writer."""
     ctx = zmq.Context()
     dcu = ctx.socket(zmq.PUSH)
     dcu.linger = 0
@@ -321,6 +319,21 @@ def test_hostile_messages_from_the_dcu_are_counted_and_reported_and_the_stream_g
             f"sender.ledger.path={tmp_path / 'ledger.sqlite'}", "sender.clients.enabled=false"])
         procs.append(sender)
         sender.wait_ready()
+        yield dcu, target, sender, receiver
+    finally:
+        for proc in procs:
+            proc.kill()
+        dcu.close()
+        ctx.term()
+
+
+def test_hostile_messages_from_the_dcu_are_counted_and_reported_and_the_stream_goes_on(tmp_path):
+    """The test plays the DCU with its own PUSH socket: bad messages between and inside two good series."""
+    import cbor2
+
+    from hidra_eiger.sim import stream_v1, stream_v2
+
+    with _played_dcu(tmp_path) as (dcu, target, sender, receiver):
         v1, v2 = _golden("legacy", 1), _golden("cbor", 2)
         image = stream_v1.image_parts(v1, 0)
         bad_encoding = [image[0], json.dumps({**json.loads(image[1]), "encoding": "zstd<"}).encode(), *image[2:]]
@@ -354,8 +367,21 @@ def test_hostile_messages_from_the_dcu_are_counted_and_reported_and_the_stream_g
                       "truncated dimage-1.0"):
             assert words in log, f"the sender's log does not report {words!r}:\n{log}"
         assert sender.proc.poll() is None and receiver.proc.poll() is None
-    finally:
-        for proc in procs:
-            proc.kill()
-        dcu.close()
-        ctx.term()
+
+
+def test_frames_a_series_skipped_are_counted_per_series_in_metrics(tmp_path):
+    """The test plays the DCU: series 1 skips images 2, 6, 7 and 8 (a second client on the DCU's PUSH would take
+    them), series 2 is complete; /metrics counts the frames lost by series."""
+    from hidra_eiger.sim import stream_v1
+
+    with _played_dcu(tmp_path) as (dcu, target, sender, receiver):
+        first, second = _golden("legacy", 1), _golden("legacy", 2)
+        for series, images in ((first, (0, 1, 3, 4, 5, 9)), (second, range(10))):
+            dcu.send_multipart(stream_v1.header_parts(series))
+            for i in images:
+                dcu.send_multipart(stream_v1.image_parts(series, i))
+            dcu.send_multipart(stream_v1.end_parts(series))
+        wait_until(lambda: (target / "series_2.h5").exists(), 60, "both series stored")
+        wait_until(lambda: scrape(sender.rest_url()).get('hidra_sender_source_frames_lost_total{series="series_1"}')
+                   == 4, 10, "series 1's four lost frames in /metrics")
+        assert 'hidra_sender_source_frames_lost_total{series="series_2"}' not in scrape(sender.rest_url())

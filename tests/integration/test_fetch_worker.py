@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from hidra_proc import content, intact, sender_overrides, wait_until, write_file
+from hidra_proc import content, intact, scrape, sender_overrides, wait_until, write_file
 
 pytestmark = pytest.mark.integration
 
@@ -99,3 +99,17 @@ def test_a_fetcher_that_raises_costs_one_file_not_the_sender(storage_path, trap)
     for name, reason in (("boom-stat.dat", "RuntimeError: boom in stat"),
                          ("boom-read.dat", "RuntimeError: boom in read")):
         assert re.search(rf"failed .* {re.escape(name)}  \(.*{re.escape(reason)}\)", report.stdout), report.stdout
+
+
+def test_a_read_that_fails_once_counts_as_a_fetch_retry_in_metrics(storage_path, trap):
+    pair = storage_path
+    pair.start_receiver()
+    sender = pair.start_sender("sender.fetcher.type=trap")
+    write_file(pair.source / "fine.dat", 1000)
+    wait_until(lambda: intact(pair.target, "fine.dat", 1000), 30, "fine.dat")
+    assert scrape(sender.rest_url())["hidra_sender_fetch_retries_total"] == 0
+    write_file(pair.source / "flaky.dat", 2000)  # NOTE: its first read fails with EIO, the second succeeds
+    wait_until(lambda: intact(pair.target, "flaky.dat", 2000), 30, "flaky.dat, read again after EIO")
+    wait_until(lambda: scrape(sender.rest_url())["hidra_sender_fetch_retries_total"] == 1, 10,
+               "the retry in /metrics")
+    assert scrape(sender.rest_url())["hidra_sender_files_failed_total"] == 0

@@ -11,13 +11,12 @@ from typing import Any, Callable
 import pytest
 import requests
 import zmq
-from prometheus_client.parser import text_string_to_metric_families
 
 from hidra_core._version import __version__
 from hidra_core.protocol.confirmation import encode_heartbeat
 from hidra_core.sender.ledger import Ledger
-from hidra_proc import (Hidra, consecutive_free_ports, intact, receiver_overrides, sender_overrides, wait_until,
-                        write_file)
+from hidra_proc import (Hidra, consecutive_free_ports, intact, receiver_overrides, scrape, sender_overrides,
+                        wait_until, write_file)
 
 pytestmark = pytest.mark.integration
 
@@ -33,18 +32,6 @@ def _json(url: str, path: str) -> Any:
     answer = _get(url, path)
     assert answer.status_code == 200, answer.text
     return answer.json()
-
-
-def _metrics(url: str) -> dict[str, float]:
-    """sample name with its labels (``name{k="v"}``) -> value, parsed by prometheus-client's own parser."""
-    answer = _get(url, "/metrics")
-    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain"), answer.text
-    samples = {}
-    for family in text_string_to_metric_families(answer.text):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return samples
 
 
 def _move(pair: Any, sizes: dict[str, int]) -> None:
@@ -76,11 +63,11 @@ def test_every_endpoint_tells_what_was_moved(storage_path: Any) -> None:
     assert r_stats["counters"]["bytes"] == total and r_stats["unfinished"] == 0
     assert sum(r_stats["durable_latency_s"]["counts"]) == 20
 
-    metrics = _metrics(s_url)
+    metrics = scrape(s_url)
     assert metrics["hidra_sender_files_sent_total"] == 20 and metrics["hidra_sender_bytes_sent_total"] == total
     assert metrics["hidra_sender_files_confirmed_total"] == 20 and metrics["hidra_sender_in_flight_files"] == 0
     assert metrics['hidra_sender_ledger_files{state="confirmed"}'] == 20
-    r_metrics = _metrics(r_url)
+    r_metrics = scrape(r_url)
     assert r_metrics["hidra_receiver_files_stored_total"] == 20
     assert r_metrics["hidra_receiver_bytes_stored_total"] == total
     assert r_metrics['hidra_receiver_durable_latency_seconds_bucket{le="+Inf"}'] == 20

@@ -89,7 +89,7 @@ class EigerStreamSource(EventSource):
     def __init__(self, config: EigerStreamConfig) -> None:
         super().__init__(config)
         self._tracker = SeriesTracker(config.endpoint, config.relative_path, config.name_pattern,
-                                      config.verify_hash)
+                                      config.verify_hash, self.counters)
         self._sock: zmq.Socket | None = None
         self._pending: list[FileEvent] = []
 

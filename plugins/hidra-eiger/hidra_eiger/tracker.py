@@ -2,8 +2,9 @@
 
 One series is open at a time (the DCU streams one). Frames of another series, or before any header (a late
 join), are dropped and counted: their shape and encoding are known only from the header. Image numbers are
-expected to run 0, 1, 2, ... per series (both formats); a jump is counted as ``missing`` and warned about loudly,
-since the usual cause is a second client on the DCU's PUSH socket, which gets every other message.
+expected to run 0, 1, 2, ... per series (both formats); a jump is counted as ``missing`` (and as the series'
+``frames_lost`` in ``/metrics``) and warned about loudly, since the usual cause is a second client on the DCU's
+PUSH socket, which gets every other message.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from string import Template
 from typing import Any
 
-from hidra_core import FRAME, SERIES_END, SERIES_START, FileEvent
+from hidra_core import FRAME, SERIES_END, SERIES_START, Counters, FileEvent
 
 from hidra_eiger.messages import DecodeError, End, Header, Image, Message
 
@@ -47,8 +48,10 @@ class _Series:
 
 
 class SeriesTracker:
-    def __init__(self, endpoint: str, relative_path: str, name_pattern: str, verify_hash: bool) -> None:
+    def __init__(self, endpoint: str, relative_path: str, name_pattern: str, verify_hash: bool,
+                 counters: Counters) -> None:
         self.endpoint = endpoint
+        self.counters = counters  # the source's, for /metrics: frames lost per series
         self.relative_path = relative_path
         self.pattern = Template(name_pattern)
         self.verify_hash = verify_hash
@@ -136,6 +139,7 @@ class SeriesTracker:
             gap = image_id - cur.next_id
             cur.missing += gap
             self.stats["missing"] += gap
+            self.counters.add("frames_lost", gap, series=cur.key)
             self._warn_gap(cur, gap, image_id)
         cur.next_id = image_id + 1
         return True

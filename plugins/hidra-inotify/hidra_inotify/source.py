@@ -1,7 +1,8 @@
 """The ``inotify`` event source: every file closed after writing or moved into a directory tree.
 
 New subdirectories are watched and then scanned, so files created before their watch existed are not missed;
-an inotify queue overflow triggers a full rescan; files present at start-up are reported by the first polls.
+an inotify queue overflow triggers a full rescan (both counted for /metrics); files present at start-up are
+reported by the first polls.
 Duplicates (a file seen by a scan and an event) are harmless: the sender's ledger deduplicates.
 Symlinks are skipped (with a log line) however they arrive, by a scan or moved in; with ``follow_symlinks`` a
 link whose target is a regular file inside the tree is reported under the link's name.
@@ -48,6 +49,8 @@ class InotifyEventSource(EventSource):
         self._inodes: dict[int, int] = {}  # watch descriptor -> inode, to tell a moved-away directory
         self._scans: deque[Iterator[FileEvent]] = deque()
         self.overflows = 0
+        for name in ("overflows", "rescans"):  # NOTE: at 0 from the start, so that a dashboard shows them
+            self.counters.add(name, 0)
 
     @property
     def root(self) -> str:
@@ -57,7 +60,7 @@ class InotifyEventSource(EventSource):
         self._inotify = INotify()
         self._watch_tree("")
         if self.config.scan_at_start:
-            self._scans.append(self._scan(""))
+            self._scans.append(self.scan(""))
 
     def close(self) -> None:
         if self._inotify is not None:
@@ -89,7 +92,7 @@ class InotifyEventSource(EventSource):
             if self.config.recursive and mask & (_CREATE | _MOVED_TO):
                 child = f"{rel}/{name}" if rel else name
                 self._watch_tree(child)
-                self._scans.append(self._scan(child))
+                self._scans.append(self.scan(child))
         elif mask & (_CLOSE_WRITE | _MOVED_TO) and not (self.config.ignore and self._ignored(name)):
             if mask & _MOVED_TO and self._is_link(f"{rel}/{name}" if rel else name):
                 event = self._link_event(rel, name)
@@ -101,9 +104,11 @@ class InotifyEventSource(EventSource):
     def _handle_special(self, mask: int, wd: int) -> None:
         if mask & _Q_OVERFLOW:
             self.overflows += 1
+            self.counters.add("overflows")
             log.warning("inotify queue overflowed (%d so far): rescanning %s", self.overflows, self._root)
             self._watch_tree("")
-            self._scans.append(self._scan(""))
+            self.counters.add("rescans")
+            self._scans.append(self.scan(""))
         elif mask & _IGNORED:
             self._dirs.pop(wd, None)
             self._inodes.pop(wd, None)
@@ -183,8 +188,9 @@ class InotifyEventSource(EventSource):
             except (FileNotFoundError, NotADirectoryError):
                 continue
 
-    def _scan(self, rel: str) -> Iterator[FileEvent]:
-        """Every regular file below ``rel``, lazily, so a huge tree never sits in memory at once."""
+    def scan(self, rel: str) -> Iterator[FileEvent]:
+        """Every regular file below ``rel``, lazily, so a huge tree never sits in memory at once (the start-up
+        scan, new directories, rescans, and ``hidra backfill`` from a thread of its own)."""
         pending = [rel]
         while pending:
             current = pending.pop()

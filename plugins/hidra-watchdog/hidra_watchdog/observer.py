@@ -104,10 +104,15 @@ class WatchdogEventSource(EventSource):
         self._alarm = _OverflowAlarm(self)
         self.overflows = 0
         self.vanished = 0
+        for name in ("overflows", "rescans"):  # NOTE: at 0 from the start, so that a dashboard shows them
+            self.counters.add(name, 0)
 
     @property
     def root(self) -> str:
         return self._tree.root
+
+    def scan(self, rel: str) -> Iterator[FileEvent]:
+        return self._tree.walk(rel)
 
     def open(self, context: object) -> None:
         native = InotifyObserver is not None and Observer is InotifyObserver
@@ -193,7 +198,9 @@ class WatchdogEventSource(EventSource):
             self._overflowed = False
         if overflowed:
             self.overflows += 1
+            self.counters.add("overflows")
             log.warning("event queue overflowed (%d so far): rescanning %s", self.overflows, self._tree.root)
+            self.counters.add("rescans")
             self._scans.append(self._tree.walk())
         now = time.monotonic()
         if now >= self._next_root_check or any(what == "root" for what, _ in items):

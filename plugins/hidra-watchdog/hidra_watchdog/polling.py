@@ -102,6 +102,9 @@ class PollingEventSource(EventSource):
     def root(self) -> str:
         return self._tree.root
 
+    def scan(self, rel: str) -> Iterator[FileEvent]:
+        return self._tree.walk(rel)
+
     def open(self, context: object) -> None:
         now = time.monotonic()
         self._last, self._next_check = now, now + self.config.interval_s
