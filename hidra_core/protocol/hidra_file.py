@@ -73,7 +73,7 @@ def decode_data(frames: Sequence[Any]) -> DataMessage:
         raise ProtocolError(f"a data message has 2 frames, got {len(frames)}")
     try:
         meta = json.loads(bytes(frames[0]))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # NOTE: RecursionError: nested too deeply
         raise ProtocolError(f"metadata frame is not JSON: {exc}") from None
     if not isinstance(meta, dict):
         raise ProtocolError("metadata frame is not a JSON object")

@@ -66,7 +66,7 @@ class SignalHandler:
         try:
             version, appid, signal = (f.decode() for f in frames[:3])
             targets = json.loads(frames[3])
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # NOTE: RecursionError: nested too deeply
             raise _Invalid(f"undecodable frames: {exc}") from None
         if not isinstance(targets, list) or not all(
                 isinstance(t, list) and t and isinstance(t[0], str) and ":" in t[0] for t in targets):
