@@ -3,13 +3,15 @@ names at and past the file-system limits, invalid UTF-8."""
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-#: every codec test: bounded, no example database written into the checkout, no per-example deadline (2 busy cores)
-FUZZ = settings(max_examples=150, deadline=None, database=None,
+#: every codec test: bounded (HIDRA_FUZZ_EXAMPLES raises it for a long hunt), no example database written into
+#: the checkout, no per-example deadline (2 busy cores)
+FUZZ = settings(max_examples=int(os.environ.get("HIDRA_FUZZ_EXAMPLES", "150")), deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 #: byte strings that are not UTF-8: a lone continuation byte, a truncated sequence, an overlong form, a surrogate
