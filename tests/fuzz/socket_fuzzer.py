@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import zmq
 
-__all__ = ["Mutator", "files_outside", "memory_kib", "push", "request"]
+__all__ = ["Mutator", "RawPeer", "files_outside", "memory_kib", "push", "request"]
 
 LOOPBACK = "tcp://127.0.0.1:"
 INVALID_UTF8 = [b"\x80", b"\xc3(", b"\xe2\x82", b"\xc0\xaf", b"\xed\xa0\x80", b"\xff\xfe"]
@@ -48,7 +49,7 @@ class Mutator:
             roll = self.rng.random()
             if roll < 0.005:  # NOTE: a few big frames: memory must come back after them
                 msg.insert(self.rng.randrange(len(msg) + 1), self._big[:self.rng.randrange(self.big_frame)])
-            elif roll < 0.1:
+            elif roll < 0.2:
                 msg.append(os.urandom(65536))
             yield msg
 
@@ -177,6 +178,37 @@ def request(context: zmq.Context, endpoint: str, messages: Iterable[list[bytes]]
 
 def _short(msg: list[bytes]) -> str:
     return repr([f[:60] for f in msg])
+
+
+class RawPeer:
+    """A ZMTP 3.0 peer over a plain TCP socket (NULL mechanism): sends frames libzmq's own sockets would not, and
+    keeps no state of its own (a libzmq SUB keeps a trie of its subscriptions too, as big as the publisher's)."""
+
+    def __init__(self, endpoint: str, socket_type: bytes) -> None:
+        assert endpoint.startswith(LOOPBACK), endpoint
+        self.sock = socket.create_connection(("127.0.0.1", int(endpoint.rpartition(":")[2])), timeout=30)
+        greeting = b"\xff" + b"\x00" * 8 + b"\x7f" + bytes([3, 0]) + b"NULL".ljust(20, b"\x00") + b"\x00" * 32
+        self.sock.sendall(greeting)
+        ready = b"\x05READY" + b"\x0bSocket-Type" + len(socket_type).to_bytes(4, "big") + socket_type
+        self.sock.sendall(b"\x04" + bytes([len(ready)]) + ready)
+
+    def send(self, frames: list[bytes]) -> bool:
+        """Send one message; False once the peer has closed the connection."""
+        out = bytearray()
+        for n, frame in enumerate(frames):
+            more = 1 if n < len(frames) - 1 else 0
+            if len(frame) < 256:
+                out += bytes([more, len(frame)]) + frame
+            else:
+                out += bytes([more | 2]) + len(frame).to_bytes(8, "big") + frame
+        try:
+            self.sock.sendall(out)
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def memory_kib(pid: int) -> int:

@@ -23,7 +23,7 @@ from hidra_core import Ingest, ingest
 from hidra_core.errors import ProtocolError
 from hidra_core.protocol import encode_metadata
 from integration.hidra_proc import Hidra, content, intact, receiver_overrides, sender_overrides, wait_until
-from socket_fuzzer import Mutator, files_outside, memory_kib, push, request
+from socket_fuzzer import Mutator, RawPeer, files_outside, memory_kib, push, request
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -125,8 +125,12 @@ def _check_barrage(rig: Rig, proc: Hidra, send: Any) -> Any:
     before = memory_kib(proc.proc.pid)
     result = send()
     rig.serves()
-    grown = memory_kib(proc.proc.pid) - before
-    assert grown < RSS_BOUND_KIB, f"{proc.role} grew by {grown} KiB during the barrage"
+    peak = memory_kib(proc.proc.pid)
+    # NOTE: what is still queued in ZeroMQ or freed but not yet trimmed comes back a moment later; a leak does not
+    wait_until(lambda: memory_kib(proc.proc.pid) - before < RSS_BOUND_KIB, 30,
+               f"the {proc.role}'s memory to come back within {RSS_BOUND_KIB} KiB of the {before} KiB before the"
+               f" barrage (it was {peak} KiB after it)")
+    print(f"RSS of the {proc.role}: {before} KiB before, {peak} after, {memory_kib(proc.proc.pid)} KiB settled")
     assert files_outside(rig.base, rig.allowed()) == before_files == set()
     return result
 
@@ -165,6 +169,20 @@ def test_receiver_confirmation_socket_survives_hostile_subscriptions(rig):
             if len(msg) % 2:
                 sub.unsubscribe(topic)
         sub.close()
+
+    _check_barrage(rig, rig.receiver, subscribe)
+
+
+def test_receiver_does_not_keep_huge_subscriptions_to_its_confirmations(rig):
+    """libzmq keeps about 24 bytes per subscribed byte: 300 subscriptions of 64 KiB used to add 450 MiB."""
+    def subscribe() -> None:
+        peer = RawPeer(rig.receiver.endpoints()[1], b"SUB")
+        try:
+            for _ in range(300):
+                if not peer.send([b"\x01" + os.urandom(65536)]):
+                    break  # the receiver dropped this subscriber: what the fix does
+        finally:
+            peer.close()
 
     _check_barrage(rig, rig.receiver, subscribe)
 
