@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 from hypothesis import given
@@ -55,7 +56,7 @@ def test_decode_data_of_almost_valid_metadata_is_a_message_or_a_protocol_error(m
 
 @FUZZ
 @given(st.fixed_dictionaries({"filename": st.text(min_size=1, max_size=30), "relative_path": st.text(max_size=30),
-                              "filesize": st.integers(0, 2**40), "chunksize": st.integers(1, 2**31),
+                              "filesize": st.integers(0, 2**40), "chunksize": st.integers(64, 2**31),
                               "chunk_number": st.integers(0, 2**20), "last_chunk": st.booleans(),
                               "htype": st.sampled_from(sorted(HTYPES.values())), "metadata": st.dictionaries(
                                   st.text(max_size=5), json_values, max_size=3)}), st.binary(max_size=64))
@@ -198,3 +199,51 @@ def test_ingest_decode_reads_back_what_encode_wrote(op, fields, data):
 def test_ingest_op_that_is_a_list_or_an_object_is_a_protocol_error(op):
     with pytest.raises(ProtocolError, match="unknown op"):
         ingest.decode([json.dumps({"v": 1, "op": op, "file": 1}).encode()])
+
+
+def _chunk(payload: bytes, **fields) -> list[bytes]:
+    meta = {"htype": "hidra-file-1.0", "filename": "a.bin", "relative_path": "", "filesize": 20, "chunksize": 10,
+            "chunk_count": 2, "chunk_number": 0, **fields}
+    return [encode_metadata(meta), payload]
+
+
+@pytest.mark.parametrize("payload, fields, problem", [
+    (b"x" * 11, {}, "chunk 0 has 11 bytes, more than its chunksize 10"),
+    (b"x" * 10, {"chunk_number": 2}, "chunk number 2 is out of range: chunk_count is 2"),
+    (b"x" * 10, {"chunk_number": 2**63, "chunk_count": 1}, "out of range: chunk_count is 1"),
+])
+def test_chunk_larger_than_its_chunksize_or_beyond_its_chunk_count_is_refused_before_it_is_written(
+        payload, fields, problem):
+    with pytest.raises(ProtocolError, match=re.escape(problem)):
+        decode_data(_chunk(payload, **fields))
+
+
+def test_long_path_of_many_components_is_refused_in_linear_time():
+    # NOTE: 1 MiB of "a/": quoting the whole path once per component was quadratic (10 minutes for this one)
+    with pytest.raises(PathRefused, match=r"is 1048578 bytes; the file system allows 4095") as err:
+        split_checked("a/" * (1 << 19), "x")
+    assert len(str(err.value)) < 1000
+
+
+@pytest.mark.parametrize("frames_", [
+    [b"4.4.3", b"1", b"\x00" * (64 << 20), b"[]"],
+    [b"4.4.3", b"1", b"START_STREAM", json.dumps([["localhost:" + "9" * (64 << 20)]]).encode()],
+])
+def test_com_refusal_of_a_huge_signal_quotes_only_its_start(frames_, caplog):
+    caplog.set_level("INFO")
+    assert _signal_handler().handle(frames_, "127.0.0.1") == [b"NO_VALID_SIGNAL"]
+    assert "NO_VALID_SIGNAL" in caplog.text and len(caplog.text) < 2000
+
+
+def test_data_message_with_a_huge_field_is_refused_with_a_short_message():
+    with pytest.raises(ProtocolError, match=r"field 'series' must be a string, got \[") as err:
+        decode_data([encode_metadata({"filename": "a", "series": [0] * (1 << 20)}), b""])
+    assert len(str(err.value)) < 1000
+
+
+@pytest.mark.parametrize("socket_id", ["localhost:²", "localhost:" + "9" * 5000, "localhost:123456"])
+def test_socket_id_with_a_port_that_is_no_port_is_refused_as_no_valid_signal(socket_id, caplog):
+    reply = _signal_handler().handle([b"4.4.3", b"1", b"STOP_STREAM", json.dumps([[socket_id]]).encode()],
+                                     "127.0.0.1")
+    assert reply == [b"NO_VALID_SIGNAL"]
+    assert "failed" not in caplog.text

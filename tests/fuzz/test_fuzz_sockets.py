@@ -258,3 +258,41 @@ def test_ingest_socket_answers_every_malformed_message_with_an_error(rig):
     # NOTE: the source decodes with the same codec: exactly the messages it cannot decode get "malformed" back
     malformed = sum(_undecodable(m) for m in messages) + 1
     assert len([e for e in errors if e["error"].startswith("malformed message")]) == malformed
+
+
+GIB = 1 << 30
+
+
+@pytest.fixture(scope="module")
+def gigabyte() -> bytes:
+    if os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") < 6 * GIB:
+        pytest.skip("a 1 GiB frame needs about 6 GiB of free memory (this process, the peer's copy, its decoding)")
+    return bytes(GIB)
+
+
+def test_one_gigabyte_frame_to_every_socket_type(rig, gigabyte):
+    """One real 1 GiB frame to each kind of socket: PULL (receiver data, sender requests), REP (status, com,
+    control shim), ROUTER (ingest), PUB (a subscription): everyone survives, answers and gives the memory back."""
+    big = zmq.Frame(gigabyte)
+    meta = _data_templates()[0][0]
+    _check_barrage(rig, rig.receiver, lambda: push(
+        rig.context, rig.data, zmq.PUSH, [[big, b""], [meta, big]],
+        until=lambda: f"chunk 0 has {GIB} bytes, more than its chunksize 10" in rig.receiver.text()))
+    for proc, endpoint, message in ((rig.receiver, rig.status, [big]),
+                                    (rig.sender, rig.com, [b"4.4.3", b"1", big, b"[]"]),
+                                    (rig.sender, rig.shim, [b"get", b"x", big, b"com_port"])):
+        replies = _check_barrage(rig, proc, lambda: request(rig.context, endpoint, [message], timeout_s=120))
+        assert replies[0][1][0] in (b"ERROR", b"NO_VALID_SIGNAL"), replies[0][1]
+    _check_barrage(rig, rig.sender, lambda: push(rig.context, rig.request, zmq.PUSH, [[b"NEXT", big]]))
+    errors: list[bytes] = []
+    _check_barrage(rig, rig.ingest_sender, lambda: push(
+        rig.context, rig.ingest, zmq.DEALER, [[big], [ingest.encode(ingest.WRITE, file=9, offset=0), big]],
+        lambda frames: errors.append(frames[0]), until=lambda: len(errors) >= 2))
+    assert all(b'"op":"error"' in e for e in errors), errors
+
+    def subscribe() -> None:
+        peer = RawPeer(rig.receiver.endpoints()[1], b"SUB")
+        peer.send([b"\x01" + gigabyte])
+        peer.close()
+
+    _check_barrage(rig, rig.receiver, subscribe)
