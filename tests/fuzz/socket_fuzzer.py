@@ -177,7 +177,7 @@ def request(context: zmq.Context, endpoint: str, messages: Iterable[list[bytes]]
 
 
 def _short(msg: list[bytes]) -> str:
-    return repr([f[:60] for f in msg])
+    return repr([bytes(f)[:60] for f in msg])
 
 
 class RawPeer:

@@ -280,7 +280,7 @@ def test_one_gigabyte_frame_to_every_socket_type(rig, gigabyte):
         until=lambda: f"chunk 0 has {GIB} bytes, more than its chunksize 10" in rig.receiver.text()))
     for proc, endpoint, message in ((rig.receiver, rig.status, [big]),
                                     (rig.sender, rig.com, [b"4.4.3", b"1", big, b"[]"]),
-                                    (rig.sender, rig.shim, [b"get", b"x", big, b"com_port"])):
+                                    (rig.sender, rig.shim, [b"get", b"x", b"det", big])):
         replies = _check_barrage(rig, proc, lambda: request(rig.context, endpoint, [message], timeout_s=120))
         assert replies[0][1][0] in (b"ERROR", b"NO_VALID_SIGNAL"), replies[0][1]
     _check_barrage(rig, rig.sender, lambda: push(rig.context, rig.request, zmq.PUSH, [[b"NEXT", big]]))
