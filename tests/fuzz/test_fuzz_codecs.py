@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from fuzz_strategies import DEEP_JSON, FUZZ, INVALID_UTF8, frames, hostile_bytes, json_frame, json_values, names
 from hidra_core import ingest
+from hidra_core.client._assembly import Reassembler
+from hidra_core.client.errors import ChecksumError
 from hidra_core.errors import PathRefused, ProtocolError
 from hidra_core.paths import split_checked
 from hidra_core.protocol import HTYPES, DataMessage, decode_data, encode_metadata
@@ -247,3 +249,21 @@ def test_socket_id_with_a_port_that_is_no_port_is_refused_as_no_valid_signal(soc
                                      "127.0.0.1")
     assert reply == [b"NO_VALID_SIGNAL"]
     assert "failed" not in caplog.text
+
+
+@FUZZ
+@given(st.lists(json_frame(data_metadata).map(lambda m: [m]) | frames(3), max_size=8), st.booleans())
+def test_client_reassembly_takes_any_message_sequence(messages, drop_corrupt):
+    assembler = Reassembler(drop_corrupt=drop_corrupt)
+    for frames_ in messages:
+        msg = frames_ + [b"0123456789"] if len(frames_) == 1 else frames_
+        try:
+            assembler.feed(msg)
+        except ChecksumError:
+            assert not drop_corrupt
+
+
+@pytest.mark.parametrize("raw", DEEP_JSON)
+def test_client_reassembly_drops_metadata_nested_too_deeply(raw):
+    assembler = Reassembler()
+    assert assembler.feed([raw, b""]) is None and assembler.dropped == 1
