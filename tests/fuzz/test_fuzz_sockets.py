@@ -188,6 +188,22 @@ def test_receiver_does_not_keep_huge_subscriptions_to_its_confirmations(rig):
     _check_barrage(rig, rig.receiver, subscribe)
 
 
+@pytest.mark.parametrize("socket_name, socket_type, message", [
+    ("request", b"PUSH", [b"NEXT", b"localhost:" + b"1" * 100_000]),
+    ("confirmations", b"SUB", [b"\x01" + b"t" * 100_000]),
+])
+def test_oversized_message_to_a_control_socket_drops_the_connection(rig, socket_name, socket_type, message):
+    endpoint = rig.request if socket_name == "request" else rig.receiver.endpoints()[1]
+    peer = RawPeer(endpoint, socket_type)
+    try:
+        peer.sock.settimeout(10)
+        assert peer.send(message)
+        assert peer.closed_by_peer(), f"the {socket_name} socket kept a peer that sent {len(message[-1])} bytes"
+    finally:
+        peer.close()
+    rig.serves()
+
+
 SIGNAL_REPLIES = {b"NO_VALID_SIGNAL", b"VERSION_CONFLICT", b"NO_VALID_HOST", b"NO_OPEN_CONNECTION_FOUND",
                   b"STORING_DISABLED", b"GET_VERSION", b"HIDRA_STATUS", b"START_STREAM", b"START_STREAM_METADATA",
                   b"START_QUERY_NEXT", b"START_QUERY_NEXT_METADATA", b"STOP_STREAM", b"STOP_STREAM_METADATA",
@@ -210,7 +226,7 @@ def test_sender_com_socket_answers_every_malformed_signal(rig):
 def test_sender_request_socket_survives_malformed_requests(rig):
     templates = [[b"NEXT", b"localhost:50123"], [b"CANCEL", b"localhost:50123"]]
     sent = _check_barrage(rig, rig.sender, lambda: push(rig.context, rig.request, zmq.PUSH,
-                                                        Mutator(templates).messages(MESSAGES)))
+                                                        Mutator(templates, big=False).messages(MESSAGES)))
     assert sent == MESSAGES
 
 
