@@ -5,9 +5,9 @@ error, memory came back within ``RSS_BOUND_KIB`` and nothing was written outside
 
 RSS bound: each barrage carries about 275 MiB (a fifth of the messages bring a 64 KiB frame, one in 200 a frame
 of up to 4 MiB), so a process that kept what it was sent would grow past 200 MiB; what it may legitimately keep
-is malloc arenas holding freed frames, ZeroMQ buffers and caches of the host names in com requests: measured 0-10
-MiB for most sockets, 60-125 MiB after the sender's request socket queued up to 10,000 messages (its high-water
-mark). Memory is read until it settles (deadline 30 s), so what is only still queued is not counted as kept.
+is malloc arenas holding freed frames, ZeroMQ buffers and caches of the host names in com requests: measured 0-11
+MiB per barrage (before the request port had a message size limit, 60-125 MiB stayed after its 10,000-message
+queue had been full). Memory is read until it settles (deadline 30 s): what is only still queued is not kept.
 """
 from __future__ import annotations
 
