@@ -1,7 +1,24 @@
 """Exceptions the kernel raises; each message names what is wrong and where."""
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DriverLoadFailure", "HidraError", "PathRefused", "ProtocolError"]
+from typing import Any
+
+__all__ = ["ConfigError", "DriverLoadFailure", "HidraError", "PathRefused", "ProtocolError", "shown"]
+
+#: characters of a peer's value that an error message quotes
+SHOWN = 200
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to about ``SHOWN`` characters, for error messages about what a peer sent.
+
+    # NOTE: a text or bytes value is cut before ``repr``: a 1 GiB name would otherwise make a 4 GiB message
+    (a log line, a reply), and an error message must not cost more than the bad input.
+    """
+    if isinstance(value, (str, bytes)) and len(value) > SHOWN:
+        return f"{value[:SHOWN]!r}... ({len(value)} {'characters' if isinstance(value, str) else 'bytes'})"
+    text = repr(value)
+    return text if len(text) <= SHOWN else f"{text[:SHOWN]}..."
 
 
 class HidraError(Exception):

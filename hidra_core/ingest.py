@@ -99,14 +99,14 @@ def decode(frames: list[Any]) -> IngestMessage:
         raise ProtocolError(f"header of {head.nbytes} bytes (at most {MAX_HEADER})")
     try:
         header = json.loads(bytes(head).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # NOTE: RecursionError: nested too deeply
         raise ProtocolError("header is not a UTF-8 JSON object") from None
     if not isinstance(header, dict):
         raise ProtocolError("header is not a JSON object")
     if header.get("v") != VERSION:
         raise ProtocolError(f"unsupported version {header.get('v')!r} (this side speaks {VERSION})")
     op = header.get("op")
-    if op not in _OPS:
+    if not isinstance(op, str) or op not in _OPS:  # NOTE: a list or an object is unhashable
         raise ProtocolError(f"unknown op {op!r}")
     ints, strs, data_frames = _OPS[op]
     for key in ints:

@@ -97,7 +97,7 @@ class Reassembler:
             return None
         try:
             meta = json.loads(_frame_bytes(frames[0]))
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # NOTE: RecursionError: nested too deeply
             self._drop(f"metadata frame is not JSON ({exc})")
             return None
         if not isinstance(meta, dict):

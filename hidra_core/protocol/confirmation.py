@@ -55,7 +55,7 @@ def decode_confirmation(frames: Sequence[bytes]) -> Confirmation:
         file_id = frames[1].decode()
         number = int(frames[2])
         proof = json.loads(frames[3]) if len(frames) == 4 else None
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # NOTE: RecursionError: nested too deeply
         raise ProtocolError(f"malformed confirmation: {exc}") from None
     checksum = proof.get("file_checksum") if isinstance(proof, dict) else None
     return Confirmation(file_id, number, checksum if isinstance(checksum, str) else None)

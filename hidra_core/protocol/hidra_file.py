@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from hidra_core.errors import ProtocolError
+from hidra_core.errors import ProtocolError, shown
 from hidra_core.types import FILE, FRAME, PULSE, SERIES_END, SERIES_START, file_id_of
 
 __all__ = ["ALIVE_TEST", "HTYPE", "HTYPES", "DataMessage", "UnknownType", "decode_data", "encode_metadata",
@@ -63,7 +63,7 @@ class UnknownType(ProtocolError):
 def _int_field(meta: Mapping[str, Any], key: str, minimum: int) -> int:
     value = meta.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ProtocolError(f"field {key!r} must be an integer >= {minimum}, got {value!r}")
+        raise ProtocolError(f"field {key!r} must be an integer >= {minimum}, got {shown(value)}")
     return value
 
 
@@ -73,30 +73,36 @@ def decode_data(frames: Sequence[Any]) -> DataMessage:
         raise ProtocolError(f"a data message has 2 frames, got {len(frames)}")
     try:
         meta = json.loads(bytes(frames[0]))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # NOTE: RecursionError: nested too deeply
         raise ProtocolError(f"metadata frame is not JSON: {exc}") from None
     if not isinstance(meta, dict):
         raise ProtocolError("metadata frame is not a JSON object")
     htype = meta.get("htype")
     kind = FILE if htype is None else _KINDS.get(htype) if isinstance(htype, str) else None
     if kind is None:
-        raise UnknownType(f"unknown message type (htype {htype!r}); this receiver knows {sorted(_KINDS)}")
+        raise UnknownType(f"unknown message type (htype {shown(htype)}); this receiver knows {sorted(_KINDS)}")
     series = meta.get("series", "")
     if not isinstance(series, str):
-        raise ProtocolError(f"field 'series' must be a string, got {series!r}")
+        raise ProtocolError(f"field 'series' must be a string, got {shown(series)}")
     if not isinstance(meta.get("metadata", {}), dict):
-        raise ProtocolError(f"field 'metadata' must be a JSON object, got {meta['metadata']!r}")
+        raise ProtocolError(f"field 'metadata' must be a JSON object, got {shown(meta['metadata'])}")
     filename = meta.get("filename")
     if not isinstance(filename, str):
-        raise ProtocolError(f"field 'filename' must be a string, got {filename!r}")
+        raise ProtocolError(f"field 'filename' must be a string, got {shown(filename)}")
     relative_path = meta.get("relative_path") or ""
     if not isinstance(relative_path, str):
-        raise ProtocolError(f"field 'relative_path' must be a string, got {relative_path!r}")
+        raise ProtocolError(f"field 'relative_path' must be a string, got {shown(relative_path)}")
     filesize = _int_field(meta, "filesize", 0)
     chunksize = _int_field(meta, "chunksize", 1)
     chunk_number = _int_field(meta, "chunk_number", 0)
     payload = frames[1]
     size = len(payload.buffer) if hasattr(payload, "buffer") else len(payload)
+    # NOTE: refused here, before a writer stores bytes of a file that can only be dropped at its end
+    if size > chunksize:
+        raise ProtocolError(f"chunk {chunk_number} has {size} bytes, more than its chunksize {chunksize}")
+    count = meta.get("chunk_count")
+    if isinstance(count, int) and not isinstance(count, bool) and chunk_number >= count:
+        raise ProtocolError(f"chunk number {chunk_number} is out of range: chunk_count is {count}")
     last = meta.get("last_chunk")
     if isinstance(last, bool):
         is_last = last

@@ -28,6 +28,14 @@ FILES_LOGGER = "hidra_core.receiver.files"
 files_log = logging.getLogger(FILES_LOGGER)
 #: per-file error lines of one batch; the rest are summed up in one line
 _DETAILED_FAILURES = 3
+#: the longest subscription the confirmation PUB takes; a sender subscribes to its FQDN and pid (4.x alike)
+MAX_SUBSCRIPTION_BYTES = 1024
+
+
+def _bound_subscriptions(sock: zmq.Socket) -> None:
+    # NOTE: libzmq keeps about 24 bytes of memory per subscribed byte: unbounded, 300 subscriptions of 64 KiB from
+    # any host that reaches the port took a GiB. A longer one makes libzmq drop that subscriber's connection.
+    sock.maxmsgsize = MAX_SUBSCRIPTION_BYTES
 
 _BEACON_S = 0.2
 _STREAMED = frozenset({FRAME, PULSE})  # logged at DEBUG: thousands a second
@@ -79,7 +87,8 @@ class CommitThread:
     def _main(self) -> None:
         r = self.receiver
         try:
-            pub = r.endpoints.open(zmq.PUB, r.config.confirmations, bind=True, hwm=1_000_000)
+            pub = r.endpoints.open(zmq.PUB, r.config.confirmations, bind=True, hwm=1_000_000,
+                                   prepare=_bound_subscriptions)
         except Exception as exc:  # NOTE: handed to the main thread, so a busy port stops start-up like the others
             self._bound.put(exc)
             return

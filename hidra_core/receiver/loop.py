@@ -20,7 +20,7 @@ import zmq
 
 from hidra_core.checksum import ALGORITHMS, new_hasher
 from hidra_core.config import InstanceConfig
-from hidra_core.errors import PathRefused, ProtocolError
+from hidra_core.errors import PathRefused, ProtocolError, shown
 from hidra_core.interfaces import WriteTarget
 from hidra_core.host.build import build_receiver
 from hidra_core.host.kernel import Endpoints, StopFlag
@@ -310,7 +310,7 @@ def _topic_of(meta: dict[str, Any]) -> bytes | None:
     try:
         return topic.encode("utf-8")
     except UnicodeEncodeError:
-        raise ProtocolError(f"field 'confirmation_required' {topic!r} is not valid UTF-8 text") from None
+        raise ProtocolError(f"field 'confirmation_required' {shown(topic)} is not valid UTF-8 text") from None
 
 
 def _sender_of(meta: dict[str, Any], frame: Any) -> str:

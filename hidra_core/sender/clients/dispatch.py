@@ -30,6 +30,16 @@ def _peer(frames: list[zmq.Frame]) -> str | None:
     return peer if isinstance(peer, str) else None
 
 
+#: the longest message the request port takes: ``[b"NEXT" or b"CANCEL", b"host:port"]``
+MAX_REQUEST_BYTES = 4096
+
+
+def _small_requests(sock: zmq.Socket) -> None:
+    # NOTE: its high-water mark queues 10,000 requests: of any size, a hostile peer could park gigabytes there;
+    # libzmq drops the connection of a peer that sends a longer message
+    sock.maxmsgsize = MAX_REQUEST_BYTES
+
+
 @dataclass
 class Delivery:
     target: ClientTarget
@@ -63,7 +73,8 @@ class ClientDispatcher:
             log.info("analysis clients disabled (clients.enabled is false or the whitelist is empty)")
             return
         self.com = self.endpoints.open(zmq.REP, self.config.com, bind=True, hwm=1000)
-        self.request = self.endpoints.open(zmq.PULL, self.config.request, bind=True, hwm=10_000)
+        self.request = self.endpoints.open(zmq.PULL, self.config.request, bind=True, hwm=10_000,
+                                           prepare=_small_requests)
         poller.register(self.com, zmq.POLLIN)
         poller.register(self.request, zmq.POLLIN)
         if self.config.control_shim is not None:

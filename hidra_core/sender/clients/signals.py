@@ -9,6 +9,7 @@ import json
 import logging
 from typing import Any, Callable
 
+from hidra_core.errors import shown
 from hidra_core.sender.clients.hosts import AccessPolicy, HostResolver
 from hidra_core.sender.clients.registry import DATA, METADATA, Member, Registry, compile_pattern, suffixes_to_pattern
 
@@ -44,8 +45,9 @@ class SignalHandler:
     def canonical_id(self, text: str) -> str:
         """``host:port`` with the host as FQDN; the same function for targets, NEXT and CANCEL."""
         host, sep, port = text.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise _Invalid(f"socket id {text!r} is not host:port")
+        # NOTE: ASCII digits only, five at most: int() refuses "²" and numbers of over 4,300 digits with ValueError
+        if not sep or not host or not (port.isascii() and port.isdigit() and len(port) <= 5):
+            raise _Invalid(f"socket id {shown(text)} is not host:port")
         return f"{self.resolver.fqdn(host)}:{int(port)}"
 
     def handle(self, frames: list[bytes], peer: str | None) -> list[bytes]:
@@ -66,7 +68,7 @@ class SignalHandler:
         try:
             version, appid, signal = (f.decode() for f in frames[:3])
             targets = json.loads(frames[3])
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # NOTE: RecursionError: nested too deeply
             raise _Invalid(f"undecodable frames: {exc}") from None
         if not isinstance(targets, list) or not all(
                 isinstance(t, list) and t and isinstance(t[0], str) and ":" in t[0] for t in targets):
@@ -96,7 +98,7 @@ class SignalHandler:
             return [signal.encode()] if removed else NO_OPEN_CONNECTION_FOUND
         if signal == STATUS:
             return [STATUS.encode(), json.dumps(self.status()).encode()]
-        raise _Invalid(f"unknown signal {signal!r}")
+        raise _Invalid(f"unknown signal {shown(signal)}")
 
     def _start(self, signal: str, appid: str, targets: list[list[Any]]) -> list[bytes]:
         kind, delivery = _STARTS[signal]
@@ -112,7 +114,7 @@ class SignalHandler:
     def _member(self, target: list[Any], delivery: str) -> Member:
         prio = target[1] if len(target) > 1 else 1
         if isinstance(prio, bool) or not isinstance(prio, int) or prio < 0:
-            raise _Invalid(f"priority {prio!r} is not an integer >= 0")
+            raise _Invalid(f"priority {shown(prio)} is not an integer >= 0")
         if prio == 0:
             # NOTE(D4): priority 0 (blocking, lossless) is reserved for configured storage targets.
             log.info("client target %s asked for priority 0; served as best effort (1)", target[0])
@@ -121,9 +123,9 @@ class SignalHandler:
         if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
             raw = suffixes_to_pattern(raw)
         if not isinstance(raw, str):
-            raise _Invalid(f"pattern {raw!r:.100} is neither a regex nor a list of suffixes")
+            raise _Invalid(f"pattern {shown(raw)} is neither a regex nor a list of suffixes")
         try:
             pattern = compile_pattern(raw)
         except ValueError as exc:
-            raise _Invalid(f"pattern {raw!r:.100} refused: {exc}") from None
+            raise _Invalid(f"pattern {shown(raw)} refused: {exc}") from None
         return Member(self.canonical_id(target[0]), prio, pattern, delivery)

@@ -56,7 +56,7 @@ class Pulse:
 def _json_object(raw: Any, what: str) -> dict[str, Any]:
     try:
         value = json.loads(bytes(raw))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # NOTE: RecursionError: nested too deeply
         raise ValueError(f"{what} is not JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ValueError(f"{what} is a JSON {type(value).__name__}, not an object")

@@ -94,14 +94,20 @@ def _map(buf: memoryview, pos: int, arg: int | None) -> tuple[dict[Any, Any], in
     if len(items) % 2:
         raise ValueError("a map with a key but no value")
     keys = [bytes(k) if isinstance(k, memoryview) else tuple(k) if isinstance(k, list) else k for k in items[::2]]
-    return dict(zip(keys, items[1::2])), pos
+    try:
+        return dict(zip(keys, items[1::2])), pos
+    except TypeError:  # NOTE: a map or a nested array as a key: valid CBOR, but no Python dict key
+        raise ValueError("a map key that is a map or a nested array") from None
 
 
 def _tag(tag: int, value: Any) -> Any:
     if tag == 0 and isinstance(value, str):
         return value  # NOTE: already ISO 8601 text, which is what the events carry
     if tag == 1 and isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value, timezone.utc).isoformat()
+        try:
+            return datetime.fromtimestamp(value, timezone.utc).isoformat()
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"tag 1 epoch time {value!r} is out of range") from None
     return convert(tag, value)
 
 

@@ -28,7 +28,7 @@ _TABLES = {"flatfield": "flatfield", "pixelmask": "pixel_mask", "countrate_table
 def _json(part: Buffer, what: str, **ids: Any) -> dict[str, Any]:
     try:
         value = json.loads(bytes(part))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # NOTE: RecursionError: nested too deeply
         raise DecodeError("malformed", f"{what} is not JSON: {exc}", **ids) from None
     if not isinstance(value, dict):
         raise DecodeError("malformed", f"{what} is a JSON {type(value).__name__}, not an object", **ids)
@@ -56,7 +56,7 @@ def _appendix(part: Buffer) -> Any:
     raw = bytes(part)
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return raw.decode("utf-8", "replace")
 
 
@@ -85,7 +85,7 @@ def _header(head: dict[str, Any], parts: Sequence[Buffer]) -> Header:
     while len(rest) >= 2:
         try:
             table = _table(json.loads(bytes(rest[0])), rest[1])
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             table = None
         if table is None:
             break
@@ -131,7 +131,8 @@ def _image(head: dict[str, Any], parts: Sequence[Buffer]) -> Image:
     rest = list(parts[3:])
     if rest and rest[0][:1] == b"{":
         dconfig = _json(rest[0], "dconfig-1.0 part", **ids)
-        if dconfig.get("htype", "").startswith("dconfig"):
+        htype = dconfig.get("htype")
+        if isinstance(htype, str) and htype.startswith("dconfig"):
             times = {k: dconfig[k] for k in ("start_time", "stop_time", "real_time") if k in dconfig}
             rest.pop(0)
     user_data = _appendix(rest[-1]) if rest else None
