@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Callable
 
@@ -45,6 +46,7 @@ class _Member:
         self.connected_at: float | None = None
         self.was_up = False
         self.lost = False  # went down and has not come back yet
+        self.broken_at = -math.inf  # when it was last lost, restarted or disconnected
 
     def up(self, now: float) -> bool:
         """Send while its beacon is fresh, or (after a grace) to a connected receiver without a beacon."""
@@ -83,7 +85,7 @@ class StorageLink:
             up = member.up(now)
             if member.was_up and not up:
                 down.append(member)
-                member.lost = True
+                member.lost, member.broken_at = True, now
                 log.warning("storage receiver at %s lost (no beacon for %.0f s, or disconnected); %s", member.data,
                             _BEACON_TIMEOUT_S, "its files go to the others of the group" if len(self.members) > 1
                             else "files wait for it")
@@ -129,6 +131,7 @@ class StorageLink:
                 self.members[member].connected_at = time.monotonic()
             elif event == zmq.EVENT_DISCONNECTED:
                 self.members[member].connected_at = None
+                self.members[member].broken_at = time.monotonic()
 
     def sent(self, out: Outgoing, member: int = 0, lane: int | None = None) -> tuple[int, InFlight | None]:
         """Record a file completely handed to the transport for ``member``: ``(how often it has been sent, the
@@ -147,7 +150,10 @@ class StorageLink:
         self.in_flight[fid] = flight
         if self._complete(flight):
             return attempts, flight
-        heapq.heappush(self._due, (now + self.backoff(attempts), fid, now))
+        # NOTE: a file whose sending spanned a break of its member (a cut link, a restart) may have lost its first
+        # chunks with the old connection, and the receiver then drops the rest: it is due again at once.
+        spanned = self.members[member].broken_at >= out.started
+        heapq.heappush(self._due, (now if spanned else now + self.backoff(attempts), fid, now))
         if len(self._due) > 2 * len(self.in_flight) + 1000:  # confirmed files leave stale entries behind
             self._due = [entry for entry in self._due if self._current(entry)]
             heapq.heapify(self._due)
@@ -201,6 +207,7 @@ class StorageLink:
         mine = [flight for flight in self.in_flight.values() if flight.member == member.index]
         at = f" at {member.data}" if len(self.members) > 1 else ""
         if member.receiver is not None:
+            member.broken_at = member.beacon_at
             member.lost = False  # NOTE: its files go out again here, not once more when poll() sees it back
             log.warning("storage receiver%s restarted: sending %d unconfirmed files again", at, len(mine))
         else:

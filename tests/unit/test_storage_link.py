@@ -131,6 +131,21 @@ def test_a_receiver_restarted_during_a_link_cut_gets_its_files_again_once(monkey
     assert [e.filename for e in restarted] == ["a.dat"] and resend == []
 
 
+def test_a_file_whose_sending_spanned_a_cut_link_goes_out_again_at_once(monkeypatch) -> None:
+    """Its first chunks went into the connection that broke, the rest to the receiver back again (which drops
+    the file as out of order): it is sent again at once, not after its confirmation timeout."""
+    link = _group(1)
+    _beacon(link, 0)
+    link.poll(time.monotonic())
+    spanning = _outgoing("spanning.dat", 3)  # its reading began before the cut
+    _quiet_then_back(link, monkeypatch)
+    after = _outgoing("after.dat", 3)
+    assert link.sent(spanning) == (1, None) and link.sent(after) == (1, None)
+    resend, _overdue = link.expire(time.monotonic())
+    assert [e.filename for e in resend] == ["spanning.dat"]
+    assert list(link.in_flight) == ["after.dat"]
+
+
 def test_a_restarted_member_gets_only_its_own_files_again() -> None:
     link = _group(2)
     _beacon(link, 0)
