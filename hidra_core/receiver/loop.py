@@ -14,6 +14,7 @@ import resource
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 import zmq
@@ -36,6 +37,7 @@ from hidra_core.rest.snapshot import receiver_snapshot
 __all__ = ["Receiver"]
 
 log = logging.getLogger(__name__)
+_DROPPED_FILES = 1024  # files dropped mid-way, remembered so that the rest of their chunks are not reported each
 
 
 def _raise_fd_limit() -> None:
@@ -63,6 +65,7 @@ class Receiver:
         self.stats = {"stored": 0, "bytes": 0, "refused": 0, "malformed": 0, "unknown_type": 0, "unrouted": 0,
                       "failed": 0, "alive_tests": 0}
         self._partials = Partials(cfg.max_unfinished_per_sender, cfg.max_unfinished, self._abort)
+        self._dropped: OrderedDict[str, None] = OrderedDict()  # files dropped mid-way (see _drop_rest)
         self._commits: queue.Queue[CommitItem | None] = queue.Queue()
         self.rest: Any = None  # the REST server (hidra_core.rest), None when receiver.rest is off
         self.snapshot: dict[str, Any] = {}  # what the REST thread reads; replaced whole, never changed
@@ -207,23 +210,33 @@ class Receiver:
             if partial is not None:  # a re-sent file restarts (4.x rule)
                 self._abort(self._partials.pop(fid))
             _topic_of(msg.metadata)  # refused before anything is opened
-            partial = self._open(WriteTarget(self.config.target, parts, filename, msg.metadata, msg.kind,
-                                             msg.series))
+            self._dropped.pop(fid, None)
+            try:
+                partial = self._open(WriteTarget(self.config.target, parts, filename, msg.metadata, msg.kind,
+                                                 msg.series))
+            except ProtocolError:
+                raise
+            except Exception as exc:
+                return self._write_failed(fid, exc)
             partial.sender = _sender_of(msg.metadata, frames[0])
             self._partials.add(fid, partial)
         elif partial is None or msg.chunk_number != partial.next_chunk:
+            if partial is None and fid in self._dropped:
+                return  # NOTE: the rest of a file dropped and reported (a failed write, a sender's break)
             if partial is not None and msg.chunk_number == partial.next_chunk - 1:
                 return  # a repeated chunk is ignored (4.x rule)
             if partial is not None:
                 self._abort(self._partials.pop(fid))
-            raise ProtocolError(f"{fid}: chunk {msg.chunk_number} arrived out of order; file dropped")
+            self._drop_rest(fid)
+            raise ProtocolError(f"{fid}: chunk {msg.chunk_number} arrived out of order; file dropped (its later"
+                                " chunks without a report)")
         try:
             for writer, handle in zip(self.writers, partial.handles):
                 if handle is not None:
                     writer.write(handle, payload)
-        except Exception:
+        except Exception as exc:
             self._abort(self._partials.pop(fid))
-            raise
+            return self._write_failed(fid, exc)
         if partial.hasher is not None:
             partial.hasher.update(payload)
         partial.next_chunk += 1
@@ -231,6 +244,21 @@ class Receiver:
         self._partials.touch(fid)
         if msg.is_last:
             self._complete(fid, self._partials.pop(fid), msg.metadata, msg.filesize)
+
+    def _write_failed(self, fid: str, exc: Exception) -> None:
+        """A file that could not be written (a full disk) is dropped unconfirmed, so the sender sends it again;
+        its remaining chunks are dropped without a report of their own."""
+        self.stats["failed"] += 1
+        self.status.error(exc)
+        log.error("writing %s failed, not confirmed: %s: %s", fid, type(exc).__name__, exc)
+        self._drop_rest(fid)
+
+    def _drop_rest(self, fid: str) -> None:
+        """The remaining chunks of a file dropped mid-way are dropped without a report each; the sender sends
+        the file again from its first chunk, which starts it over."""
+        self._dropped[fid] = None
+        while len(self._dropped) > _DROPPED_FILES:
+            self._dropped.popitem(last=False)
 
     def _open(self, target: WriteTarget) -> Partial:
         """Open the message in every writer that takes its type (``None`` stands for the others)."""

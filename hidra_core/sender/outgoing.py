@@ -5,6 +5,7 @@ copied here."""
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,7 @@ class Outgoing:
     def __init__(self, event: FileEvent, stat: FileStat, chunksize: int, base: dict[str, Any]) -> None:
         self.event = event
         self.stat = stat
+        self.started = math.inf  # when its first chunk went out (see StorageLink.sent)
         self.chunk_count = max(1, math.ceil(stat.size / chunksize))
         # chunks read, not yet sent: (payload, its checksum, the file's checksum with the last chunk, else None)
         self.pending: deque[tuple[Any, str, str | None]] = deque()
@@ -103,6 +105,8 @@ class Outgoing:
         """The next chunk's encoded metadata and its payload buffer (never copied here)."""
         payload, chunk_sum, file_sum = self.pending.popleft()
         number = self._number
+        if number == 0:
+            self.started = time.monotonic()
         last = number == self.chunk_count - 1
         meta = self._meta
         meta["chunk_number"] = number

@@ -161,6 +161,10 @@ class Sender(Sending):
         group = len(storage.members) > 1
 
         def prepare(sock: zmq.Socket) -> None:
+            # NOTE: no ZMTP PINGs towards the receiver: libzmq 4.3 aborts a receiver whose data connection is
+            # reset while back-pressure holds its input, with a PING among the bytes it had read (Assertion
+            # failed: !_io_error, stream_engine_base.cpp). Beacons say whether the member is there.
+            sock.heartbeat_ivl = 0
             if group:  # NOTE: nothing queued towards a member that is not connected: its files go to the others
                 sock.immediate = True
             if monitor:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Callable
 
@@ -44,6 +45,8 @@ class _Member:
         self.beacon_at = 0.0
         self.connected_at: float | None = None
         self.was_up = False
+        self.lost = False  # went down and has not come back yet
+        self.broken_at = -math.inf  # when it was last lost, restarted or disconnected
 
     def up(self, now: float) -> bool:
         """Send while its beacon is fresh, or (after a grace) to a connected receiver without a beacon."""
@@ -73,24 +76,46 @@ class StorageLink:
 
     def poll(self, now: float) -> tuple[list[int], list[FileEvent]]:
         """``(the members up, files to send again)``: a member that went down while another is up has its
-        unconfirmed files sent to the others; a lone receiver's wait for it (confirmations may still come)."""
+        unconfirmed files sent to the others; a lone receiver's wait for it (confirmations may still come); a
+        member back after that has its unconfirmed files sent to it again."""
         live: list[int] = []
         down: list[_Member] = []
+        back: list[_Member] = []
         for member in self.members:
             up = member.up(now)
             if member.was_up and not up:
                 down.append(member)
+                member.lost, member.broken_at = True, now
                 log.warning("storage receiver at %s lost (no beacon for %.0f s, or disconnected); %s", member.data,
                             _BEACON_TIMEOUT_S, "its files go to the others of the group" if len(self.members) > 1
                             else "files wait for it")
+            elif up and member.lost:
+                back.append(member)
             member.was_up = up
             if up:
                 live.append(member.index)
         self.live = live
+        resend = self._returned(back)
         if not (down and live):
-            return live, []
+            return live, resend
         gone = {member.index for member in down}
-        return live, self._take_back(lambda flight: flight.member in gone)
+        return live, resend + self._take_back(lambda flight: flight.member in gone)
+
+    def _returned(self, back: list[_Member]) -> list[FileEvent]:
+        """Files in flight to members that are back (the same instance, after a cut link) go out again.
+
+        NOTE: confirmations it published while unreachable are dropped (PUB), as are chunks queued in the dying
+        connection; without this those files would wait for their confirmation timeout. Copies are idempotent.
+        """
+        if not back:
+            return []
+        returned = {member.index for member in back}
+        for member in back:
+            member.lost = False
+        resend = self._take_back(lambda flight: flight.member in returned)
+        log.warning("storage receiver at %s is back: sending %d unconfirmed files again",
+                    ", ".join(member.data for member in back), len(resend))
+        return resend
 
     def _take_back(self, which: Callable[[InFlight], bool]) -> list[FileEvent]:
         """Files in flight that go out again now: out of the books until they are sent again."""
@@ -106,6 +131,7 @@ class StorageLink:
                 self.members[member].connected_at = time.monotonic()
             elif event == zmq.EVENT_DISCONNECTED:
                 self.members[member].connected_at = None
+                self.members[member].broken_at = time.monotonic()
 
     def sent(self, out: Outgoing, member: int = 0, lane: int | None = None) -> tuple[int, InFlight | None]:
         """Record a file completely handed to the transport for ``member``: ``(how often it has been sent, the
@@ -124,7 +150,10 @@ class StorageLink:
         self.in_flight[fid] = flight
         if self._complete(flight):
             return attempts, flight
-        heapq.heappush(self._due, (now + self.backoff(attempts), fid, now))
+        # NOTE: a file whose sending spanned a break of its member (a cut link, a restart) may have lost its first
+        # chunks with the old connection, and the receiver then drops the rest: it is due again at once.
+        spanned = self.members[member].broken_at >= out.started
+        heapq.heappush(self._due, (now if spanned else now + self.backoff(attempts), fid, now))
         if len(self._due) > 2 * len(self.in_flight) + 1000:  # confirmed files leave stale entries behind
             self._due = [entry for entry in self._due if self._current(entry)]
             heapq.heapify(self._due)
@@ -178,6 +207,8 @@ class StorageLink:
         mine = [flight for flight in self.in_flight.values() if flight.member == member.index]
         at = f" at {member.data}" if len(self.members) > 1 else ""
         if member.receiver is not None:
+            member.broken_at = member.beacon_at
+            member.lost = False  # NOTE: its files go out again here, not once more when poll() sees it back
             log.warning("storage receiver%s restarted: sending %d unconfirmed files again", at, len(mine))
         else:
             log.info("storage receiver%s is up", at)

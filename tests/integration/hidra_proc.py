@@ -85,10 +85,11 @@ class Hidra:
     """One ``hidra`` subprocess whose stderr goes to a log file that tests can read while it runs."""
 
     def __init__(self, role: str, log: Path, overrides: list[str], config: Path | None = None,
-                 flags: list[str] | None = None) -> None:
+                 flags: list[str] | None = None, prefix: list[str] | None = None) -> None:
+        """``prefix``: a command that runs the process (``ip netns exec NS``); it must exec it, not fork."""
         self.role = role
         self.log = log
-        args = [sys.executable, "-m", "hidra_core", role, *(flags or [])]
+        args = [*(prefix or []), sys.executable, "-m", "hidra_core", role, *(flags or [])]
         if config is not None:
             args += ["--config", str(config)]
         rest = free_rest(role) if role in ("sender", "receiver") else []

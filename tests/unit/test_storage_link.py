@@ -101,6 +101,51 @@ def test_a_lone_receiver_that_goes_quiet_keeps_its_files_in_flight() -> None:
     assert list(link.in_flight) == ["a.dat"]
 
 
+def _quiet_then_back(link: StorageLink, monkeypatch, instance: bytes = b"one") -> tuple[list, list]:
+    """The receiver's beacon stops for longer than the timeout (a cut link), then comes again."""
+    gone = time.monotonic() + 4
+    assert link.poll(gone) == ([], [])
+    monkeypatch.setattr(time, "monotonic", lambda: gone + 1)
+    restarted = _beacon(link, 0, instance)
+    return restarted, link.poll(gone + 1)[1]
+
+
+def test_a_lone_receiver_back_after_a_link_cut_gets_its_unconfirmed_files_again(monkeypatch) -> None:
+    """Confirmations it published while unreachable are dropped (PUB), as are chunks in the dying connection:
+    its files go out again when its beacon returns, not only after their confirmation timeout."""
+    link = _group(1)
+    _beacon(link, 0)
+    link.poll(time.monotonic())
+    link.sent(_outgoing("a.dat", 1))
+    restarted, resend = _quiet_then_back(link, monkeypatch)
+    assert restarted == [] and [e.filename for e in resend] == ["a.dat"]
+    assert link.in_flight == {}  # out of the books until sent again
+
+
+def test_a_receiver_restarted_during_a_link_cut_gets_its_files_again_once(monkeypatch) -> None:
+    link = _group(1)
+    _beacon(link, 0)
+    link.poll(time.monotonic())
+    link.sent(_outgoing("a.dat", 1))
+    restarted, resend = _quiet_then_back(link, monkeypatch, b"two")
+    assert [e.filename for e in restarted] == ["a.dat"] and resend == []
+
+
+def test_a_file_whose_sending_spanned_a_cut_link_goes_out_again_at_once(monkeypatch) -> None:
+    """Its first chunks went into the connection that broke, the rest to the receiver back again (which drops
+    the file as out of order): it is sent again at once, not after its confirmation timeout."""
+    link = _group(1)
+    _beacon(link, 0)
+    link.poll(time.monotonic())
+    spanning = _outgoing("spanning.dat", 3)  # its reading began before the cut
+    _quiet_then_back(link, monkeypatch)
+    after = _outgoing("after.dat", 3)
+    assert link.sent(spanning) == (1, None) and link.sent(after) == (1, None)
+    resend, _overdue = link.expire(time.monotonic())
+    assert [e.filename for e in resend] == ["spanning.dat"]
+    assert list(link.in_flight) == ["after.dat"]
+
+
 def test_a_restarted_member_gets_only_its_own_files_again() -> None:
     link = _group(2)
     _beacon(link, 0)
