@@ -176,6 +176,9 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     ref = _sub(csubs, "reference", "print the configuration reference (Markdown) from the models")
     ref.set_defaults(func=commands.config_reference)
 
+    from hidra_core.security.cli import add_keys_command
+    add_keys_command(subs)
+
     host.register_commands(subs)
     return parser
 

@@ -131,6 +131,7 @@ class Receiver:
                 sock.close(linger=0)
         # NOTE: destroy() closes any socket still open from *this* thread; the commit thread closed its PUB
         # socket itself before run() joined it, so no socket is ever touched by two threads.
+        self.endpoints.close()
         self.context.destroy(linger=0)
         log.info("hidra receiver stopped: %s", self.stats)
         self.host.shutdown(self)

@@ -185,6 +185,7 @@ class Sender(Sending):
         self.ledger.commit()
         counts = self.ledger.counts()
         self.ledger.close()
+        self.endpoints.close()
         self.context.destroy(linger=0)  # term() would hang forever on a socket an error path left open
         pending = len(self.link.in_flight) + len(self._queue)
         log.info("hidra sender stopped: %s; ledger %s; %d files pending (kept at the source, resumed at next start)",

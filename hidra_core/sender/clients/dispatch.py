@@ -30,6 +30,15 @@ def _peer(frames: list[zmq.Frame]) -> str | None:
     return peer if isinstance(peer, str) else None
 
 
+def _user(frames: list[zmq.Frame]) -> bytes | None:
+    """The peer's CURVE public key (Z85), the User-Id the ZAP handler gave it; None on a plain socket."""
+    try:
+        user = frames[0].get("User-Id") if frames else None
+    except zmq.ZMQError:
+        return None
+    return user.encode() if isinstance(user, str) and len(user) == 40 else None
+
+
 @dataclass
 class Delivery:
     target: ClientTarget
@@ -102,9 +111,13 @@ class ClientDispatcher:
                 frames = self.com.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            peer = _peer(frames)
+            peer, user = _peer(frames), _user(frames)
+            before = self.registries["streams"].ids() | self.registries["queries"].ids()
             reply = self.signals.handle([f.bytes for f in frames], peer)
             self.com.send_multipart(reply)
+            if user is not None:  # NOTE(CURVE): the sender connects to a new target with its registrant's key
+                for socket_id in (self.registries["streams"].ids() | self.registries["queries"].ids()) - before:
+                    self.targets.keys[socket_id] = user
             self.targets.sync(self.registries["streams"].ids() | self.registries["queries"].ids())
 
     def _requests(self) -> None:
