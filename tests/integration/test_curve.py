@@ -1,0 +1,262 @@
+"""CURVE on every socket (issue 13): real sender and receiver processes, real clients, real bytes on the wire."""
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import hidra_core.client
+from hidra_core.client import ClientKeys, CommunicationFailed, Transfer
+from hidra_core.security import generate, public_key
+from hidra_proc import content, intact, tree, wait_until, write_file
+
+pytestmark = pytest.mark.integration
+
+MARKER = b"UNPUBLISHED-BEAMTIME-DATA-7f3a"
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    folder = tmp_path / "keys"
+    for name in ("sender", "receiver", "client", "intruder"):
+        generate(str(folder), name)
+    return folder
+
+
+def curve(keys: Path, *extra: str) -> list[str]:
+    return ["security.curve=true", f"security.keys_dir={keys}", *extra]
+
+
+def pub(keys: Path, name: str) -> str:
+    return public_key(str(keys), name).decode()
+
+
+def com_ports(proc) -> dict[str, int]:
+    m = re.search(r"com tcp://127.0.0.1:(\d+), request tcp://127.0.0.1:(\d+)", proc.text())
+    assert m, proc.text()
+    return {"com_port": int(m.group(1)), "request_port": int(m.group(2))}
+
+
+class Tap:
+    """A TCP proxy on loopback that keeps a copy of every byte it passes, both ways."""
+
+    def __init__(self, upstream: str) -> None:
+        host, _, port = upstream[len("tcp://"):].rpartition(":")
+        self.upstream = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.endpoint = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.seen = bytearray()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._conns: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                down, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            up = socket.create_connection(self.upstream)
+            self._conns += [down, up]
+            for a, b in ((down, up), (up, down)):
+                t = threading.Thread(target=self._pump, args=(a, b), daemon=True)
+                self._threads.append(t)
+                t.start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while chunk := src.recv(65536):
+                with self._lock:
+                    self.seen += chunk
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def captured(self) -> bytes:
+        with self._lock:
+            return bytes(self.seen)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        for s in self._conns:
+            s.close()
+        for t in self._threads:
+            t.join(5)
+
+
+@pytest.fixture
+def tap_factory() -> Iterator[list[Tap]]:
+    taps: list[Tap] = []
+    yield taps
+    for t in taps:
+        t.close()
+
+
+def test_storage_path_with_curve_on_moves_files_intact(storage_path, keys):
+    pair = storage_path
+    receiver = pair.start_receiver(*curve(keys))
+    sender = pair.start_sender(*curve(keys), "sender.chunksize=65536")
+    expected = {"a.raw": 200_000, "sub/b.raw": 0, "sub/deep/c.raw": 65536}
+    for rel, size in expected.items():
+        write_file(pair.source / rel, size)
+    wait_until(lambda: all(intact(pair.target, r, s) for r, s in expected.items()), 30, "files at the target")
+    assert tree(pair.target) == expected
+    assert f"CURVE on: receiver key {pub(keys, 'receiver')}" in receiver.text()
+    assert f"CURVE on: sender key {pub(keys, 'sender')}" in sender.text()
+
+
+def test_sender_whose_key_is_not_allowed_gets_nothing_stored_and_is_named(storage_path, keys):
+    pair = storage_path
+    receiver = pair.start_receiver(*curve(keys))  # allow_senders defaults to [sender]
+    pair.start_sender(*curve(keys, "security.identity=intruder"))
+    write_file(pair.source / "secret.raw", 1000)
+    intruder = pub(keys, "intruder")
+    wait_until(lambda: f"refused peer with key {intruder}" in receiver.text(), 20, "the refusal naming the key")
+    assert tree(pair.target) == {}
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["curve", "plain"])
+def test_wire_capture_shows_file_contents_only_without_curve(storage_path, keys, tap_factory, on):
+    pair = storage_path
+    security = curve(keys) if on else []
+    pair.start_receiver(*security)
+    data, confirmations, _status = pair.endpoints[0]
+    tap = Tap(data)
+    tap_factory.append(tap)
+    pair.endpoints[0] = (tap.endpoint, confirmations, _status)  # the sender's data goes through the tap
+    pair.start_sender(*security)
+    (pair.source / "marked.txt").write_bytes(b"header " + MARKER * 100 + b" trailer")
+    wait_until(lambda: (pair.target / "marked.txt").exists() and MARKER in (pair.target / "marked.txt").read_bytes(),
+               30, "the marked file at the target")
+    assert len(tap.captured()) > 100 * len(MARKER)  # the file went through the tap
+    assert (MARKER in tap.captured()) is not on
+
+
+@pytest.fixture
+def clients_sender(storage_path, keys):
+    pair = storage_path
+    pair.start_receiver(*curve(keys))
+    pair.keys = keys
+    return pair
+
+
+def start_clients_sender(pair, *extra: str):
+    proc = pair.start_sender(*curve(pair.keys, "security.allow_clients=[client]", *extra))
+    pair.ports = com_ports(proc)
+    return proc
+
+
+def writer(pair, files: dict[str, int], registered: str) -> threading.Thread:
+    """Write ``files`` once the sender logs that ``registered`` connected, from a thread."""
+    def run() -> None:
+        wait_until(lambda: re.search(rf"client target \S+:{registered}: connected", pair.sender.text()), 20,
+                   "the client's data connection")
+        for rel, size in files.items():
+            write_file(pair.source / rel, size)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def receive(pair, n: int, port: int, **kwargs) -> dict[str, bytes]:
+    got = {}
+    for meta, data in hidra_core.client.stream("127.0.0.1", port=port, timeout=20, **pair.ports, **kwargs):
+        got[meta["filename"]] = data
+        if len(got) == n:
+            break
+    return got
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_allowed_analysis_client_with_keys_receives_files(clients_sender):
+    pair = clients_sender
+    start_clients_sender(pair)
+    files = {"a.cbf": 100_000, "b.cbf": 10}
+    port = free_port()
+    thread = writer(pair, files, str(port))
+    got = receive(pair, 2, port, keys=ClientKeys.from_dir(str(pair.keys), "client", "sender"))
+    thread.join(5)
+    assert got == {rel: content(rel, size) for rel, size in files.items()}
+
+
+def test_client_with_unknown_key_is_refused_and_gets_nothing(clients_sender):
+    pair = clients_sender
+    sender = start_clients_sender(pair)
+    intruder = ClientKeys.from_dir(str(pair.keys), "intruder", "sender")
+    with Transfer("STREAM", "127.0.0.1", signal_timeout=2, keys=intruder, **pair.ports) as transfer:
+        port = free_port()
+        with pytest.raises(CommunicationFailed):
+            transfer.initiate(["127.0.0.1", port, 1])
+        key = pub(pair.keys, "intruder")
+        wait_until(lambda: f"refused peer with key {key}" in sender.text(), 20, "the refusal naming the key")
+    assert "registered for app" not in sender.text()
+
+
+def test_4x_client_without_keys_is_refused_where_com_is_not_plain(clients_sender):
+    pair = clients_sender
+    start_clients_sender(pair)
+    with Transfer("STREAM", "127.0.0.1", signal_timeout=2, **pair.ports) as transfer:
+        with pytest.raises(CommunicationFailed):
+            transfer.initiate(["127.0.0.1", free_port(), 1])
+    assert "registered for app" not in pair.sender.text()
+
+
+def test_4x_client_without_keys_works_where_com_and_request_are_plain_and_the_log_says_so(clients_sender):
+    pair = clients_sender
+    sender = start_clients_sender(pair, "security.plain=[com, request]")
+    for name in ("com", "request"):
+        assert re.search(rf"WARNING .*security.plain: the {name} socket accepts plain ZeroMQ", sender.text())
+    files = {"x.cbf": 5000}
+    port = free_port()
+    thread = writer(pair, files, str(port))
+    got = receive(pair, 1, port)
+    thread.join(5)
+    assert got == {"x.cbf": content("x.cbf", 5000)}
+    # ... while the storage path stays encrypted
+    assert "security.plain: the data socket" not in sender.text()
+
+
+def check(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "src").mkdir(exist_ok=True)
+    (tmp_path / "tgt").mkdir(exist_ok=True)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"sender:\n  source: {{type: inotify, inotify: {{path: {tmp_path / 'src'}}}}}\n"
+                      f"receiver:\n  target: {tmp_path / 'tgt'}\n")
+    args = [a for o in overrides for a in ("--set", o)]
+    return subprocess.run([sys.executable, "-m", "hidra_core", "config", "check", str(config), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_config_errors_name_the_missing_key_file_the_bad_z85_key_and_the_unknown_plain_name(tmp_path, keys):
+    missing = check(tmp_path, *curve(keys, "security.identity=nobody"))
+    assert missing.returncode == 2 and "security.identity" in missing.stderr
+    assert f"{keys / 'nobody.key_secret'} does not exist" in missing.stderr
+    bad = "x" * 39 + "~"
+    z85 = check(tmp_path, *curve(keys, f"security.allow_senders=['{bad}']"))
+    assert z85.returncode == 2 and f"security.allow_senders[0]: '{bad}' is not a valid Z85 key" in z85.stderr
+    plain = check(tmp_path, *curve(keys, "security.plain=[com, telnet]"))
+    assert plain.returncode == 2 and "security.plain.1" in plain.stderr and "telnet" in plain.stderr
+    assert check(tmp_path, *curve(keys)).returncode == 0
