@@ -16,6 +16,7 @@ from hidra_core.interfaces import (EmptyConfig, EventSource, Fetcher, FileStat, 
                                    TreeSourceConfig, Writer, WriteTarget)
 from hidra_core.markers import hookimpl, hookspec
 from hidra_core.paths import SafeTree, split_checked
+from hidra_core.security import secure_socket
 from hidra_core.streams import connect_stream, receive_batch
 from hidra_core.types import (FILE, FRAME, KINDS, PULSE, SERIES_END, SERIES_START, FileEvent, PluginStatus,
                               file_id_of, payload_size)
@@ -28,5 +29,5 @@ __all__ = [
     "SafeTree", "SourceChanged",
     "Transport", "TreeSourceConfig", "WriteTarget", "Writer",
     "__version__", "connect_stream", "create_driver", "file_id_of", "hookimpl", "hookspec", "ingest", "load_model",
-    "payload_size", "receive_batch", "split_checked", "supervise",
+    "payload_size", "receive_batch", "secure_socket", "split_checked", "supervise",
 ]
