@@ -144,6 +144,8 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     cl.add_argument("--com", metavar="ENDPOINT", help="the sender's com endpoint (default: clients.com of the config)")
     cl.add_argument("--json", action="store_true", help="print the raw JSON")
     cl.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
+    cl.add_argument("--key", metavar="NAME", default="client", help="with security.curve on: your key pair in"
+                    " security.keys_dir, one of the sender's allow_clients (default: client)")
     cl.set_defaults(func=commands.clients)
 
     st = _command(subs, "status", "a table of running HiDRA processes, from their REST API")

@@ -260,3 +260,15 @@ def test_config_errors_name_the_missing_key_file_the_bad_z85_key_and_the_unknown
     plain = check(tmp_path, *curve(keys, "security.plain=[com, telnet]"))
     assert plain.returncode == 2 and "security.plain.1" in plain.stderr and "telnet" in plain.stderr
     assert check(tmp_path, *curve(keys)).returncode == 0
+
+
+def test_hidra_clients_talks_curve_with_its_key_and_an_unknown_key_gets_no_answer(clients_sender):
+    pair = clients_sender
+    start_clients_sender(pair)
+    base = [sys.executable, "-m", "hidra_core", "clients", "--com", f"tcp://127.0.0.1:{pair.ports['com_port']}",
+            *(a for o in curve(pair.keys) for a in ("--set", o))]
+    ok = subprocess.run(base, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "0 registrations" in ok.stdout, ok.stderr
+    refused = subprocess.run([*base, "--key", "intruder", "--timeout", "1"], capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 1 and "no answer" in refused.stderr
