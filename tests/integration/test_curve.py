@@ -272,3 +272,56 @@ def test_hidra_clients_talks_curve_with_its_key_and_an_unknown_key_gets_no_answe
     refused = subprocess.run([*base, "--key", "intruder", "--timeout", "1"], capture_output=True, text=True,
                              timeout=60)
     assert refused.returncode == 1 and "no answer" in refused.stderr
+
+
+def test_readme_security_example_runs_as_typed(tmp_path):
+    """The README's Security section as typed: keys, the receiver and sender configs, the client; only paths, the
+    storage host's name and ports change."""
+    from test_readme import _block, _hidra_argv, _terminate
+    from test_up import _free_ports
+
+    places = {"/etc/hidra/keys": tmp_path / "keys", "/gpfs/beamtime/raw": tmp_path / "raw",
+              "/ramdisk/det1": tmp_path / "det1"}
+    for path in list(places.values())[1:]:
+        path.mkdir()
+    data, conf, status, com, request = _free_ports(5)
+    ports = {"50100": data, "50053": conf, "storage01": "127.0.0.1", "detpc01:50000": f"127.0.0.1:{com}"}
+
+    def typed(text: str) -> str:
+        for theirs, ours in [*places.items(), *ports.items()]:
+            text = text.replace(theirs, str(ours))
+        return text
+
+    for line in _block("sh", "hidra keys generate receiver").splitlines():
+        run = subprocess.run(_hidra_argv(typed(line)), capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+    assert run.stdout.count("\tsecret") == 3
+    for name in ("receiver-secure.yaml", "sender-secure.yaml"):
+        (tmp_path / name).write_text(typed(_block("yaml", f"# {name}")))
+    extra = [f"receiver.status=tcp://127.0.0.1:{status}", f"sender.clients.com=tcp://127.0.0.1:{com}",
+             f"sender.clients.request=tcp://127.0.0.1:{request}", f"sender.ledger.path={tmp_path / 'l.sqlite'}",
+             "receiver.rest.address=127.0.0.1:0", "sender.rest.address=127.0.0.1:0"]
+    procs, logs, files = [], [], []
+    try:
+        for line in _block("sh", "--config receiver-secure.yaml").splitlines():
+            role = line.split()[1]
+            logs.append(tmp_path / f"{role}.log")
+            files.append(open(logs[-1], "wb"))
+            procs.append(subprocess.Popen(
+                [*_hidra_argv(line), *(a for e in extra if e.startswith(role) for a in ("--set", e))],
+                cwd=tmp_path, stdout=files[-1], stderr=subprocess.STDOUT))
+            wait_until(lambda: f"hidra {role} ready" in logs[-1].read_text(), 30, f"the {role}'s ready line")
+        out = tmp_path / "client.out"
+        files.append(open(out, "wb"))
+        procs.append(subprocess.Popen([sys.executable, "-c", typed(_block("python", "ClientKeys.from_dir"))],
+                                      cwd=tmp_path, stdout=files[-1], stderr=subprocess.STDOUT))
+        wait_until(lambda: "connected" in logs[1].read_text(), 30, "the client's data connection")
+        write_file(places["/ramdisk/det1"] / "hello.raw", 5000)
+        wait_until(lambda: "hello.raw 5000" in out.read_text(), 30, "the client's line for the file")
+        wait_until(lambda: intact(places["/gpfs/beamtime/raw"], "hello.raw", 5000), 30, "the stored file")
+        assert "CURVE on" in logs[0].read_text() and "CURVE on" in logs[1].read_text()
+    finally:
+        for proc in reversed(procs):
+            _terminate(proc)
+        for f in files:
+            f.close()
