@@ -86,6 +86,11 @@ def up(args: argparse.Namespace) -> int:
     for directory in (source_dir, config.receiver.target):
         if directory:
             os.makedirs(directory, exist_ok=True)
+    if args.curve:
+        from hidra_core.security.cli import up_overrides
+
+        extra += up_overrides()
+        config = load_config(args.config, [*args.overrides, *extra])
     check_config(config, origin)  # fail here, not in a child, if the result cannot run
     # NOTE: the children inherit an ignored SIGINT (and keep it, see StopFlag): Ctrl-C reaches only this
     # process, which stops the sender before the receiver.

@@ -25,6 +25,7 @@ _EPILOGS = {
           hidra up                                  # ./hidra-data/source -> ./hidra-data/target
           hidra up --source /ramdisk/det1 --target /gpfs/beamtime/raw --set receiver.files.fsync=false
           hidra up --workers 4 --streams 4          # 4 receiver processes, a sender with 4 data pipelines
+          hidra up --curve                          # CURVE on every socket, throwaway keys in ./hidra-data/keys
         Every file closed or moved into the source tree (any depth) appears byte-identical and atomically
         in the target tree. Ctrl-C (or SIGTERM) drains in-flight files and stops both processes.""",
     "sender": """
@@ -123,6 +124,8 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     _workers(up)
     up.add_argument("--streams", type=int, metavar="N",
                     help="data pipelines of the sender (sender.streams=N), e.g. --streams 4 with --workers 4")
+    up.add_argument("--curve", action="store_true", help="CURVE on every socket, with throwaway key pairs (sender,"
+                    " receiver, client) made once in ./hidra-data/keys")
     _common(up)
     up.set_defaults(func=commands.up)
 

@@ -2,12 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 import sys
 from typing import Any
 
 from hidra_core.security.keys import KeyProblem, default_keys_dir, generate, list_keys
 
-__all__ = ["add_keys_command"]
+__all__ = ["add_keys_command", "up_overrides"]
+
+log = logging.getLogger(__name__)
+
+#: where ``hidra up --curve`` keeps its throwaway keys, next to hidra-data/source and hidra-data/target
+UP_KEYS_DIR = "hidra-data/keys"
 
 EPILOG = """
 example:
@@ -50,3 +58,16 @@ def _list(args: argparse.Namespace) -> int:
     for key in found:
         print(f"{key.name}\t{key.public or '(unreadable)'}\t{'secret' if key.has_secret else 'public only'}")
     return 0
+
+
+def up_overrides(keys_dir: str = UP_KEYS_DIR) -> list[str]:
+    """``hidra up --curve``: key pairs sender, receiver and client in ``keys_dir`` (made once, kept), and the
+    overrides that turn CURVE on with them."""
+    keys_dir = os.path.abspath(keys_dir)
+    for name in ("sender", "receiver", "client"):
+        if not os.path.exists(os.path.join(keys_dir, f"{name}.key_secret")):
+            generate(keys_dir, name)
+    log.info("hidra up --curve: CURVE on with the keys in %s; an analysis client uses"
+             " ClientKeys.from_dir(%r, 'client', 'sender')", keys_dir, keys_dir)
+    return ["security.curve=true", f"security.keys_dir={json.dumps(keys_dir)}", "security.identity=null",
+            "security.storage_key=receiver", "security.allow_senders=[sender]", "security.allow_clients=[client]"]

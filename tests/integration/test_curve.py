@@ -110,6 +110,7 @@ def tap_factory() -> Iterator[list[Tap]]:
         t.close()
 
 
+@pytest.mark.parametrize("storage_path", ["single", "group"], indirect=True)  # the layouts of conftest
 def test_storage_path_with_curve_on_moves_files_intact(storage_path, keys):
     pair = storage_path
     receiver = pair.start_receiver(*curve(keys))
@@ -325,3 +326,30 @@ def test_readme_security_example_runs_as_typed(tmp_path):
             _terminate(proc)
         for f in files:
             f.close()
+
+
+def test_up_curve_makes_throwaway_keys_in_the_run_dir_and_moves_files(tmp_path):
+    from test_readme import _terminate
+    from test_up import _free_ports
+
+    data, conf, status = _free_ports(3)
+    ports = {"data": data, "confirmations": conf}
+    sets = [f"receiver.{k}=tcp://127.0.0.1:{p}" for k, p in ports.items()]
+    sets += [f"sender.storage.{k}=tcp://127.0.0.1:{p}" for k, p in ports.items()]
+    sets += [f"receiver.status=tcp://127.0.0.1:{status}", "sender.clients.com=tcp://127.0.0.1:0",
+             "sender.clients.request=tcp://127.0.0.1:0", "sender.rest.address=127.0.0.1:0",
+             "receiver.rest.address=127.0.0.1:0"]
+    log = tmp_path / "up.log"
+    with open(log, "wb") as out:
+        up = subprocess.Popen([sys.executable, "-m", "hidra_core", "up", "--curve", *(a for s in sets for a in
+                               ("--set", s))], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: up.poll() is None and log.read_text().count("ready:") == 2, 30, "both ready")
+        keys = tmp_path / "hidra-data" / "keys"
+        assert log.read_text().count("CURVE on:") == 2
+        assert sorted(p.name for p in keys.iterdir()) == sorted(
+            f"{n}.{ext}" for n in ("client", "receiver", "sender") for ext in ("key", "key_secret"))
+        write_file(tmp_path / "hidra-data" / "source" / "f.raw", 3000)
+        wait_until(lambda: intact(tmp_path / "hidra-data" / "target", "f.raw", 3000), 30, "the stored file")
+    finally:
+        assert _terminate(up) == 0
