@@ -4,7 +4,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import signal
 import threading
 from typing import Any, Callable, Mapping
@@ -37,8 +36,8 @@ class EndpointInUse(HidraError):
 class Endpoints:
     """Opens sockets through the transport driver registered for each endpoint's URL scheme.
 
-    ``keys`` maps configured endpoints to their config keys, so a busy port names the option that changes it;
-    the key's last part (``sender.clients.com`` -> ``com``) is also the socket's name for ``security`` (CURVE).
+    ``keys`` maps configured endpoints to their config keys, so a busy port names the option that changes it.
+    ``security`` (CURVE) applies to every socket, by the name ``open`` gets (``data``, ``com``, ...).
     Without a ``context`` (``hidra config check``) transport drivers are built but no socket can be opened.
     """
 
@@ -62,12 +61,13 @@ class Endpoints:
     def open(self, socket_type: int, endpoint: str, *, bind: bool, hwm: int,
              prepare: Callable[[zmq.Socket], None] | None = None, name: str | None = None,
              server_key: bytes | None = None) -> zmq.Socket:
-        """Open ``endpoint``; with CURVE on, as the ``name`` socket (default: from its config key): a CURVE server
-        when bound, else a client of ``server_key`` (default: the storage key)."""
+        """Open ``endpoint``; with CURVE on, as the ``name`` socket (``security.plain`` and the allowed keys are
+        per name): a CURVE server when bound, else a client of ``server_key`` (default: the storage key)."""
         assert self.context is not None, "Endpoints built without a context cannot open sockets"
         if self.security is not None and self.security.enabled:
             self.security.start(self.context)
-            name = name or re.sub(r"\[\d+\]$", "", self._keys.get(endpoint, "")).rpartition(".")[2]
+            if name is None:
+                raise ValueError(f"{endpoint}: with security.curve on, every socket is opened with a name")
             prepare = self.security.prepare(name, server=bind, server_key=server_key, then=prepare)
         try:
             return self.driver(endpoint).open_socket(self.context, socket_type, endpoint, bind=bind, hwm=hwm,

@@ -79,7 +79,7 @@ class CommitThread:
     def _main(self) -> None:
         r = self.receiver
         try:
-            pub = r.endpoints.open(zmq.PUB, r.config.confirmations, bind=True, hwm=1_000_000)
+            pub = r.endpoints.open(zmq.PUB, r.config.confirmations, bind=True, hwm=1_000_000, name="confirmations")
         except Exception as exc:  # NOTE: handed to the main thread, so a busy port stops start-up like the others
             self._bound.put(exc)
             return

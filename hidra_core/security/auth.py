@@ -14,6 +14,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from hidra_core.errors import ConfigError
 from hidra_core.security.config import SecurityConfig
 from hidra_core.security.keys import KeyProblem, load_pair, public_key
+from hidra_core.security.watch import RefusalWatch
 
 __all__ = ["DOMAINS", "Security", "active", "secure_socket"]
 
@@ -70,6 +71,7 @@ class Security:
         self.server_key: bytes | None = None
         self.allowed: dict[str, list[bytes]] = {}
         self._auth: _Authenticator | None = None
+        self._watch: RefusalWatch | None = None
         self._plain_logged = False
         if self.enabled:
             self._load(origin)
@@ -111,6 +113,8 @@ class Security:
         for domain, keys in self.allowed.items():
             auth.configure_curve_callback(domain, credentials_provider=_Allowed(keys, auth))
         self._auth = auth
+        self._watch = RefusalWatch(context)
+        self._watch.start()
         _active = self
         log.info("CURVE on: %s key %s", self.role, self.public.decode())
         for name in self.config.plain:
@@ -119,6 +123,9 @@ class Security:
 
     def stop(self) -> None:
         global _active
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
@@ -135,6 +142,8 @@ class Security:
         if server:
             sock.zap_domain = DOMAINS[name].encode()
             sock.curve_server = True
+            if self._watch is not None and name != "ingest":  # NOTE: the ingest source monitors its socket itself
+                self._watch.add(sock, name)
         else:
             key = server_key if server_key is not None else (
                 self.server_key if name in ("data", "confirmations") else None)
@@ -163,6 +172,8 @@ def secure_socket(sock: zmq.Socket, name: str, *, server: bool, server_key: byte
 
     With CURVE on, a ``stream`` socket (a peer that cannot speak CURVE) must be listed in ``security.plain``:
     otherwise ``ValueError`` says so."""
+    if name not in DOMAINS and name != "stream":
+        raise ValueError(f"secure_socket: unknown socket name {name!r} (one of {', '.join([*DOMAINS, 'stream'])})")
     security = _active
     if security is None or security.plain(name):
         return False

@@ -133,7 +133,7 @@ class Sender(Sending):
         self.poller.register(self.handoff.socket, zmq.POLLIN)
         self._confirmation_sockets: dict[zmq.Socket, int] = {}
         for member, (_data, endpoint) in enumerate(storage.members):
-            sub = self.endpoints.open(zmq.SUB, endpoint, bind=False, hwm=1_000_000)
+            sub = self.endpoints.open(zmq.SUB, endpoint, bind=False, hwm=1_000_000, name="confirmations")
             self._confirmation_sockets[sub] = member
             sub.subscribe(self.topic)
             sub.subscribe(HEARTBEAT_TOPIC)
@@ -162,7 +162,7 @@ class Sender(Sending):
                 self._monitors[watch] = member
                 self.poller.register(watch, zmq.POLLIN)
 
-        sock = self.endpoints.open(zmq.PUSH, endpoint, bind=False, hwm=storage.hwm, prepare=prepare)
+        sock = self.endpoints.open(zmq.PUSH, endpoint, bind=False, hwm=storage.hwm, prepare=prepare, name="data")
         self.poller.register(sock, 0)
         return sock
 

@@ -222,6 +222,9 @@ def test_4x_client_without_keys_is_refused_where_com_is_not_plain(clients_sender
     with Transfer("STREAM", "127.0.0.1", signal_timeout=2, **pair.ports) as transfer:
         with pytest.raises(CommunicationFailed):
             transfer.initiate(["127.0.0.1", free_port(), 1])
+    wait_until(lambda: re.search(r"WARNING .*CURVE: the com socket \(tcp://127.0.0.1:\d+\) refused a peer that"
+                                 r" failed the CURVE handshake: it speaks plain", pair.sender.text()), 20,
+               "the refusal in the log")
     assert "registered for app" not in pair.sender.text()
 
 
@@ -353,3 +356,26 @@ def test_up_curve_makes_throwaway_keys_in_the_run_dir_and_moves_files(tmp_path):
         wait_until(lambda: intact(tmp_path / "hidra-data" / "target", "f.raw", 3000), 30, "the stored file")
     finally:
         assert _terminate(up) == 0
+
+
+def test_receiver_with_only_status_plain_answers_4x_status_checks_and_keeps_data_encrypted(storage_path, keys):
+    """All three sockets on port 0 (one endpoint string): each is still secured by its own name."""
+    import zmq
+
+    receiver = storage_path.start_receiver(*curve(keys, "security.plain=[status]"))
+    data, _conf, status = receiver.endpoints()
+    assert re.search(r"WARNING .*security.plain: the status socket accepts plain ZeroMQ", receiver.text())
+    context = zmq.Context()
+    try:
+        req = context.socket(zmq.REQ)
+        req.linger = 0
+        req.connect(status)
+        req.send(b"STATUS_CHECK")
+        assert req.poll(10_000) and req.recv_multipart() == [b"OK"]
+        push = context.socket(zmq.PUSH)
+        push.linger = 0
+        push.connect(data)
+        wait_until(lambda: re.search(r"CURVE: the data socket \(\S+\) refused a peer that failed the CURVE handshake",
+                                     receiver.text()), 20, "the plain peer refused on data")
+    finally:
+        context.destroy(linger=0)

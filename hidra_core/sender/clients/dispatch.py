@@ -71,12 +71,13 @@ class ClientDispatcher:
         if not self.config.enabled or self.config.whitelist == []:
             log.info("analysis clients disabled (clients.enabled is false or the whitelist is empty)")
             return
-        self.com = self.endpoints.open(zmq.REP, self.config.com, bind=True, hwm=1000)
-        self.request = self.endpoints.open(zmq.PULL, self.config.request, bind=True, hwm=10_000)
+        self.com = self.endpoints.open(zmq.REP, self.config.com, bind=True, hwm=1000, name="com")
+        self.request = self.endpoints.open(zmq.PULL, self.config.request, bind=True, hwm=10_000, name="request")
         poller.register(self.com, zmq.POLLIN)
         poller.register(self.request, zmq.POLLIN)
         if self.config.control_shim is not None:
-            self.shim = self.endpoints.open(zmq.REP, self.config.control_shim, bind=True, hwm=100)
+            self.shim = self.endpoints.open(zmq.REP, self.config.control_shim, bind=True, hwm=100,
+                                           name="control_shim")
             poller.register(self.shim, zmq.POLLIN)
         self.targets.watch(poller)
 
