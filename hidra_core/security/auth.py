@@ -12,7 +12,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from hidra_core.errors import ConfigError
-from hidra_core.security.config import SecurityConfig
+from hidra_core.security.config import PLAIN_NAMES, SecurityConfig
 from hidra_core.security.keys import KeyProblem, load_pair, public_key
 from hidra_core.security.watch import RefusalWatch
 
@@ -26,6 +26,7 @@ DOMAINS = {"data": "senders", "confirmations": "senders", "status": "senders", "
 #: sockets that are plain exactly when another one is: a client's data socket follows com, where it registered
 _PLAIN_AS = {"client_data": "com"}
 _REFUSAL_LOG_INTERVAL_S = 10.0
+_RECEIVER_SOCKETS = ["data", "confirmations", "status"]
 _active: Security | None = None
 
 
@@ -53,6 +54,8 @@ class _Allowed:
             return True
         now, who = time.monotonic(), (key.decode(errors="replace"), self.auth.address)
         if now - self._logged.get(who, -_REFUSAL_LOG_INTERVAL_S) >= _REFUSAL_LOG_INTERVAL_S:
+            if len(self._logged) > 10_000:  # NOTE: many keys or addresses must not grow this without bound
+                self._logged = {k: t for k, t in self._logged.items() if now - t < _REFUSAL_LOG_INTERVAL_S}
             self._logged[who] = now
             log.warning("CURVE: refused peer with key %s from %s: not allowed for the %s sockets (security.allow_%s)",
                         who[0], who[1] or "?", domain, domain)
@@ -72,7 +75,6 @@ class Security:
         self.allowed: dict[str, list[bytes]] = {}
         self._auth: _Authenticator | None = None
         self._watch: RefusalWatch | None = None
-        self._plain_logged = False
         if self.enabled:
             self._load(origin)
 
@@ -117,7 +119,8 @@ class Security:
         self._watch.start()
         _active = self
         log.info("CURVE on: %s key %s", self.role, self.public.decode())
-        for name in self.config.plain:
+        ours = _RECEIVER_SOCKETS if self.role == "receiver" else [n for n in PLAIN_NAMES if n != "status"]
+        for name in [n for n in self.config.plain if n in ours]:
             log.warning("security.plain: the %s socket accepts plain ZeroMQ (HiDRA 4.x peers): no encryption, no"
                         " authentication there", name)
 

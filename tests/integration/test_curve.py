@@ -379,3 +379,17 @@ def test_receiver_with_only_status_plain_answers_4x_status_checks_and_keeps_data
                                      receiver.text()), 20, "the plain peer refused on data")
     finally:
         context.destroy(linger=0)
+
+
+def test_client_with_keys_and_a_whitelist_takes_data_only_from_the_senders_key(clients_sender):
+    pair = clients_sender
+    start_clients_sender(pair)
+    keys = ClientKeys.from_dir(str(pair.keys), "client", "sender")
+    port = free_port()
+    with Transfer("QUERY_NEXT", "127.0.0.1", keys=keys, **pair.ports) as transfer:
+        transfer.initiate([socket.getfqdn(), port, 1])
+        transfer.start(port, whitelist=["localhost"])
+        thread = writer(pair, {"w.raw": 777}, str(port))
+        meta, data = transfer.get(timeout_s=20)
+        thread.join(5)
+    assert (meta["filename"], data) == ("w.raw", content("w.raw", 777))
