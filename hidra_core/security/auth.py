@@ -94,7 +94,9 @@ class Security:
         self.public, self.secret = pair if pair is not None else (b"", b"")
         if self.role == "sender":
             self.server_key = attempt("storage_key", lambda: public_key(keys_dir, cfg.storage_key))
-        lists = {"senders": cfg.allow_senders, "clients": cfg.allow_clients, "producers": cfg.allow_producers}
+        # NOTE: only the lists this role serves: a host need not hold the keys of the other role's peers
+        lists = ({"senders": cfg.allow_senders} if self.role == "receiver" else
+                 {"clients": cfg.allow_clients, "producers": cfg.allow_producers})
         for domain, refs in lists.items():
             found = [attempt(f"allow_{domain}[{i}]", partial(public_key, keys_dir, r)) for i, r in enumerate(refs)]
             self.allowed[domain] = [k for k in found if k is not None]
