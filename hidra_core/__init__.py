@@ -4,6 +4,7 @@ Plugins import only from here (and ``hidra_core.testing`` in their tests), never
 the kernel's internal layout can change without breaking them.
 """
 from hidra_core._version import __version__
+from hidra_core.client._keys import ClientKeys
 from hidra_core.config import DriverChoice, load_model
 from hidra_core.errors import ConfigError, DriverLoadFailure, HidraError, PathRefused, ProtocolError
 from hidra_core.host.kernel import create_driver
@@ -23,7 +24,8 @@ from hidra_core.types import (FILE, FRAME, KINDS, PULSE, SERIES_END, SERIES_STAR
 
 __all__ = [
     "FILE", "FRAME", "KINDS", "PULSE", "SERIES_END", "SERIES_START",
-    "ConfigError", "DriverChoice", "DriverLoadFailure", "EmptyConfig", "EventSource", "Fetcher", "FileEvent",
+    "ClientKeys", "ConfigError", "DriverChoice", "DriverLoadFailure", "EmptyConfig", "EventSource", "Fetcher",
+    "FileEvent",
     "FileStat", "HidraError", "Ingest", "IngestError", "Notifier", "NotifyRelay", "PathRefused", "PluginHost",
     "PluginStatus", "ProtocolError",
     "SafeTree", "SourceChanged",
