@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hidra_core._version import __version__
+from hidra_core.client._keys import ClientKeys
 from hidra_core.config import DriverChoice, RestConfig, load_model
 from hidra_core.counters import Counters
 from hidra_core.errors import ConfigError, DriverLoadFailure, HidraError, PathRefused, ProtocolError
@@ -23,13 +24,15 @@ from hidra_core.markers import hookimpl, hookspec
 from hidra_core.paths import SafeTree, split_checked
 from hidra_core.rest.redact import hide_secrets
 from hidra_core.rest.state import RecentProblems
+from hidra_core.security import secure_socket
 from hidra_core.streams import connect_stream, receive_batch
 from hidra_core.types import (FILE, FRAME, KINDS, PULSE, SERIES_END, SERIES_START, FileEvent, PluginStatus,
                               file_id_of, payload_size)
 
 __all__ = [
     "FILE", "FRAME", "KINDS", "PULSE", "SERIES_END", "SERIES_START",
-    "ConfigError", "Counters", "DriverChoice", "DriverLoadFailure", "EmptyConfig", "EventSource", "Fetcher",
+    "ClientKeys", "ConfigError", "Counters", "DriverChoice", "DriverLoadFailure", "EmptyConfig", "EventSource",
+    "Fetcher",
     "FileEvent",
     "FileStat", "HidraError", "Ingest", "IngestError", "Notifier", "NotifyRelay", "PathRefused", "PluginHost",
     "PluginStatus", "ProtocolError", "RecentProblems", "RestConfig", "RestServer", "RestView",
@@ -37,7 +40,7 @@ __all__ = [
     "Transport", "TreeSourceConfig", "WriteTarget", "Writer",
     "__version__", "connect_stream", "create_driver", "file_id_of", "hide_secrets", "hookimpl", "hookspec", "ingest",
     "load_model",
-    "payload_size", "receive_batch", "split_checked", "supervise",
+    "payload_size", "receive_batch", "secure_socket", "split_checked", "supervise",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover

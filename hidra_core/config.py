@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from hidra_core.errors import ConfigError
+from hidra_core.security.config import SecurityConfig
 
 __all__ = [
     "ClientsConfig", "DriverChoice", "InstanceConfig", "LedgerConfig", "LocalTargetConfig", "PluginsConfig",
@@ -303,6 +304,7 @@ class InstanceConfig(_Section):
     sender: SenderConfig = Field(default_factory=SenderConfig)
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: dotted keys whose values came from ``$env``/``$file`` (``GET /config`` shows them redacted)
     _secret_keys: frozenset[str] = PrivateAttr(default_factory=frozenset)

@@ -135,11 +135,13 @@ class Ingest:
     ``timeout_s`` bounds every wait (a send the sender does not take, acknowledgements); ``None`` waits for ever,
     which turns a slow storage path into back-pressure on the producer. At most ``window`` files may be
     unacknowledged; the next one waits. Buffers of at least ``ZERO_COPY_MIN`` bytes are sent without a copy: do not
-    change them until the file is acknowledged (``close_file(wait=True)``, ``flush()``).
+    change them until the file is acknowledged (``close_file(wait=True)``, ``flush()``). ``keys``
+    (``hidra_core.client.ClientKeys``): for a sender with ``security.curve`` on, whose ``allow_producers`` names
+    this producer's key.
     """
 
     def __init__(self, endpoint: str, *, producer: str | None = None, timeout_s: float | None = 30.0,
-                 window: int = 256, hwm: int = 8, context: zmq.Context | None = None) -> None:
+                 window: int = 256, hwm: int = 8, context: zmq.Context | None = None, keys: Any = None) -> None:
         self.endpoint = endpoint
         self.producer = producer or f"{socket.gethostname()}:{os.getpid()}"
         self.timeout_s = timeout_s
@@ -160,6 +162,8 @@ class Ingest:
         # NOTE: a fixed routing id survives a reconnect, so the source can tell it is the same producer
         self._sock.routing_id = uuid.uuid4().bytes
         self._sock.heartbeat_ivl, self._sock.heartbeat_timeout = 1000, 10_000
+        if keys is not None:
+            keys.client(self._sock)
         self._sock.connect(endpoint)
 
     @property

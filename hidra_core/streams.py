@@ -6,19 +6,28 @@ from typing import Iterator
 
 import zmq
 
+from hidra_core.security import secure_socket
+
 __all__ = ["connect_stream", "receive_batch"]
 
 
 def connect_stream(context: zmq.Context, endpoint: str, rcvhwm: int, *, subscribe: bool = False) -> zmq.Socket:
     """A PULL (or, with ``subscribe``, a SUB taking everything) socket connected to ``endpoint``; ``ValueError``
-    names the endpoint when it cannot connect (nothing is left open)."""
+    names the endpoint when it cannot connect (nothing is left open).
+
+    Detector streams (DECTRIS, bsread senders) cannot speak CURVE: with ``security.curve`` on, the stream must be
+    listed in ``security.plain`` (``stream``), else ``ValueError`` says so; it is then read unencrypted."""
     sock = context.socket(zmq.SUB if subscribe else zmq.PULL)
     sock.linger = 0
     sock.rcvhwm = rcvhwm  # NOTE: before connect, or the first pipe keeps the default
     if subscribe:
         sock.setsockopt(zmq.SUBSCRIBE, b"")
     try:
+        secure_socket(sock, "stream", server=False)
         sock.connect(endpoint)
+    except ValueError as exc:
+        sock.close()
+        raise ValueError(f"{endpoint}: {exc}") from None
     except zmq.ZMQError as exc:
         sock.close()
         raise ValueError(f"cannot connect to {endpoint!r}: {exc}") from None

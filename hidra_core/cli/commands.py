@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import yaml
+from typing import Any
 
 from hidra_core.config import InstanceConfig, load_config
 from hidra_core.errors import ConfigError, HidraError
@@ -85,6 +86,11 @@ def up(args: argparse.Namespace) -> int:
     for directory in (source_dir, config.receiver.target):
         if directory:
             os.makedirs(directory, exist_ok=True)
+    if args.curve:
+        from hidra_core.security.cli import up_overrides
+
+        extra += up_overrides()
+        config = load_config(args.config, [*args.overrides, *extra])
     check_config(config, origin)  # fail here, not in a child, if the result cannot run
     # NOTE: the children inherit an ignored SIGINT (and keep it, see StopFlag): Ctrl-C reaches only this
     # process, which stops the sender before the receiver.
@@ -192,11 +198,14 @@ def clients(args: argparse.Namespace) -> int:
 
     import zmq
 
-    endpoint = args.com or _load(args).sender.clients.com.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
+    config = _load(args)
+    endpoint = args.com or config.sender.clients.com.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
     context = zmq.Context()
     sock = context.socket(zmq.REQ)
     sock.linger = 0
     try:
+        if config.security.curve and "com" not in config.security.plain:
+            _client_keys(config, args.key).client(sock)
         sock.connect(endpoint)
         sock.send_multipart([b"", str(os.getpid()).encode(), b"HIDRA_STATUS", b"[]"])
         if not sock.poll(int(args.timeout * 1000)):
@@ -223,6 +232,18 @@ def clients(args: argparse.Namespace) -> int:
               f" skipped {t['skipped']:<6} abandoned {t['abandoned']:<4} queued {t['queued_messages']} msgs /"
               f" {t['queued_bytes']} B")
     return 0
+
+
+def _client_keys(config: Any, name: str) -> Any:
+    """The ``ClientKeys`` of a CLI command talking to this config's sender (its key: security.identity)."""
+    from hidra_core.client import ClientKeys
+    from hidra_core.security import KeyProblem
+
+    sec = config.security
+    try:
+        return ClientKeys.from_dir(sec.keys_dir, name, sec.identity or "sender")
+    except KeyProblem as exc:
+        raise ConfigError("--key", [f"security.curve is on: {exc}"]) from None
 
 
 def plugins(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ _EPILOGS = {
           hidra up                                  # ./hidra-data/source -> ./hidra-data/target
           hidra up --source /ramdisk/det1 --target /gpfs/beamtime/raw --set receiver.files.fsync=false
           hidra up --workers 4 --streams 4          # 4 receiver processes, a sender with 4 data pipelines
+          hidra up --curve                          # CURVE on every socket, throwaway keys in ./hidra-data/keys
         Every file closed or moved into the source tree (any depth) appears byte-identical and atomically
         in the target tree. Ctrl-C (or SIGTERM) drains in-flight files and stops both processes.""",
     "sender": """
@@ -136,6 +137,8 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     _workers(up)
     up.add_argument("--streams", type=int, metavar="N",
                     help="data pipelines of the sender (sender.streams=N), e.g. --streams 4 with --workers 4")
+    up.add_argument("--curve", action="store_true", help="CURVE on every socket, with throwaway key pairs (sender,"
+                    " receiver, client) made once in ./hidra-data/keys")
     _common(up)
     up.set_defaults(func=commands.up)
 
@@ -157,6 +160,8 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     cl.add_argument("--com", metavar="ENDPOINT", help="the sender's com endpoint (default: clients.com of the config)")
     cl.add_argument("--json", action="store_true", help="print the raw JSON")
     cl.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
+    cl.add_argument("--key", metavar="NAME", default="client", help="with security.curve on: your key pair in"
+                    " security.keys_dir, one of the sender's allow_clients (default: client)")
     cl.set_defaults(func=commands.clients)
 
     st = _command(subs, "status", "a table of running HiDRA processes, from their REST API")
@@ -194,6 +199,9 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     show.set_defaults(func=commands.config_show)
     ref = _sub(csubs, "reference", "print the configuration reference (Markdown) from the models")
     ref.set_defaults(func=commands.config_reference)
+
+    from hidra_core.security.cli import add_keys_command
+    add_keys_command(subs)
 
     host.register_commands(subs)
     return parser

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+from hidra_core.client._keys import ClientKeys
 from hidra_core.client._stream import MODES, stream
 from hidra_core.client._wire import CONNECTION_TYPES, PROTOCOL_VERSION
 from hidra_core.client.errors import (
@@ -19,6 +20,7 @@ from hidra_core.client.errors import (
 from hidra_core.client.transfer import DEFAULT_SIGNAL_TIMEOUT_S, Transfer
 
 __all__ = [
-    "AuthenticationFailed", "CONNECTION_TYPES", "ChecksumError", "CommunicationFailed", "DEFAULT_SIGNAL_TIMEOUT_S",
+    "AuthenticationFailed", "CONNECTION_TYPES", "ChecksumError", "ClientKeys", "CommunicationFailed",
+    "DEFAULT_SIGNAL_TIMEOUT_S",
     "HidraClientError", "MODES", "PROTOCOL_VERSION", "Transfer", "VersionError", "stream",
 ]

@@ -6,6 +6,7 @@ from typing import Any, Generator, Sequence
 import zmq
 
 from hidra_core.client._wire import fqdn, wire_targets
+from hidra_core.client._keys import ClientKeys
 from hidra_core.client.transfer import DEFAULT_SIGNAL_TIMEOUT_S, Transfer
 
 __all__ = ["DEFAULT_COM_PORT", "MODES", "stream"]
@@ -25,7 +26,8 @@ def stream(host: str, *, port: int = 0, data_host: str | None = None, com_port: 
            request_port: int = 50001, pattern: str | Sequence[str] = ".*", mode: str = "stream",
            timeout: float | None = None, appid: str | None = None, prio: int = 1,
            context: zmq.Context | None = None, signal_timeout: float = DEFAULT_SIGNAL_TIMEOUT_S,
-           drop_corrupt: bool = False) -> Generator[tuple[dict[str, Any], bytes | None], None, None]:
+           drop_corrupt: bool = False, keys: ClientKeys | None = None,
+           ) -> Generator[tuple[dict[str, Any], bytes | None], None, None]:
     """Yield ``(metadata, data)`` for each whole file the sender on ``host`` delivers.
 
     ``host`` is the sender's host, optionally with its com port: ``"detpc01"``, ``"detpc01:50000"`` or
@@ -40,6 +42,7 @@ def stream(host: str, *, port: int = 0, data_host: str | None = None, com_port: 
         for meta, data in hidra_core.client.stream("detpc01", pattern=r".*\\.cbf$"):
             process(meta["filename"], data)
 
+    ``keys``: ``ClientKeys`` for a sender with ``security.curve`` on.
     Arguments are checked at once, so a typo fails here rather than on the first iteration.
     """
     host, com_port = _com_address(host, com_port)
@@ -50,7 +53,7 @@ def stream(host: str, *, port: int = 0, data_host: str | None = None, com_port: 
     target_host = data_host or fqdn()
     wire_targets([target_host, port or 1, prio, pattern])  # validates host, prio and pattern now
     return _iterate(host, MODES[mode], port, data_host, target_host, com_port, request_port, pattern, prio,
-                    timeout, appid, context, signal_timeout, drop_corrupt)
+                    timeout, appid, context, signal_timeout, drop_corrupt, keys)
 
 
 def _com_address(host: str, com_port: int | None) -> tuple[str, int]:
@@ -69,9 +72,9 @@ def _com_address(host: str, com_port: int | None) -> tuple[str, int]:
 def _iterate(host: str, connection_type: str, port: int, data_host: str | None, target_host: str, com_port: int,
              request_port: int, pattern: str | Sequence[str], prio: int, timeout_s: float | None,
              appid: str | None, context: zmq.Context | None, signal_timeout: float,
-             drop_corrupt: bool) -> Generator[tuple[dict[str, Any], bytes | None], None, None]:
+             drop_corrupt: bool, keys: ClientKeys | None) -> Generator[tuple[dict[str, Any], bytes | None], None, None]:
     transfer = Transfer(connection_type, host, context=context, com_port=com_port, request_port=request_port,
-                        signal_timeout=signal_timeout, drop_corrupt=drop_corrupt)
+                        signal_timeout=signal_timeout, drop_corrupt=drop_corrupt, keys=keys)
     try:
         if appid is not None:
             transfer.set_appid(appid)

@@ -116,10 +116,11 @@ class SignalChannel:
     and the next request uses a fresh one.
     """
 
-    def __init__(self, context: zmq.Context, endpoint: str, timeout_s: float) -> None:
+    def __init__(self, context: zmq.Context, endpoint: str, timeout_s: float, keys: Any = None) -> None:
         self.context = context
         self.endpoint = endpoint
         self.timeout_s = timeout_s
+        self.keys = keys  # ClientKeys: a CURVE client of the sender; None: plain (4.x)
         self._sock: zmq.Socket | None = None
 
     def _socket(self) -> zmq.Socket:
@@ -127,6 +128,8 @@ class SignalChannel:
             sock = self.context.socket(zmq.REQ)
             sock.linger = 0  # requests are lock-step: nothing worth delivering after close
             sock.sndhwm = sock.rcvhwm = 10
+            if self.keys is not None:
+                self.keys.client(sock)
             sock.connect(self.endpoint)
             self._sock = sock
         return self._sock
@@ -156,9 +159,9 @@ class SignalChannel:
 
 
 def lookup_ports(context: zmq.Context, host: str, control_port: int, detector_id: str,
-                 timeout_s: float) -> tuple[int, int]:
+                 timeout_s: float, keys: Any = None) -> tuple[int, int]:
     """Ask a legacy control server (or our read-only shim, §8) for a detector's com and request ports."""
-    channel = SignalChannel(context, f"tcp://{host}:{control_port}", timeout_s)
+    channel = SignalChannel(context, f"tcp://{host}:{control_port}", timeout_s, keys)
     try:
         reply = channel.request([b"IS_ALIVE"])
         if reply[:1] != [b"OK"]:

@@ -15,6 +15,7 @@ from typing import Any, Collection, Sequence
 import zmq
 
 from hidra_core.client._assembly import Reassembler
+from hidra_core.client._keys import ClientKeys
 from hidra_core.client._store import FileStore
 from hidra_core.client._wire import (
     CONNECTION_TYPES,
@@ -48,6 +49,16 @@ def _seconds(timeout_ms: float | None, timeout_s: float | None) -> float | None:
     return wait_s
 
 
+class _OnlyKey:
+    """ZAP credentials: one CURVE public key (Z85) is allowed."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key == self.key
+
+
 class Transfer:
     """A client of one sender. ``connection_type``: STREAM, STREAM_METADATA, QUERY_NEXT or QUERY_NEXT_METADATA.
 
@@ -56,17 +67,21 @@ class Transfer:
     ``use_log`` is accepted for 4.x compatibility and ignored: logging goes to the ``hidra_core.client`` loggers.
     ``context``: a ZeroMQ context to share (never terminated here); by default the instance owns one.
     ``drop_corrupt``: log and drop files failing their checksum instead of raising ``ChecksumError``.
+    ``keys``: ``ClientKeys`` for a sender with ``security.curve`` on: every socket is CURVE, the data socket a
+    CURVE server with the client's own key (None: plain, as 4.x).
     """
 
     def __init__(self, connection_type: str, signal_host: str | None = None, use_log: Any = None,
                  context: zmq.Context | None = None, dirs_not_to_create: Collection[str] | None = None,
                  detector_id: str | None = None, control_server_port: int = 51000, com_port: int = 50000,
                  request_port: int = 50001, *, signal_timeout: float = DEFAULT_SIGNAL_TIMEOUT_S,
-                 rcvhwm: int = 100, linger_ms: int = 500, drop_corrupt: bool = False) -> None:
+                 rcvhwm: int = 100, linger_ms: int = 500, drop_corrupt: bool = False,
+                 keys: ClientKeys | None = None) -> None:
         if connection_type not in CONNECTION_TYPES:
             raise ValueError(f"connection_type must be one of {', '.join(CONNECTION_TYPES)}, not {connection_type!r}")
         del use_log  # NOTE: 4.x took a logger switch here; library logging is configured by the application
         self.connection_type = connection_type
+        self.keys = keys
         self.signal_host = signal_host
         self.signal_timeout = signal_timeout
         self.rcvhwm = rcvhwm
@@ -90,7 +105,7 @@ class Transfer:
         if detector_id is not None:
             try:
                 self.com_port, self.request_port = lookup_ports(
-                    self.context, self._host(), control_server_port, detector_id, signal_timeout)
+                    self.context, self._host(), control_server_port, detector_id, signal_timeout, keys)
             except BaseException:
                 self.close()
                 raise
@@ -122,7 +137,8 @@ class Transfer:
         if self._closed:
             raise HidraClientError("this Transfer is closed")
         if self._signal is None:
-            self._signal = SignalChannel(self.context, f"tcp://{self._host()}:{self.com_port}", self.signal_timeout)
+            self._signal = SignalChannel(self.context, f"tcp://{self._host()}:{self.com_port}", self.signal_timeout,
+                                         self.keys)
         return self._signal
 
     def _exchange(self, signal: str, targets: list[list[Any]]) -> list[bytes]:
@@ -207,6 +223,8 @@ class Transfer:
         sock = self.context.socket(zmq.PULL)
         sock.linger = 0  # NOTE: a PULL socket has nothing to flush; closing must never wait
         sock.rcvhwm = self.rcvhwm
+        if self.keys is not None:
+            self.keys.serve(sock)
         self._data = sock
         if whitelist is not None:
             self._start_authenticator(whitelist)
@@ -224,6 +242,8 @@ class Transfer:
             push = self.context.socket(zmq.PUSH)
             push.linger = self.linger_ms  # a last CANCEL should still reach the sender after close()
             push.sndhwm = 1000
+            if self.keys is not None:
+                self.keys.client(push)
             push.connect(f"tcp://{self._host()}:{self.request_port}")
             self._requests = push
         log.debug("%s data socket bound as %s", self.connection_type, self.socket_id)
@@ -249,6 +269,8 @@ class Transfer:
             raise HidraClientError("whitelist: this ZeroMQ context already runs a ZAP handler; give each "
                                    "Transfer with a whitelist its own context (the default)") from exc
         auth.allow(*sorted(addresses))
+        if self.keys is not None:  # NOTE: with CURVE, the address must match and the peer be the sender itself
+            auth.configure_curve_callback("hidra", credentials_provider=_OnlyKey(self.keys.server))
         self._auth = auth
 
     def _request(self, word: bytes) -> None:

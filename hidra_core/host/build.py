@@ -18,6 +18,7 @@ from hidra_core.config import DriverChoice, InstanceConfig
 from hidra_core.errors import ConfigError
 from hidra_core.host.drivers import load_driver_class
 from hidra_core.host.kernel import Endpoints, create_driver
+from hidra_core.security import Security
 
 __all__ = ["ReceiverDrivers", "SenderDrivers", "build_receiver", "build_sender", "check_config", "check_separate",
            "default_ledger_path", "source_driver", "source_key"]
@@ -70,8 +71,10 @@ def check_separate(first: tuple[str, str | None], second: tuple[str, str | None]
 
 
 def _endpoints(context: zmq.Context | None, section: str, transports: dict[str, dict[str, Any]],
-               keys: dict[str, str], origin: str) -> Endpoints:
-    endpoints = Endpoints(context, transports, origin, section, keys=keys)
+               keys: dict[str, str], origin: str, config: InstanceConfig) -> Endpoints:
+    # NOTE: key files are read here, so `hidra config check` reports a missing or bad key as a run would
+    security = Security(config.security, section, origin)
+    endpoints = Endpoints(context, transports, origin, section, keys=keys, security=security)
     for scheme in transports:
         endpoints.driver(f"{scheme}://")
     for endpoint in keys:
@@ -96,7 +99,7 @@ def build_sender(config: InstanceConfig, origin: str, context: zmq.Context | Non
         keys.update({data: f"sender.storage.data{index}", confirmations: f"sender.storage.confirmations{index}"})
     if cfg.clients.control_shim:
         keys[cfg.clients.control_shim] = "sender.clients.control_shim"
-    return SenderDrivers(source, fetchers, local, _endpoints(context, "sender", cfg.transports, keys, origin))
+    return SenderDrivers(source, fetchers, local, _endpoints(context, "sender", cfg.transports, keys, origin, config))
 
 
 def build_receiver(config: InstanceConfig, origin: str, context: zmq.Context | None = None) -> ReceiverDrivers:
@@ -108,7 +111,7 @@ def build_receiver(config: InstanceConfig, origin: str, context: zmq.Context | N
     keys = {cfg.data: "receiver.data", cfg.confirmations: "receiver.confirmations"}
     if cfg.status is not None:
         keys[cfg.status] = "receiver.status"
-    return ReceiverDrivers(writers, _endpoints(context, "receiver", cfg.transports, keys, origin))
+    return ReceiverDrivers(writers, _endpoints(context, "receiver", cfg.transports, keys, origin, config))
 
 
 def check_config(config: InstanceConfig, origin: str, roles: tuple[str, ...] = ("sender", "receiver")) -> None:

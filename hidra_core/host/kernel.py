@@ -14,6 +14,7 @@ from hidra_core.config import validate_section
 from hidra_core.errors import HidraError
 from hidra_core.host.drivers import build_driver, load_driver_class
 from hidra_core.interfaces import Transport
+from hidra_core.security import Security
 
 __all__ = ["EndpointInUse", "Endpoints", "StopFlag", "create_driver"]
 
@@ -36,12 +37,14 @@ class Endpoints:
     """Opens sockets through the transport driver registered for each endpoint's URL scheme.
 
     ``keys`` maps configured endpoints to their config keys, so a busy port names the option that changes it.
+    ``security`` (CURVE) applies to every socket, by the name ``open`` gets (``data``, ``com``, ...).
     Without a ``context`` (``hidra config check``) transport drivers are built but no socket can be opened.
     """
 
     def __init__(self, context: zmq.Context | None, options: Mapping[str, Mapping[str, Any]], source: str,
-                 section: str, *, keys: Mapping[str, str] | None = None) -> None:
+                 section: str, *, keys: Mapping[str, str] | None = None, security: Security | None = None) -> None:
         self.context = context
+        self.security = security
         self._options = options
         self._source = source
         self._section = section
@@ -56,8 +59,16 @@ class Endpoints:
         return self._drivers[scheme]
 
     def open(self, socket_type: int, endpoint: str, *, bind: bool, hwm: int,
-             prepare: Callable[[zmq.Socket], None] | None = None) -> zmq.Socket:
+             prepare: Callable[[zmq.Socket], None] | None = None, name: str | None = None,
+             server_key: bytes | None = None) -> zmq.Socket:
+        """Open ``endpoint``; with CURVE on, as the ``name`` socket (``security.plain`` and the allowed keys are
+        per name): a CURVE server when bound, else a client of ``server_key`` (default: the storage key)."""
         assert self.context is not None, "Endpoints built without a context cannot open sockets"
+        if self.security is not None and self.security.enabled:
+            self.security.start(self.context)
+            if name is None:
+                raise ValueError(f"{endpoint}: with security.curve on, every socket is opened with a name")
+            prepare = self.security.prepare(name, server=bind, server_key=server_key, then=prepare)
         try:
             return self.driver(endpoint).open_socket(self.context, socket_type, endpoint, bind=bind, hwm=hwm,
                                                      prepare=prepare)
@@ -69,6 +80,11 @@ class Endpoints:
             raise
 
     bound = staticmethod(Transport.endpoint_of)
+
+    def close(self) -> None:
+        """Stop the ZAP handler (before the context is destroyed, from the thread that opened the first socket)."""
+        if self.security is not None:
+            self.security.stop()
 
 
 class StopFlag:

@@ -88,7 +88,7 @@ class CommitThread:
         r = self.receiver
         try:
             pub = r.endpoints.open(zmq.PUB, r.config.confirmations, bind=True, hwm=1_000_000,
-                                   prepare=_bound_subscriptions)
+                                   prepare=_bound_subscriptions, name="confirmations")
         except Exception as exc:  # NOTE: handed to the main thread, so a busy port stops start-up like the others
             self._bound.put(exc)
             return

@@ -78,8 +78,8 @@ class Receiver:
         self.host.startup(self)
         committer = CommitThread(self)
         try:
-            self.data = open_input(self.endpoints, zmq.PULL, self.config.data, self.config.hwm)
-            self.status_socket = (open_input(self.endpoints, zmq.REP, self.config.status, 100)
+            self.data = open_input(self.endpoints, zmq.PULL, self.config.data, self.config.hwm, "data")
+            self.status_socket = (open_input(self.endpoints, zmq.REP, self.config.status, 100, "status")
                                   if self.config.status is not None else None)
             committer.start()
             confirmations = committer.wait_bound()
@@ -134,6 +134,7 @@ class Receiver:
                 sock.close(linger=0)
         # NOTE: destroy() closes any socket still open from *this* thread; the commit thread closed its PUB
         # socket itself before run() joined it, so no socket is ever touched by two threads.
+        self.endpoints.close()
         self.context.destroy(linger=0)
         log.info("hidra receiver stopped: %s", self.stats)
         self.host.shutdown(self)
@@ -316,7 +317,8 @@ class Unrouted(ProtocolError):
     """No writer of this receiver takes the message's type."""
 
 
-def open_input(endpoints: Endpoints, socket_type: int, endpoint: str, hwm: int) -> zmq.Socket:
+def open_input(endpoints: Endpoints, socket_type: int, endpoint: str, hwm: int,
+               name: str = "data") -> zmq.Socket:
     """Bind a socket the receiving loop reads from, without ZMTP heartbeats of its own.
 
     NOTE: libzmq 4.3 aborts the whole process (``Assertion failed: !_io_error (stream_engine_base.cpp:310)``)
@@ -327,7 +329,7 @@ def open_input(endpoints: Endpoints, socket_type: int, endpoint: str, hwm: int) 
     def no_heartbeats(sock: zmq.Socket) -> None:
         sock.heartbeat_ivl = 0
 
-    return endpoints.open(socket_type, endpoint, bind=True, hwm=hwm, prepare=no_heartbeats)
+    return endpoints.open(socket_type, endpoint, bind=True, hwm=hwm, prepare=no_heartbeats, name=name)
 
 
 def _topic_of(meta: dict[str, Any]) -> bytes | None:

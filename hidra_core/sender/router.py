@@ -140,7 +140,7 @@ class Sender(Sending):
         self.poller.register(self.handoff.socket, zmq.POLLIN)
         self._confirmation_sockets: dict[zmq.Socket, int] = {}
         for member, (_data, endpoint) in enumerate(storage.members):
-            sub = self.endpoints.open(zmq.SUB, endpoint, bind=False, hwm=1_000_000)
+            sub = self.endpoints.open(zmq.SUB, endpoint, bind=False, hwm=1_000_000, name="confirmations")
             self._confirmation_sockets[sub] = member
             sub.subscribe(self.topic)
             sub.subscribe(HEARTBEAT_TOPIC)
@@ -173,7 +173,7 @@ class Sender(Sending):
                 self._monitors[watch] = member
                 self.poller.register(watch, zmq.POLLIN)
 
-        sock = self.endpoints.open(zmq.PUSH, endpoint, bind=False, hwm=storage.hwm, prepare=prepare)
+        sock = self.endpoints.open(zmq.PUSH, endpoint, bind=False, hwm=storage.hwm, prepare=prepare, name="data")
         self.poller.register(sock, 0)
         return sock
 
@@ -196,6 +196,7 @@ class Sender(Sending):
         self.ledger.commit()
         counts = self.ledger.counts()
         self.ledger.close()
+        self.endpoints.close()
         self.context.destroy(linger=0)  # term() would hang forever on a socket an error path left open
         pending = len(self.link.in_flight) + len(self._queue)
         log.info("hidra sender stopped: %s; ledger %s; %d files pending (kept at the source, resumed at next start)",

@@ -40,6 +40,15 @@ def _small_requests(sock: zmq.Socket) -> None:
     sock.maxmsgsize = MAX_REQUEST_BYTES
 
 
+def _user(frames: list[zmq.Frame]) -> bytes | None:
+    """The peer's CURVE public key (Z85), the User-Id the ZAP handler gave it; None on a plain socket."""
+    try:
+        user = frames[0].get("User-Id") if frames else None
+    except zmq.ZMQError:
+        return None
+    return user.encode() if isinstance(user, str) and len(user) == 40 else None
+
+
 @dataclass
 class Delivery:
     target: ClientTarget
@@ -72,13 +81,14 @@ class ClientDispatcher:
         if not self.config.enabled or self.config.whitelist == []:
             log.info("analysis clients disabled (clients.enabled is false or the whitelist is empty)")
             return
-        self.com = self.endpoints.open(zmq.REP, self.config.com, bind=True, hwm=1000)
+        self.com = self.endpoints.open(zmq.REP, self.config.com, bind=True, hwm=1000, name="com")
         self.request = self.endpoints.open(zmq.PULL, self.config.request, bind=True, hwm=10_000,
-                                           prepare=_small_requests)
+                                           prepare=_small_requests, name="request")
         poller.register(self.com, zmq.POLLIN)
         poller.register(self.request, zmq.POLLIN)
         if self.config.control_shim is not None:
-            self.shim = self.endpoints.open(zmq.REP, self.config.control_shim, bind=True, hwm=100)
+            self.shim = self.endpoints.open(zmq.REP, self.config.control_shim, bind=True, hwm=100,
+                                           name="control_shim")
             poller.register(self.shim, zmq.POLLIN)
         self.targets.watch(poller)
 
@@ -113,9 +123,13 @@ class ClientDispatcher:
                 frames = self.com.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            peer = _peer(frames)
+            peer, user = _peer(frames), _user(frames)
+            before = self.registries["streams"].ids() | self.registries["queries"].ids()
             reply = self.signals.handle([f.bytes for f in frames], peer)
             self.com.send_multipart(reply)
+            if user is not None:  # NOTE(CURVE): the sender connects to a new target with its registrant's key
+                for socket_id in (self.registries["streams"].ids() | self.registries["queries"].ids()) - before:
+                    self.targets.keys[socket_id] = user
             self.targets.sync(self.registries["streams"].ids() | self.registries["queries"].ids())
 
     def _requests(self) -> None:

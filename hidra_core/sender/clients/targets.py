@@ -86,6 +86,8 @@ class ClientTargets:
         self.ttl_s = ttl_s
         self.stall_timeout_s = stall_timeout_s
         self.targets: dict[str, ClientTarget] = {}
+        #: socket id -> the CURVE public key (Z85) of the client that registered it: its data socket's server key
+        self.keys: dict[str, bytes] = {}
         self.poller: zmq.Poller | None = None
 
     def sync(self, wanted: Iterable[str]) -> None:
@@ -93,6 +95,7 @@ class ClientTargets:
         wanted = set(wanted)
         for socket_id in [i for i in self.targets if i not in wanted]:
             self._close(self.targets.pop(socket_id))
+            self.keys.pop(socket_id, None)
         for socket_id in wanted - set(self.targets):
             self.targets[socket_id] = self._open(socket_id)
 
@@ -130,7 +133,8 @@ class ClientTargets:
         # a full queue half-way.
         monitors: list[zmq.Socket] = []
         sock = self.endpoints.open(zmq.PUSH, f"tcp://{host}:{port}", bind=False, hwm=self.budget_messages + 16,
-                                   prepare=lambda s: monitors.append(s.get_monitor_socket(_MONITORED)))
+                                   prepare=lambda s: monitors.append(s.get_monitor_socket(_MONITORED)),
+                                   name="client_data", server_key=self.keys.get(socket_id))
         # NOTE: pyzmq copies frames under 64 KiB even with copy=False, and their trackers finish at once;
         # the budget needs every message tracked until libzmq has written it out.
         sock.copy_threshold = 0

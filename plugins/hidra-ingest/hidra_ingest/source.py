@@ -18,7 +18,7 @@ import time
 import zmq
 from pydantic import BaseModel, ConfigDict, Field
 
-from hidra_core import EventSource, FileEvent, ingest, receive_batch
+from hidra_core import EventSource, FileEvent, ingest, receive_batch, secure_socket
 
 from hidra_ingest.assembly import Assembler
 
@@ -93,6 +93,7 @@ class IngestSource(EventSource):
         sock.router_mandatory = 1  # NOTE: a reply to a producer that is gone raises instead of vanishing
         sock.router_handover = 1  # NOTE: a producer that reconnects keeps its routing id
         sock.heartbeat_ivl, sock.heartbeat_timeout = 1000, 10_000
+        curve = secure_socket(sock, "ingest", server=True)  # NOTE: producers' keys: security.allow_producers
         monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         try:
             sock.bind(self.endpoint)  # NOTE: after a restart, the port that port 0 got the first time
@@ -103,7 +104,7 @@ class IngestSource(EventSource):
             raise ValueError(f"zmq_ingest: cannot bind {self.endpoint!r}: {exc}") from None
         self._sock, self._monitor = sock, monitor
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        log.info("zmq_ingest: listening on %s", self.endpoint)
+        log.info("zmq_ingest: listening on %s%s", self.endpoint, " (CURVE)" if curve else "")
 
     def close(self) -> None:
         for producer in self._asm.with_open_files():

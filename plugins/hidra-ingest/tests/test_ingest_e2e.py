@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+import zmq
+import zmq.auth
 
 from integration.hidra_proc import Hidra, receiver_overrides, tree, wait_until
 from ingest_support import content, listening, name_of, producer, size_of
@@ -16,13 +19,13 @@ pytestmark = pytest.mark.integration
 
 
 class Rig:
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, receiver_extra: list[str] | None = None) -> None:
         self.base = base
         self.target = base / "target"
         self.target.mkdir()
         self.procs: list[Hidra] = []
         self.producers: list[subprocess.Popen[str]] = []
-        self.receiver = self._start("receiver", receiver_overrides(self.target))
+        self.receiver = self._start("receiver", [*receiver_overrides(self.target), *(receiver_extra or [])])
         data, confirmations, _status = self.receiver.endpoints()
         self.sender: Hidra | None = None
         self.storage = [f"sender.storage.data={data}", f"sender.storage.confirmations={confirmations}"]
@@ -119,3 +122,37 @@ def test_stopped_receiver_blocks_the_producers_and_everything_arrives_after_it_r
     acknowledged = int(blocked[1])
     wait_until(lambda: not rig.stored("patient", 400, 256 * 1024) and not rig.stored("hasty", acknowledged, 256 * 1024),
                120, "every file of the patient producer and every acknowledged one of the hasty one")
+
+
+def test_with_curve_on_only_a_producer_with_an_allowed_key_gets_its_files_stored(tmp_path: Path) -> None:
+    from hidra_core import ClientKeys, Ingest, IngestError
+
+    keys = tmp_path / "keys"
+    for name in ("sender", "receiver", "daq", "stranger"):
+        subprocess.run([sys.executable, "-m", "hidra_core", "keys", "generate", name, "--dir", str(keys)], check=True,
+                       capture_output=True, timeout=60)
+    curve = ["security.curve=true", f"security.keys_dir={keys}"]
+    rig = Rig(tmp_path, curve)
+    try:
+        endpoint = rig.start_sender(*curve, "security.allow_producers=[daq]")
+        assert rig.sender is not None and "(CURVE)" in rig.sender.text()
+        sender = rig.sender
+        context = zmq.Context()
+        try:
+            stranger = Ingest(endpoint, producer="stranger", timeout_s=2, context=context,
+                              keys=ClientKeys.from_dir(str(keys), "stranger", "sender"))
+            with pytest.raises(IngestError):
+                stranger.send_file("stranger/x.bin", b"not allowed", wait=True)
+            with pytest.raises(IngestError):  # still unacknowledged: it never got through
+                stranger.close()
+            key = zmq.auth.load_certificate(str(keys / "stranger.key"))[0].decode()
+            wait_until(lambda: f"refused peer with key {key}" in sender.text(), 20, "the refusal")
+            daq = Ingest(endpoint, producer="daq", timeout_s=20, context=context,
+                         keys=ClientKeys.from_dir(str(keys), "daq", "sender"))
+            daq.send_file("daq/a.bin", b"allowed", wait=True)
+            daq.close()
+        finally:
+            context.destroy(linger=0)
+        wait_until(lambda: tree(rig.target) == {"daq/a.bin": 7}, 20, "the allowed producer's file")
+    finally:
+        rig.close()
