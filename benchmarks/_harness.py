@@ -57,11 +57,11 @@ class Result:
 class Child:
     """A child process in its own session (Ctrl-C reaches only us), its output in a log file."""
 
-    def __init__(self, argv: list[str], log_path: str) -> None:
+    def __init__(self, argv: list[str], log_path: str, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+                                      start_new_session=True, env=env)
         _children.append(self)
         _our_pids.add(self.popen.pid)
         self.ps = psutil.Process(self.popen.pid)

@@ -8,6 +8,9 @@
                                            --on-signal: connects, prints "ready" and waits for SIGUSR1 before
                                            it sends (so that several pairs start together)
 
+With HIDRA_BENCH_CURVE=DIR in the environment both ends speak CURVE with the key pairs DIR/receiver and
+DIR/sender (from `hidra keys generate`), the baseline of `storage_path.py --curve`.
+
 High-water marks are HiDRA's defaults (sender.storage.hwm=4, receiver.hwm=16), so the figure is what the
 same sockets can do without any HiDRA work (file reads, checksums, metadata, writes, ledger).
 """
@@ -33,9 +36,25 @@ def peak_rss() -> int:
     return 0
 
 
+def curve(sock: zmq.Socket, server: bool) -> None:
+    """CURVE on ``sock`` when HIDRA_BENCH_CURVE names a keys directory (no ZAP handler: any client key)."""
+    keys = os.environ.get("HIDRA_BENCH_CURVE")
+    if not keys:
+        return
+    import zmq.auth
+
+    server_public, server_secret = zmq.auth.load_certificate(os.path.join(keys, "receiver.key_secret"))
+    if server:
+        sock.curve_secretkey, sock.curve_server = server_secret, True
+        return
+    sock.curve_publickey, sock.curve_secretkey = zmq.auth.load_certificate(os.path.join(keys, "sender.key_secret"))
+    sock.curve_serverkey = server_public
+
+
 def pull(size: int, count: int) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PULL)
+    curve(sock, server=True)
     sock.rcvhwm = RECV_HWM
     sock.bind("tcp://127.0.0.1:*")
     print("ready", sock.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)
@@ -58,6 +77,7 @@ def push(endpoint: str, size: int, count: int, on_signal: bool = False) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
+    curve(sock, server=False)
     sock.sndhwm = SEND_HWM
     sock.linger = -1
     sock.connect(endpoint)

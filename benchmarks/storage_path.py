@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/storage_path.py [--quick] [--workdir DIR] [--fsync-only | --no-fsync-only]
                                                 [--repeat N] [--sets 1MiB,4KiB] [--markdown] [--keep]
-                                                [--streams N,... --receivers N,... | --scale N,...]
+                                                [--streams N,... --receivers N,... | --scale N,...] [--curve]
 
 For each data set (1000 x 1 MiB, 200 x 8 MiB, 20 x 100 MiB, 5000 x 4 KiB; --quick: a tenth) the files are
 generated once in a staging directory. Each mode then runs --repeat times (order rotated) and the median run
@@ -11,7 +11,7 @@ into the watched source directory at once, and the run lasts until the last file
 the target (IN_MOVED_TO). Latency: 200 x 1 MiB written and renamed in at 50 files/s, each file timed from its
 rename to its arrival. --scale 1,2,4,8: for each N, HiDRA with N streams and a receiver group of N workers
 against N raw zmq pairs and N parallel cp + one sync, in one table. See benchmarks/README.md for what is measured
-and why.
+and why. --curve: every HiDRA setup once more with security.curve on (throwaway keys), and raw zmq with CURVE.
 """
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ class Setup:
     receivers: int = 1  # `hidra receiver --workers`: more than 1 is a receiver group
     n: int = 1  # --scale: the N of the table row (then streams = receivers = N)
     tag: str = ""  # added to the mode ("hidra fsync s2 r1") when --streams / --receivers chose it
+    curve: bool = False  # security.curve on, with the keys of Bench.keys
 
     @classmethod
     def scaled(cls, n: int) -> Setup:
@@ -62,7 +63,7 @@ class Setup:
         return cls(streams, receivers, tag=f" s{streams or 'default'} r{receivers}")
 
     def mode(self, fsync: bool) -> str:
-        return f"hidra {'fsync' if fsync else 'no-fsync'}{self.tag}"
+        return f"hidra {'fsync' if fsync else 'no-fsync'}{self.tag}{' curve' if self.curve else ''}"
 
 
 def storage_endpoints(receiver: Child, workers: int) -> tuple[str, str]:
@@ -137,6 +138,8 @@ class Bench:
         for sub in ("source", "target", "state"):
             os.makedirs(os.path.join(run, sub))
         workers = ["--workers", str(setup.receivers)] if setup.receivers > 1 else []
+        if setup.curve:
+            workers += ["--set", "security.curve=true", "--set", f"security.keys_dir={self.keys()}"]
         receiver = Child([*HIDRA, "receiver", *workers, "--set", f"receiver.target={run}/target",
                           "--set", "receiver.data=tcp://127.0.0.1:0",
                           "--set", "receiver.confirmations=tcp://127.0.0.1:0",
@@ -144,6 +147,8 @@ class Bench:
                           *([] if fsync else ["--set", "receiver.files.fsync=false"])], f"{run}/receiver.log")
         data, confirm = storage_endpoints(receiver, setup.receivers)
         streams = [] if setup.streams is None else ["--set", f"sender.streams={setup.streams}"]
+        if setup.curve:
+            streams += ["--set", "security.curve=true", "--set", f"security.keys_dir={self.keys()}"]
         sender = Child([*HIDRA, "sender", "--set", f"sender.source.inotify.path={run}/source", *streams,
                         "--set", f"sender.storage.data={data}", "--set", f"sender.storage.confirmations={confirm}",
                         "--set", "sender.clients.com=tcp://127.0.0.1:0",  # no fixed ports; no client registers
@@ -247,13 +252,22 @@ class Bench:
         return [Result(ds.name, mode, ds.count / wall, ds.total / MiB / wall, status=problem, other_cpu=other_cpu, n=n)
                 for mode, wall in (("cp+sync", synced - start), ("cp", copied - start))]
 
-    def raw_zmq(self, ds: DataSet, n: int = 1) -> Result:
+    def keys(self) -> str:
+        """A directory with throwaway sender and receiver key pairs (made on first use)."""
+        keys = os.path.join(self.work, "keys")
+        if not os.path.isdir(keys):
+            for name in ("sender", "receiver"):
+                subprocess.run([*HIDRA, "keys", "generate", name, "--dir", keys], check=True, capture_output=True)
+        return keys
+
+    def raw_zmq(self, ds: DataSet, n: int = 1, curve: bool = False) -> Result:
         """The same bytes as the sender's wire messages (files cut in chunks of CHUNKSIZE) over ``n`` PUSH/PULL
         pairs of processes at once, each a share of the messages (at least two), started together."""
         size, per_file = min(ds.size, CHUNKSIZE), max(1, math.ceil(ds.size / CHUNKSIZE))
         counts = [max(2, len(range(i, ds.count * per_file, n))) for i in range(n)]
         count = sum(counts)
-        result = Result(ds.name, "raw zmq", n=n)
+        result = Result(ds.name, "raw zmq curve" if curve else "raw zmq", n=n)
+        env = {**os.environ, "HIDRA_BENCH_CURVE": self.keys()} if curve else None
         if size != ds.size:
             result.notes.append(f"{count} messages of {size // MiB} MiB")
         run = self.rundir(f"{ds.name}-zmq{n}")
@@ -261,9 +275,10 @@ class Bench:
         worker = [sys.executable, os.path.join(HERE, "_rawzmq.py")]
         others = OtherLoad()
         try:
-            pulls = [Child([*worker, "pull", str(size), str(c)], f"{run}/pull{i}.log") for i, c in enumerate(counts)]
+            pulls = [Child([*worker, "pull", str(size), str(c)], f"{run}/pull{i}.log", env=env)
+                     for i, c in enumerate(counts)]
             pushes = [Child([*worker, "push", pull.wait_for(r"ready (\S+)", 60)[1], str(size), str(c), "--on-signal"],
-                            f"{run}/push{i}.log") for i, (pull, c) in enumerate(zip(pulls, counts))]
+                            f"{run}/push{i}.log", env=env) for i, (pull, c) in enumerate(zip(pulls, counts))]
             for push in pushes:
                 push.wait_for(r"ready", 60)
             for push in pushes:
@@ -317,6 +332,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", type=counts, metavar="N[,N...]",
                    help="scaling table: for each N, HiDRA with N streams and N receivers against N raw zmq pairs "
                         "and N parallel cp + one sync (no latency runs)")
+    p.add_argument("--curve", action="store_true", help="each HiDRA setup also with security.curve on, and raw zmq"
+                   " with CURVE (throwaway keys made in the work dir)")
     p.add_argument("--no-latency", action="store_true", help="skip the latency runs")
     p.add_argument("--no-ballast", action="store_true", help="leave free memory free (see Ballast in _harness.py)")
     p.add_argument("--max-other", type=float, default=25.0, metavar="PCT",
@@ -358,8 +375,10 @@ def data_sets(args: argparse.Namespace) -> list[DataSet]:
 def setups(args: argparse.Namespace) -> list[Setup]:
     """The HiDRA setups of a run without --scale: the default, or each of --streams x --receivers."""
     if args.streams is None and args.receivers is None:
-        return [Setup()]
-    return [Setup.chosen(s, r) for s in args.streams or [None] for r in args.receivers or [1]]
+        chosen = [Setup()]
+    else:
+        chosen = [Setup.chosen(s, r) for s in args.streams or [None] for r in args.receivers or [1]]
+    return chosen + [dataclasses.replace(setup, curve=True) for setup in chosen if args.curve]
 
 
 def attempt(label: str, mode: str, run: Callable[[], list[Result]], n: int = 1) -> list[Result]:
@@ -404,6 +423,8 @@ def throughput_plan(bench: Bench, ds: DataSet, modes: list[bool], hidra: list[Se
             for setup in hidra for m in modes}
     plan["cp"] = lambda: bench.copy(ds, n)
     plan["raw zmq"] = lambda: [bench.raw_zmq(ds, n)]
+    if any(setup.curve for setup in hidra):
+        plan["raw zmq curve"] = lambda: [bench.raw_zmq(ds, n, curve=True)]
     return plan
 
 

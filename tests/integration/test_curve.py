@@ -97,6 +97,10 @@ class Tap:
         self._stop.set()
         self.listener.close()
         for s in self._conns:
+            try:  # NOTE: close() alone does not wake a pump blocked in recv() on it; shutdown does
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             s.close()
         for t in self._threads:
             t.join(5)

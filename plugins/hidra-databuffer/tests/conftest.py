@@ -4,4 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# NOTE: here, before any test module imports them, so their asserts explain themselves wherever they are used
+pytest.register_assert_rewrite("broker_proc", "up_proc")

@@ -15,7 +15,6 @@ from hidra_databuffer.broker.app import create_app
 from hidra_databuffer.broker.config import BrokerConfig
 from hidra_databuffer.broker.main import _open
 
-pytest.register_assert_rewrite("broker_proc")  # NOTE: before the import, so its asserts explain themselves
 
 from broker_proc import PARAMS, Broker, Writer, request_range  # noqa: E402
 

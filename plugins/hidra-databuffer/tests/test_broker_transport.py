@@ -18,7 +18,6 @@ import zmq
 
 from hidra_core.testing import wait_until
 
-pytest.register_assert_rewrite("broker_proc")  # NOTE: before the import, so its asserts explain themselves
 
 from broker_proc import AUDIT_LINE, PARAMS, Broker, Writer, command, request_range  # noqa: E402
 

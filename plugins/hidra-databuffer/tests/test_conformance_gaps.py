@@ -30,7 +30,6 @@ from hidra_databuffer.dbwriter.fakeapi import FakeDataApi, dbw_samples
 from hidra_databuffer.dbwriter.request import WriteRequest
 from hidra_databuffer.dbwriter.service import WriterOptions, write_file
 
-pytest.register_assert_rewrite("broker_proc")  # NOTE: before the import, so its asserts explain themselves
 
 from broker_proc import PARAMS, Broker  # noqa: E402
 

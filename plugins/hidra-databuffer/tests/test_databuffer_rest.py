@@ -20,7 +20,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hidra_core.testing import wait_until
 
-pytest.register_assert_rewrite("broker_proc", "up_proc")  # NOTE: before the import, so asserts explain themselves
 
 from broker_proc import PARAMS, Broker  # noqa: E402
 from up_proc import get_json  # noqa: E402

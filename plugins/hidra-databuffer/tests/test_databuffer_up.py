@@ -14,7 +14,6 @@ import requests
 
 from hidra_core.testing import wait_until
 
-pytest.register_assert_rewrite("up_proc")  # NOTE: before the import, so its asserts explain themselves
 
 from up_proc import get_json  # noqa: E402
 

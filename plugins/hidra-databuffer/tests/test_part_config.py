@@ -17,7 +17,6 @@ from dbwriter_support import WriterProc, request_record
 from hidra_core.testing import wait_until
 from hidra_databuffer.dbwriter.fakeapi import FakeDataApi, dbw_samples
 
-pytest.register_assert_rewrite("broker_proc")  # NOTE: before the import, so its asserts explain themselves
 
 from broker_proc import Broker, command  # noqa: E402
 
