@@ -119,7 +119,9 @@ def test_every_databuffer_process_reports_what_it_moved_over_the_hidra_api(up: d
     stream.join(10)
     wait_until(lambda: _json(urls["receiver"] + "/statistics")["counters"].get("stored") == len(stream.sent), 60,
                what=f"the buffer's receiver counting the {len(stream.sent)} pulses sent")
-    assert _json(urls["sender"] + "/statistics")["counters"]["confirmed"] == len(stream.sent)
+    # NOTE: the sender counts a pulse once its confirmation is back, a moment after the receiver stored it
+    wait_until(lambda: _json(urls["sender"] + "/statistics")["counters"].get("confirmed") == len(stream.sent), 60,
+               what=f"the buffer's sender counting the {len(stream.sent)} pulses confirmed")
     assert _metrics(urls["receiver"])["hidra_receiver_files_stored_total"] == len(stream.sent)
 
 
